@@ -1,0 +1,161 @@
+"""The ``patchsplat`` command line. Commands are thin: the work lives in the library modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from patchsplat.config import DEFAULT_PARAMS, load_params
+from patchsplat.console import console, guarded
+
+app = typer.Typer(
+    name="patchsplat",
+    help="COLMAP reconstruction -> validated patches -> Gaussian splats, mesh and evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to read settings from.")]
+
+
+@app.command("demo-scene")
+def demo_scene(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the scene into (images/, sparse/0, mesh, manifest).")],
+    params: ParamsOption = DEFAULT_PARAMS,
+    seed: Annotated[Optional[int], typer.Option(help="Override scene.demo.seed.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Override scene.demo.width.")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Override scene.demo.height.")] = None,
+    num_cameras: Annotated[Optional[int], typer.Option(help="Override scene.demo.num_cameras.")] = None,
+    num_points: Annotated[Optional[int], typer.Option(help="Override scene.demo.num_points.")] = None,
+    extent: Annotated[Optional[float], typer.Option(help="Override scene.demo.extent (metres).")] = None,
+    images: Annotated[Optional[bool], typer.Option("--images/--no-images", help="Render the PNG images (off: model only).")] = None,
+) -> None:
+    """Generate the built-in procedural demo scene (deterministic from its seed)."""
+
+    def run() -> None:
+        from patchsplat.demo import generate_demo_scene, with_overrides
+
+        base = load_params(params).scene.demo if params.exists() or params != DEFAULT_PARAMS else None
+        config = with_overrides(
+            base,
+            seed=seed, width=width, height=height, num_cameras=num_cameras,
+            num_points=num_points, extent=extent, render_images=images,
+        )
+        manifest = generate_demo_scene(config, out_dir)
+        console.print(
+            f"demo scene: {manifest['num_images']} images, {manifest['num_points']} points, "
+            f"{manifest['num_observations']} observations -> {out_dir}"
+        )
+
+    guarded(run)
+
+
+@app.command("validate")
+def validate(
+    scene_dir: Annotated[Path, typer.Argument(help="A COLMAP folder: images/ plus sparse/0 (or sparse/).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the JSON report (never inside the scene).")] = Path("validation.json"),
+    params: ParamsOption = DEFAULT_PARAMS,
+    skip_images: Annotated[bool, typer.Option("--skip-images", help="Do not open the image files (model checks only).")] = False,
+    undistort: Annotated[Optional[Path], typer.Option("--undistort", help="Also write an undistorted copy of the scene (PINHOLE cameras) to this folder.")] = None,
+) -> None:
+    """Check a COLMAP scene and write a validation report with its statistics."""
+
+    def run() -> None:
+        from patchsplat.config import ValidateConfig
+        from patchsplat.validate import run_validation
+
+        config = load_params(params).validate_ if params.exists() else ValidateConfig()
+        run_validation(scene_dir, out, config, skip_images=skip_images, undistort_dir=undistort)
+
+    guarded(run)
+
+
+@app.command("split")
+def split(
+    scene_dir: Annotated[Path, typer.Argument(help="A COLMAP folder: images/ plus sparse/0 (or sparse/).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the patches into (replaced atomically).")] = Path("data/patches"),
+    params: ParamsOption = DEFAULT_PARAMS,
+    mode: Annotated[Optional[str], typer.Option(help="Override split.mode (grid | max_cameras).")] = None,
+    rows: Annotated[Optional[int], typer.Option(help="Override split.rows.")] = None,
+    cols: Annotated[Optional[int], typer.Option(help="Override split.cols.")] = None,
+    max_cameras: Annotated[Optional[int], typer.Option(help="Override split.max_cameras.")] = None,
+    overlap: Annotated[Optional[float], typer.Option(help="Override split.overlap.")] = None,
+) -> None:
+    """Split a scene into overlapping patches, each a standalone COLMAP model, and compare them."""
+
+    def run() -> None:
+        from patchsplat.config import parse_section_overrides
+        from patchsplat.split import split_scene
+        from patchsplat.split.report import print_split_table
+
+        settings = load_params(params) if params.exists() or params != DEFAULT_PARAMS else None
+        split_config = parse_section_overrides(
+            "split", settings.split if settings else None,
+            mode=mode, rows=rows, cols=cols, max_cameras=max_cameras, overlap=overlap,
+        )
+        validate_config = settings.validate_ if settings else None
+        from patchsplat.config import ValidateConfig
+
+        result = split_scene(scene_dir, out_dir, split_config, validate_config or ValidateConfig())
+        print_split_table(result.summary)
+        console.print(f"patches and layout.png written to {out_dir}")
+
+    guarded(run)
+
+
+@app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def repro_command(ctx: typer.Context) -> None:
+    """Run the pipeline (dvc repro), first re-syncing the patch ids in params.yaml with the split.
+
+    Use this instead of plain `dvc repro` after changing the split settings: it also removes the
+    outputs and dvc.lock entries of patches that no longer exist. Extra arguments go to dvc repro.
+    """
+
+    def run() -> None:
+        from patchsplat.patch_ids import repro
+
+        result = repro(Path("."), tuple(ctx.args))
+        if result.changed:
+            console.print(f"patch ids re-synced: {len(result.old_ids)} -> {len(result.new_ids)} patches")
+        for path in result.removed_outputs:
+            console.print(f"removed stale output {path}")
+        for entry in result.removed_lock_entries:
+            console.print(f"removed stale dvc.lock entry {entry}")
+
+    guarded(run)
+
+
+@app.command("config")
+def show_config(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Validate params.yaml and print the effective settings, defaults included."""
+
+    def run() -> None:
+        import yaml
+
+        effective = load_params(params).model_dump(mode="json", by_alias=True)
+        console.print(yaml.safe_dump(effective, sort_keys=False), markup=False)
+
+    guarded(run)
+
+
+@app.command("summary")
+def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the stages' reports.")] = Path("reports")) -> None:
+    """Print a short table of what the pipeline produced and where to find it."""
+
+    def run() -> None:
+        from patchsplat.summary import print_summary
+
+        print_summary(reports_dir)
+
+    guarded(run)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Typed configuration: one model per ``params.yaml`` section, validated once at load.
+
+``params.yaml`` is the single source of truth for every setting. Each stage reads
+its own section through :func:`load_params`; an unknown key, a wrong type or an
+out-of-range value stops the run with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import re
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from patchsplat.errors import InputError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class DemoDefects(_Section):
+    """Deliberate defects the demo generator can add, for tests and demonstrations. All off by default."""
+
+    large_scale_region: float = Field(
+        1.0, ge=1.0, le=4.0,
+        description="Objects in the +x/+y quadrant are scaled by this factor and sampled more sparsely "
+        "(the motivating 'patch with a larger extent'); 1.0 = off.",
+    )
+    outlier_points: int = Field(0, ge=0, description="Points placed 10-50x the scene extent away, each seen by 2 cameras.")
+    missing_images: int = Field(0, ge=0, description="Registered images whose PNG is not written.")
+
+
+class DemoSceneConfig(_Section):
+    """The procedural demo scene: a textured ground plane with boxes and spheres, seen by cameras on paths and orbits."""
+
+    seed: int = Field(0, ge=0, description="Everything generated is a deterministic function of this seed and the knobs below.")
+    width: int = Field(160, ge=16, le=8192, description="Image width in pixels.")
+    height: int = Field(120, ge=16, le=8192, description="Image height in pixels.")
+    fov_deg: float = Field(60.0, gt=10.0, lt=150.0, description="Horizontal field of view of the (PINHOLE) camera.")
+    num_cameras: int = Field(96, ge=4, le=100_000, description="Registered images.")
+    extent: float = Field(24.0, gt=0.0, description="Side of the square ground area in metres; objects and cameras spread over it.")
+    num_boxes: int = Field(10, ge=0, le=10_000)
+    num_spheres: int = Field(6, ge=0, le=10_000)
+    num_points: int = Field(30_000, ge=100, le=50_000_000, description="3D points in the sparse model (surface samples seen by >= 2 cameras).")
+    max_track_length: int = Field(12, ge=2, le=1000, description="Cap on observations per point, as a real SfM track is limited.")
+    noise_px: float = Field(0.5, ge=0.0, le=10.0, description="Std of the Gaussian noise added to 2D observations, in pixels.")
+    point_noise: float = Field(0.0, ge=0.0, description="Std of the noise added to 3D point positions, in metres.")
+    render_images: bool = Field(True, description="Write the PNG images. Off for model-only scenes (benchmarks).")
+    defects: DemoDefects = DemoDefects()
+
+
+class SceneConfig(_Section):
+    """Where the scene comes from: the built-in demo (default) or a user's COLMAP folder."""
+
+    source: Literal["demo", "colmap"] = "demo"
+    colmap_path: Path | None = Field(
+        None, description="A folder holding images/ and sparse/0 (or sparse/) when source is 'colmap'."
+    )
+    demo: DemoSceneConfig = DemoSceneConfig()
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> SceneConfig:
+        if self.source == "colmap" and self.colmap_path is None:
+            raise ValueError("source is 'colmap' but colmap_path is not set")
+        return self
+
+
+class ValidateConfig(_Section):
+    """Thresholds of the validation stage."""
+
+    check_images: bool = Field(True, description="Open and decode every registered image (the slow part on large scenes).")
+    robust_percentile: float = Field(
+        1.0, ge=0.0, lt=50.0,
+        description="The robust extent spans the [p, 100-p] percentiles of the point coordinates.",
+    )
+    outlier_factor: float = Field(
+        2.0, gt=0.0,
+        description="A point is a far outlier if it lies beyond the robust box grown by this factor of its size on each side.",
+    )
+    min_points_per_image: int = Field(20, ge=0, description="Images observing fewer 3D points than this are flagged.")
+    max_bogus_focal_ratio: float = Field(10.0, gt=1.0, description="Focal length / image size above this (or below its inverse) is bogus.")
+    max_extra_param: float = Field(1.0, gt=0.0, description="Distortion parameters above this magnitude are bogus.")
+    nn_sample: int = Field(100_000, ge=100, description="Points whose nearest-neighbour spacing is measured (all if fewer).")
+    init_scale_factor: float = Field(1.0, gt=0.0, description="Recommended initial Gaussian scale = this x mean NN spacing (gsplat's init_scale).")
+    max_listed_ids: int = Field(10, ge=1, description="How many ids a finding lists before saying 'and N more'.")
+
+
+class SplitConfig(_Section):
+    """How the scene is cut into overlapping patches (each trained on its own)."""
+
+    mode: Literal["grid", "max_cameras"] = Field(
+        "grid",
+        description="grid: rows x cols cells with equal camera counts per column and per cell (quantile splits); "
+        "max_cameras: split the most crowded cell in two until every cell holds at most max_cameras cameras.",
+    )
+    rows: int = Field(2, ge=1, le=64, description="grid mode: cells per column.")
+    cols: int = Field(2, ge=1, le=64, description="grid mode: columns.")
+    max_cameras: int = Field(40, ge=2, description="max_cameras mode: most camera centres a core cell may hold.")
+    overlap: float = Field(0.2, ge=0.0, le=2.0, description="Expanded cell = core cell grown by this fraction of its size on each side.")
+    up: Literal["auto", "cameras", "pca", "z"] = Field(
+        "auto",
+        description="Gravity: cameras' mean up vector (image -y), PCA normal of the points, the model's +z, "
+        "or auto (cameras when they agree, else pca).",
+    )
+    ground_axes: Literal["pca", "model"] = Field(
+        "pca", description="Orientation of the grid on the ground: principal axes of the camera positions, or the model's own x axis."
+    )
+    visibility_fraction: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="A camera outside the expanded cell joins the patch if it observes at least this fraction of the patch's core points.",
+    )
+    max_cameras_per_patch: int = Field(0, ge=0, description="Cap on cameras per patch (0 = no cap); cameras inside the cell go first.")
+    points_seen_by_cameras: bool = Field(False, description="Also give a patch every point seen by >= 2 of its cameras, wherever it lies.")
+    min_cameras: int = Field(8, ge=1, description="A patch with fewer cameras in its core cell is small (see small_patch).")
+    min_points: int = Field(200, ge=1, description="A patch with fewer points in its core cell is small (see small_patch).")
+    small_patch: Literal["warn", "error", "merge"] = Field("warn", description="What to do with a small patch.")
+    extent_ratio: float = Field(
+        1.5, gt=1.0,
+        description="Flag a patch whose robust XYZ range (largest side) is this many times the median patch's (or less than 1/this).",
+    )
+    spacing_ratio: float = Field(
+        1.3, gt=1.0,
+        description="Flag a patch whose mean NN spacing ('mean scale') is this many times the median patch's (or less than 1/this). "
+        "The motivating crash had 1.4x.",
+    )
+
+
+class TrainConfig(_Section):
+    """Per-patch training settings. Any of them can be overridden for one patch under ``patch_overrides``.
+
+    Lengths are in canonical units: each patch is moved and scaled so its cameras' centroid is
+    the origin, up is +z and its scene scale (1.1 x the largest camera distance from the
+    centroid) is 1, so these defaults do not depend on the capture's units or extent.
+    """
+
+    init_scale: float = Field(
+        1.0, gt=0.0, le=100.0,
+        description="Initial Gaussian scale = this x each point's NN spacing (sqrt of the mean squared distance "
+        "to its knn_neighbours nearest points), gsplat's init_scale convention.",
+    )
+    knn_neighbours: int = Field(3, ge=1, le=64, description="Neighbours used for the initial scale.")
+    init_opacity: float = Field(0.1, gt=0.0, lt=1.0, description="Initial opacity of every Gaussian.")
+    max_initial_points: int = Field(0, ge=0, description="Keep at most this many SfM points as initial Gaussians (0 = all; deterministic subsample).")
+
+
+class Params(_Section):
+    """The whole ``params.yaml``."""
+
+    scene: SceneConfig = SceneConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    patch_overrides: dict[str, Optional[dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="One key per patch id (p0, p1, ...; kept in sync with the split by `patchsplat repro`), "
+        "each holding train settings that apply to that patch only.",
+    )
+
+    def train_settings(self, patch_id: str) -> TrainConfig:
+        """The effective training settings of one patch: ``train`` with its override applied."""
+        override = self.patch_overrides.get(patch_id) or {}
+        return TrainConfig.model_validate(self.train.model_dump() | override)
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, populate_by_name=True)
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = key.replace("validate_", "validate")
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        message = f"{message} (got {first['input']!r})"
+    more = f" (and {len(error.errors()) - 1} more problems)" if len(error.errors()) > 1 else ""
+    return f"{key}: {message}{more}"
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; raise :class:`InputError` with one line naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(source, "must be a mapping of sections (scene:, validate:, ...)", kind="bad_params")
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as error:
+        raise InputError(source, _format_validation_error(source, error), kind="bad_params") from None
+    for patch_id, override in params.patch_overrides.items():
+        if not re.fullmatch(r"p\d+", patch_id):
+            raise InputError(source, f"patch_overrides.{patch_id}: not a patch id (p0, p1, ...)", kind="bad_params")
+        try:
+            TrainConfig.model_validate(params.train.model_dump() | (override or {}))
+        except ValidationError as error:
+            message = _format_validation_error(source, error)
+            raise InputError(source, f"patch_overrides.{patch_id}.{message}", kind="bad_params") from None
+    return params
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml`` (safe YAML only)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "params file not found", kind="missing_file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(path, f"not valid YAML{where}", kind="bad_params") from None
+    return parse_params(data, str(path))
+
+
+def parse_section_overrides(section: str, base: BaseModel | None, **overrides: Any) -> Any:
+    """Section ``section`` of the params (``base``, or its defaults) with the non-None ``overrides``
+    applied and re-validated; a bad value is a one-line InputError naming ``section.key``."""
+    model = Params.model_fields[section].annotation if section in Params.model_fields else None
+    if model is None:
+        raise KeyError(section)
+    values = (base.model_dump() if base is not None else {}) | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise InputError(f"{section}.{_format_validation_error(section, error)}", "", kind="bad_params") from None
+

@@ -1,0 +1,176 @@
+"""Split a scene into overlapping patches, each a standalone COLMAP model.
+
+Contract: :func:`split_scene` reads a COLMAP folder and writes ``out_dir`` atomically:
+
+    out_dir/split.json        the layout (cells, alignment), per-patch counts, statistics and flags
+    out_dir/layout.png        top-down picture of cells, cameras and point density
+    out_dir/pN/sparse/0/      the patch's COLMAP model (world frame, only its images and points)
+    out_dir/pN/patch.json     its cells, the images folder it references (no copies), statistics
+
+Patch ids are p0..pN-1 in a deterministic order (by cell position).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from patchsplat.atomic import atomic_dir, write_json
+from patchsplat.colmap_arrays import ModelArrays, read_model_arrays, write_model_subset
+from patchsplat.config import SplitConfig, ValidateConfig
+from patchsplat.errors import InputError
+from patchsplat.split.compare import flag_outlier_patches
+from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
+
+__all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "PATCH_FILE", "SPLIT_FILE"]
+
+PATCH_FILE = "patch.json"
+SPLIT_FILE = "split.json"
+LAYOUT_FILE = "layout.png"
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    plan: SplitPlan
+    summary: dict          # the content of split.json
+    warnings: list[str]
+
+
+def patch_statistics(arrays: ModelArrays, patch: PatchPlan, config: ValidateConfig, sample: int) -> dict:
+    """The validation statistics of one patch's model, computed from the arrays (same numbers the model holds)."""
+    from patchsplat.validate.stats import scene_statistics
+
+    in_patch_image = np.zeros(len(arrays.image_ids), dtype=bool)
+    in_patch_image[patch.image_indices] = True
+    in_patch_point = np.zeros(len(arrays.point_ids), dtype=bool)
+    in_patch_point[patch.point_indices] = True
+    observations = int((in_patch_image[arrays.obs_image] & in_patch_point[arrays.obs_point]).sum())
+    num_points = len(patch.point_indices)
+    stats = scene_statistics(
+        arrays.xyz[patch.point_indices],
+        arrays.camera_centres[patch.image_indices],
+        num_observations=observations,
+        mean_track_length=observations / num_points if num_points else 0.0,
+        mean_reprojection_error=float(arrays.error[patch.point_indices].mean()) if num_points else 0.0,
+        config=config.model_copy(update={"nn_sample": sample}),
+    )
+    return stats.to_dict()
+
+
+def patch_images_dir(patch_dir: Path) -> Path:
+    """The images folder a patch references (stored relative to the patch folder when possible)."""
+    import json
+
+    reference = json.loads((patch_dir / PATCH_FILE).read_text(encoding="utf-8"))["images_dir"]
+    return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
+
+
+def _images_reference(images_dir: Path, final_patch_dir: Path) -> str:
+    relative = os.path.relpath(images_dir.resolve(), final_patch_dir.resolve())
+    # A path that climbs out to the filesystem root is not portable anyway: keep it absolute.
+    return relative if relative.count("..") <= 6 else str(images_dir.resolve())
+
+
+def _small_patch_problems(plan: SplitPlan, config: SplitConfig) -> list[str]:
+    problems = []
+    for patch in plan.patches:
+        if patch.num_core_cameras < config.min_cameras:
+            problems.append(f"patch {patch.patch_id} has {patch.num_core_cameras} cameras in its core cell (split.min_cameras is {config.min_cameras})")
+        if patch.num_core_points < config.min_points:
+            problems.append(f"patch {patch.patch_id} has {patch.num_core_points} core points (split.min_points is {config.min_points})")
+    return problems
+
+
+def split_scene(
+    scene_dir: Path,
+    out_dir: Path,
+    config: SplitConfig,
+    stats_config: ValidateConfig,
+    progress: bool = True,
+    check_ids: Callable[[list[str]], None] | None = None,
+) -> SplitResult:
+    """Split the COLMAP scene in ``scene_dir`` into patches written to ``out_dir`` (complete or absent).
+
+    ``check_ids`` sees the planned patch ids before anything is written and may raise to stop.
+    """
+    from rich.progress import Progress
+
+    from patchsplat.scene_layout import locate_scene
+    from patchsplat.split.plot import plot_layout
+
+    layout = locate_scene(scene_dir)
+    arrays = read_model_arrays(layout.model_dir)
+    plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(layout.model_dir))
+    if check_ids is not None:
+        check_ids([patch.patch_id for patch in plan.patches])
+    warnings = _small_patch_problems(plan, config)
+    if warnings and config.small_patch == "error":
+        raise InputError("params.yaml", f"split: {warnings[0]}" + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""), kind="small_patch")
+
+    # Per-patch NN statistics sample fewer points so the split's cost does not grow with the patch count.
+    sample = max(2_000, stats_config.nn_sample // max(len(plan.patches), 1))
+    patch_stats: dict[str, dict] = {}
+    patch_rows = []
+    with atomic_dir(out_dir) as tmp, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("writing patches", total=len(plan.patches))
+        for patch in plan.patches:
+            patch_dir = tmp / patch.patch_id
+            written = write_model_subset(arrays, patch.image_indices, patch.point_indices, patch_dir / "sparse" / "0")
+            if written != (len(patch.image_indices), len(patch.point_indices)):
+                # The plan applies the same two-observation rule as the writer: a mismatch is a bug.
+                raise RuntimeError(f"patch {patch.patch_id}: wrote {written}, planned {len(patch.image_indices), len(patch.point_indices)}")
+            stats = patch_statistics(arrays, patch, stats_config, sample)
+            patch_stats[patch.patch_id] = stats
+            row = {
+                "id": patch.patch_id,
+                "core_cell": patch.core.to_list(),
+                "expanded_cell": patch.expanded.to_list(),
+                "num_cameras": len(patch.image_indices),
+                "num_points": len(patch.point_indices),
+                "num_core_cameras": patch.num_core_cameras,
+                "num_core_points": patch.num_core_points,
+                "cameras_inside_expanded": patch.cameras_inside_expanded,
+                "cameras_by_visibility": patch.cameras_by_visibility,
+                "cameras_dropped_by_cap": patch.cameras_dropped_by_cap,
+                "stats": stats,
+            }
+            patch_rows.append(row)
+            write_json(patch_dir / PATCH_FILE, {
+                **row,
+                "world_to_aligned": plan.world_to_aligned.tolist(),
+                "images_dir": _images_reference(layout.images_dir, out_dir / patch.patch_id),
+                "image_names": [arrays.image_names[i] for i in patch.image_indices],
+            })
+            bar.advance(task)
+
+        flags = flag_outlier_patches(patch_stats, config.extent_ratio, config.spacing_ratio)
+        for row in patch_rows:
+            row["flags"] = flags[row["id"]]
+        centres_xy = (arrays.camera_centres @ plan.world_to_aligned.T)[:, :2]
+        points_xy = (arrays.xyz @ plan.world_to_aligned.T)[:, :2]
+        plot_layout(
+            tmp / LAYOUT_FILE, centres_xy, points_xy, plan.core_of_camera,
+            [p.core for p in plan.patches], [p.expanded for p in plan.patches],
+            [p.patch_id for p in plan.patches], plan.bounds, {pid for pid, why in flags.items() if why},
+        )
+        summary = {
+            "scene": str(scene_dir),
+            "mode": config.mode,
+            "num_patches": len(plan.patches),
+            "patch_ids": [p.patch_id for p in plan.patches],
+            "up_method": plan.up_method,
+            "world_to_aligned": plan.world_to_aligned.tolist(),
+            "bounds": plan.bounds.to_list(),
+            "num_cameras": len(arrays.image_ids),
+            "num_points": len(arrays.point_ids),
+            "patches": patch_rows,
+            "flagged": {pid: why for pid, why in flags.items() if why},
+            "notes": plan.notes,
+            "warnings": warnings,
+        }
+        write_json(tmp / SPLIT_FILE, summary)
+    return SplitResult(plan, summary, warnings)

@@ -1,0 +1,166 @@
+"""Which cameras and points each patch gets: a pure function of the model's arrays and the split settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from patchsplat.colmap_arrays import ModelArrays
+from patchsplat.config import SplitConfig
+from patchsplat.errors import InputError
+from patchsplat.split.alignment import estimate_up, ground_rotation
+from patchsplat.split.partition import (
+    Cell,
+    adaptive_cells,
+    content_bounds,
+    grid_cells,
+    shared_edge,
+    sort_cells,
+    union,
+)
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """One patch: its cells (aligned frame) and the cameras and points it gets (indices into ModelArrays)."""
+
+    patch_id: str
+    core: Cell
+    expanded: Cell
+    image_indices: np.ndarray          # sorted; the images of the patch model
+    point_indices: np.ndarray          # sorted; the points of the patch model (>= 2 observations by its images)
+    num_core_cameras: int              # camera centres inside the core cell
+    num_core_points: int               # points inside the core cell (the patch's own, for merging later)
+    cameras_inside_expanded: int
+    cameras_by_visibility: int
+    cameras_dropped_by_cap: int
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    world_to_aligned: np.ndarray       # (3, 3) rotation; rows are the aligned axes in world coordinates
+    up_method: str
+    bounds: Cell                       # finite extent of the content on the ground (aligned frame)
+    patches: list[PatchPlan]
+    core_of_camera: np.ndarray         # (M,) index of the patch whose core cell holds each camera centre
+    core_of_point: np.ndarray          # (N,) same for points; -1 for non-finite points
+    notes: list[str] = field(default_factory=list)   # merges and other decisions, for the report
+
+
+def _core_index(cells: list[Cell], xy: np.ndarray) -> np.ndarray:
+    owner = np.full(len(xy), -1, dtype=np.int64)
+    for index, cell in enumerate(cells):
+        owner[cell.contains(xy)] = index
+    return owner
+
+
+def _merge_small(cells: list[Cell], camera_xy: np.ndarray, point_xy: np.ndarray, config: SplitConfig, notes: list[str]) -> list[Cell]:
+    """Merge each small cell into the neighbour sharing a full side with it (smallest such neighbour first)."""
+    while True:
+        camera_counts = np.bincount(_core_index(cells, camera_xy), minlength=len(cells))
+        point_counts = np.bincount(np.maximum(_core_index(cells, point_xy), 0), minlength=len(cells))
+        small = [i for i in range(len(cells)) if camera_counts[i] < config.min_cameras or point_counts[i] < config.min_points]
+        merged = False
+        for index in small:
+            neighbours = [j for j in range(len(cells)) if j != index and shared_edge(cells[index], cells[j])]
+            if not neighbours:
+                continue
+            target = min(neighbours, key=lambda j: (camera_counts[j], j))
+            notes.append(
+                f"merged a small cell ({camera_counts[index]} cameras, {point_counts[index]} points) into its neighbour"
+            )
+            new_cell = union(cells[index], cells[target])
+            cells = [cell for j, cell in enumerate(cells) if j not in (index, target)] + [new_cell]
+            merged = True
+            break
+        if not merged or len(cells) == 1:
+            return cells
+
+
+def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: float = 1.0, source: str = "split") -> SplitPlan:
+    """Partition the scene into patches. ``source`` names the input in error messages."""
+    num_images, num_points = len(arrays.image_ids), len(arrays.point_ids)
+    if num_images < 2:
+        raise InputError(source, f"{num_images} registered images: nothing to split", kind="too_small")
+    centres = arrays.camera_centres
+    up, up_method = estimate_up(arrays.rotations, arrays.xyz, centres, config.up)
+    rotation = ground_rotation(up, centres, config.ground_axes)
+    camera_xy = (centres @ rotation.T)[:, :2]
+    finite = np.all(np.isfinite(arrays.xyz), axis=1)
+    point_xy = np.full((num_points, 2), np.nan)
+    point_xy[finite] = (arrays.xyz[finite] @ rotation.T)[:, :2]
+    bounds = content_bounds(camera_xy, point_xy, robust_percentile)
+
+    if config.mode == "grid":
+        if num_images < config.rows * config.cols:
+            raise InputError(
+                "params.yaml", f"split.rows x split.cols = {config.rows * config.cols} cells but the scene has only "
+                f"{num_images} cameras", kind="bad_params",
+            )
+        cells = grid_cells(camera_xy, config.rows, config.cols)
+    else:
+        cells = adaptive_cells(camera_xy, config.max_cameras)
+
+    notes: list[str] = []
+    if config.small_patch == "merge":
+        cells = _merge_small(cells, camera_xy, point_xy, config, notes)
+    cells = sort_cells(cells, bounds)
+
+    core_of_camera = _core_index(cells, camera_xy)
+    core_of_point = _core_index(cells, point_xy)  # NaN positions compare False everywhere: -1
+
+    # Observations per (camera, patch of the observed point's core cell): the visibility test below.
+    observed_core = core_of_point[arrays.obs_point]
+    valid = observed_core >= 0
+    seen = np.bincount(
+        arrays.obs_image[valid].astype(np.int64) * len(cells) + observed_core[valid],
+        minlength=num_images * len(cells),
+    ).reshape(num_images, len(cells))
+    core_point_counts = np.bincount(core_of_point[core_of_point >= 0], minlength=len(cells))
+
+    patches = []
+    for index, core in enumerate(cells):
+        expanded = core.grown(config.overlap, core.clipped(bounds))
+        inside = expanded.contains(camera_xy)
+        fraction = seen[:, index] / max(int(core_point_counts[index]), 1)
+        by_visibility = ~inside & (fraction >= config.visibility_fraction)
+        chosen = np.flatnonzero(inside | by_visibility)
+        dropped = 0
+        if config.max_cameras_per_patch and len(chosen) > config.max_cameras_per_patch:
+            # Priority: core cell, then expanded cell (nearest the core first), then by visibility.
+            centre = np.array([(core.clipped(bounds).x_min + core.clipped(bounds).x_max) / 2,
+                               (core.clipped(bounds).y_min + core.clipped(bounds).y_max) / 2])
+            distance = np.linalg.norm(camera_xy[chosen] - centre, axis=1)
+            priority = np.lexsort((
+                chosen,
+                np.where(by_visibility[chosen], -fraction[chosen], distance),
+                np.where(core_of_camera[chosen] == index, 0, np.where(inside[chosen], 1, 2)),
+            ))
+            dropped = len(chosen) - config.max_cameras_per_patch
+            chosen = np.sort(chosen[priority[: config.max_cameras_per_patch]])
+
+        in_patch_image = np.zeros(num_images, dtype=bool)
+        in_patch_image[chosen] = True
+        observations_by_patch = np.bincount(arrays.obs_point[in_patch_image[arrays.obs_image]], minlength=num_points)
+        candidate = expanded.contains(point_xy)
+        if config.points_seen_by_cameras:
+            candidate |= finite & (observations_by_patch >= 2)
+        # A COLMAP point needs a track of >= 2 images; points seen less by the patch's cameras are dropped,
+        # exactly as pycolmap drops them when the other images are removed.
+        points = np.flatnonzero(candidate & (observations_by_patch >= 2))
+        patches.append(
+            PatchPlan(
+                patch_id=f"p{index}",
+                core=core,
+                expanded=expanded,
+                image_indices=chosen,
+                point_indices=points,
+                num_core_cameras=int((core_of_camera == index).sum()),
+                num_core_points=int(core_point_counts[index]),
+                cameras_inside_expanded=int(inside.sum()),
+                cameras_by_visibility=int(by_visibility.sum()),
+                cameras_dropped_by_cap=dropped,
+            )
+        )
+    return SplitPlan(rotation, up_method, bounds, patches, core_of_camera, core_of_point, notes)

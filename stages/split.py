@@ -1,0 +1,38 @@
+"""DVC stage ``split``: cut the scene into patches (data/patches) and compare them (reports/split.json).
+
+Reads the ``split`` section of params.yaml (and validate.robust_percentile / nn_sample for the
+statistics). Refuses to run when the patch ids it would make differ from params.yaml's
+patch_overrides keys: `patchsplat repro` re-syncs them.
+"""
+
+import shutil
+from pathlib import Path
+
+from patchsplat.atomic import atomic_file
+from patchsplat.config import load_params
+from patchsplat.console import guarded
+from patchsplat.patch_ids import check_patch_ids
+from patchsplat.scene_source import resolve_scene_dir
+from patchsplat.split import LAYOUT_FILE, SPLIT_FILE, split_scene
+from patchsplat.split.report import print_split_table
+
+SCENE_DIR = Path("data/scene")
+PATCHES_DIR = Path("data/patches")
+REPORT = Path("reports/split.json")
+LAYOUT = Path("reports/split_layout.png")
+
+
+def main() -> None:
+    params = load_params()
+    result = split_scene(
+        resolve_scene_dir(SCENE_DIR), PATCHES_DIR, params.split, params.validate_,
+        check_ids=lambda ids: check_patch_ids(ids, Path("params.yaml")),
+    )
+    print_split_table(result.summary)
+    for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):
+        with atomic_file(target, suffix=target.suffix) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+if __name__ == "__main__":
+    guarded(main)

@@ -1,0 +1,225 @@
+"""The split: patches that partition the scene, standalone COLMAP models, flags, and bad params."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.config import SplitConfig, ValidateConfig
+from patchsplat.demo import generate_demo_scene, with_overrides
+from patchsplat.errors import InputError
+from patchsplat.split import SPLIT_FILE, split_scene
+from patchsplat.split.partition import Cell
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+def _scene(root: Path, name: str, **knobs) -> Path:
+    out = root / name
+    if not out.exists():
+        config = with_overrides(None, **{"width": 48, "height": 36, **knobs})
+        generate_demo_scene(config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("split-scenes")
+    return {
+        "demo": _scene(root, "demo", num_cameras=64, num_points=8000),
+        "large": _scene(root, "large", num_cameras=200, num_points=30000, extent=60.0, num_boxes=30, num_spheres=20),
+    }
+
+
+def _split(scene: Path, out: Path, **settings) -> dict:
+    split_scene(scene, out, SplitConfig(**settings), ValidateConfig(nn_sample=5000), progress=False)
+    return json.loads((out / SPLIT_FILE).read_text())
+
+
+def _aligned_xy(summary: dict, xyz: np.ndarray) -> np.ndarray:
+    return (xyz @ np.asarray(summary["world_to_aligned"]).T)[:, :2]
+
+
+CASES = [
+    ("demo", {"rows": 2, "cols": 2}),
+    ("demo", {"rows": 1, "cols": 3, "overlap": 0.0}),
+    ("large", {"rows": 3, "cols": 4}),
+    ("large", {"mode": "max_cameras", "max_cameras": 18}),
+]
+
+
+@pytest.mark.parametrize(("scene_name", "settings"), CASES)
+def test_core_cells_hold_every_camera_and_point_exactly_once(scenes, tmp_path, scene_name, settings):
+    summary = _split(scenes[scene_name], tmp_path / "patches", **settings)
+    source = read_model_arrays(scenes[scene_name] / "sparse" / "0")
+    cores = [Cell.from_list(patch["core_cell"]) for patch in summary["patches"]]
+    for positions in (_aligned_xy(summary, source.camera_centres), _aligned_xy(summary, source.xyz)):
+        owners = np.stack([core.contains(positions) for core in cores]).sum(axis=0)
+        assert np.all(owners == 1), f"{np.sum(owners != 1)} positions are not in exactly one core cell"
+    assert sum(p["num_core_cameras"] for p in summary["patches"]) == len(source.image_ids)
+    assert sum(p["num_core_points"] for p in summary["patches"]) == len(source.point_ids)
+    assert summary["patch_ids"] == [f"p{i}" for i in range(summary["num_patches"])]
+
+
+def test_grid_has_equal_camera_counts_per_column_and_cell(scenes, tmp_path):
+    summary = _split(scenes["large"], tmp_path / "patches", rows=2, cols=4)
+    counts = [p["num_core_cameras"] for p in summary["patches"]]
+    assert summary["num_patches"] == 8
+    assert max(counts) - min(counts) <= 2, counts  # 200 cameras: 25 per cell, up to rounding at each cut
+
+
+def test_max_cameras_mode_bounds_every_cell(scenes, tmp_path):
+    summary = _split(scenes["large"], tmp_path / "patches", mode="max_cameras", max_cameras=18)
+    assert all(p["num_core_cameras"] <= 18 for p in summary["patches"])
+    assert summary["num_patches"] >= 200 // 18
+
+
+@pytest.mark.parametrize(("scene_name", "settings"), CASES[:3])
+def test_patch_models_round_trip_through_pycolmap(scenes, tmp_path, scene_name, settings):
+    summary = _split(scenes[scene_name], tmp_path / "patches", **settings)
+    source = pycolmap.Reconstruction(str(scenes[scene_name] / "sparse" / "0"))
+    for patch in summary["patches"]:
+        model = pycolmap.Reconstruction(str(tmp_path / "patches" / patch["id"] / "sparse" / "0"))
+        assert model.num_reg_images() == patch["num_cameras"]
+        assert model.num_points3D() == patch["num_points"]
+        patch_image_ids = set(model.reg_image_ids())
+        for point_id, point in model.points3D.items():
+            assert point.track.length() >= 2
+            assert np.array_equal(point.xyz, source.points3D[point_id].xyz)
+            for element in point.track.elements:
+                assert element.image_id in patch_image_ids, "a track references an image outside the patch"
+                observed = model.images[element.image_id].points2D[element.point2D_idx]
+                assert observed.point3D_id == point_id
+        for image_id in patch_image_ids:
+            image, original = model.images[image_id], source.images[image_id]
+            assert image.name == original.name
+            assert np.allclose(image.cam_from_world().matrix(), original.cam_from_world().matrix())
+        # The images are referenced, not copied.
+        patch_json = json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())
+        images_dir = (tmp_path / "patches" / patch["id"] / patch_json["images_dir"]).resolve()
+        assert images_dir == (scenes[scene_name] / "images").resolve()
+        assert not (tmp_path / "patches" / patch["id"] / "images").exists()
+
+
+def test_cameras_that_see_a_patch_are_in_it(scenes, tmp_path):
+    fraction = 0.05
+    summary = _split(scenes["demo"], tmp_path / "patches", rows=2, cols=2, overlap=0.0, visibility_fraction=fraction)
+    source = read_model_arrays(scenes["demo"] / "sparse" / "0")
+    point_xy = _aligned_xy(summary, source.xyz)
+    added_by_visibility = 0
+    for patch in summary["patches"]:
+        core = Cell.from_list(patch["core_cell"])
+        in_core = core.contains(point_xy)
+        seen = np.bincount(source.obs_image[in_core[source.obs_point]], minlength=len(source.image_ids))
+        should_have = {source.image_names[i] for i in np.flatnonzero(seen >= fraction * in_core.sum())}
+        has = set(json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())["image_names"])
+        assert should_have <= has, f"{patch['id']} lacks cameras that see it: {sorted(should_have - has)[:5]}"
+        added_by_visibility += patch["cameras_by_visibility"]
+    assert added_by_visibility > 0, "the demo's oblique cameras should see into neighbouring cells"
+
+
+def test_overlap_is_respected(scenes, tmp_path):
+    source = read_model_arrays(scenes["demo"] / "sparse" / "0")
+    sizes = {}
+    for overlap in (0.0, 0.2, 0.5):
+        summary = _split(scenes["demo"], tmp_path / f"o{overlap}", rows=2, cols=2, overlap=overlap)
+        bounds = Cell.from_list(summary["bounds"])
+        point_xy = _aligned_xy(summary, source.xyz)
+        for patch in summary["patches"]:
+            core, expanded = Cell.from_list(patch["core_cell"]), Cell.from_list(patch["expanded_cell"])
+            clipped = core.clipped(bounds)
+            grown = core.grown(overlap, clipped)
+            assert expanded == grown
+            if np.isfinite(core.x_max):
+                assert expanded.x_max == pytest.approx(core.x_max + overlap * (clipped.x_max - clipped.x_min))
+            # every point of the patch model lies in its expanded cell
+            model = read_model_arrays(tmp_path / f"o{overlap}" / patch["id"] / "sparse" / "0")
+            assert np.all(expanded.contains(_aligned_xy(summary, model.xyz)))
+        sizes[overlap] = sum(p["num_points"] for p in summary["patches"])
+        if overlap == 0.0:
+            assert all(p["core_cell"] == p["expanded_cell"] for p in summary["patches"])
+            assert sizes[0.0] <= len(source.point_ids)
+    assert sizes[0.0] < sizes[0.2] < sizes[0.5]
+
+
+def test_split_is_deterministic(scenes, tmp_path):
+    first = tmp_path / "a"
+    second = tmp_path / "b"
+    _split(scenes["demo"], first, rows=2, cols=2)
+    _split(scenes["demo"], second, rows=2, cols=2)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for relative in files:
+        if relative.suffix != ".png":
+            assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
+
+
+def test_a_patch_with_larger_scale_stands_out(tmp_path):
+    scene = _scene(tmp_path, "bigger", num_cameras=80, num_points=12000,
+                   defects={"large_scale_region": 2.0})
+    summary = _split(scene, tmp_path / "patches", rows=2, cols=2, ground_axes="model")
+    manifest = json.loads((scene / "manifest.json").read_text())
+    assert manifest["defects"]["large_scale_region"]["factor"] == 2.0
+    # The patch whose core cell holds the +x,+y quadrant is the one with the scaled objects.
+    side = manifest["scene_extent"]["area_side"]
+    centre_of_quadrant = np.array([[side / 4, side / 4, 0.0]])
+    quadrant_xy = _aligned_xy(summary, centre_of_quadrant)
+    owner = next(p["id"] for p in summary["patches"] if Cell.from_list(p["core_cell"]).contains(quadrant_xy)[0])
+    assert list(summary["flagged"]) == [owner], summary["flagged"]
+    assert "mean NN spacing" in summary["flagged"][owner][0]
+    assert (tmp_path / "patches" / "layout.png").stat().st_size > 10_000
+
+
+def test_small_patches_warn_error_or_merge(scenes, tmp_path):
+    # 1 row x 6 columns of an 64-camera demo: ~10 cameras per cell, below min_cameras=12 for some.
+    warned = _split(scenes["demo"], tmp_path / "warn", rows=1, cols=6, overlap=0.0, min_cameras=12, small_patch="warn")
+    assert warned["warnings"] and "cameras" in warned["warnings"][0]
+    with pytest.raises(InputError) as error:
+        _split(scenes["demo"], tmp_path / "error", rows=1, cols=6, overlap=0.0, min_cameras=12, small_patch="error")
+    assert "split.min_cameras" in str(error.value) and not (tmp_path / "error").exists()
+    merged = _split(scenes["demo"], tmp_path / "merge", rows=1, cols=6, overlap=0.0, min_cameras=12, small_patch="merge")
+    assert merged["num_patches"] < 6 and merged["notes"]
+    assert all(p["num_core_cameras"] >= 12 for p in merged["patches"])
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real captured scenes not found at {REAL_DATA} (a user's clone has none)")
+def test_cup77_splits_into_two_sensible_patches(tmp_path):
+    summary = _split(REAL_DATA / "cup77", tmp_path / "patches", rows=1, cols=2)
+    assert summary["num_patches"] == 2
+    first, second = summary["patches"]
+    assert abs(first["num_core_cameras"] - second["num_core_cameras"]) <= 1
+    assert first["num_core_cameras"] + second["num_core_cameras"] == 77
+    for patch in summary["patches"]:
+        assert patch["num_cameras"] >= 0.4 * 77
+        assert patch["num_points"] >= 1000
+        assert pycolmap.Reconstruction(str(tmp_path / "patches" / patch["id"] / "sparse" / "0")).num_points3D() == patch["num_points"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--rows", "0"], "split.rows"),
+        (["--overlap", "-0.5"], "split.overlap"),
+        (["--mode", "hexagons"], "split.mode"),
+        (["--rows", "50", "--cols", "50"], "split.rows x split.cols"),
+    ],
+)
+def test_bad_split_params_give_one_line_errors(scenes, tmp_path, arguments, named):
+    out = tmp_path / "patches"
+    # Run where there is no params.yaml, so the defaults plus these overrides apply.
+    completed = subprocess.run(
+        [sys.executable, "-m", "patchsplat.cli", "split", str(scenes["demo"]), str(out), *arguments],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not out.exists()
