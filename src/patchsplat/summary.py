@@ -14,9 +14,10 @@ def _validation_row(report: dict) -> tuple[str, str]:
     stats = report.get("stats", {})
     findings = report.get("findings", [])
     warnings = sum(1 for f in findings if f.get("severity") == "warning")
+    spacing = stats.get("mean_nn_spacing")
     return (
         f"{stats.get('num_cameras', '?')} images, {stats.get('num_points', '?')} points, "
-        f"mean NN spacing {stats.get('mean_nn_spacing', float('nan')):.4g}, {warnings} warnings"
+        f"mean NN spacing {'-' if spacing is None else f'{spacing:.4g}'}, {warnings} warnings"
     ), ""
 
 

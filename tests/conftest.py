@@ -1,0 +1,160 @@
+"""Shared fixtures: the real scenes (skipped when absent) and small COLMAP scenes built with pycolmap."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The read-only real scenes (cup77, fern_llff8); the test is skipped when they are absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real test scenes not available: {REAL_DATA} does not exist (they live outside the repository)")
+    return REAL_DATA
+
+
+def _look_at(centre: np.ndarray):
+    """cam_from_world pose of a camera at ``centre`` looking at the origin, z up."""
+    import pycolmap
+
+    forward = -centre / np.linalg.norm(centre)
+    right = np.cross(forward, np.array([0.0, 0.0, 1.0]))
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    rotation = np.stack([right, down, forward])
+    return pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ centre)
+
+
+DEFAULT_PARAMS = {
+    "PINHOLE": [50.0, 50.0, 32.0, 24.0],
+    "SIMPLE_PINHOLE": [50.0, 32.0, 24.0],
+    "SIMPLE_RADIAL": [50.0, 32.0, 24.0, 0.05],
+    "OPENCV_FISHEYE": [50.0, 50.0, 32.0, 24.0, 0.01, 0.0, 0.0, 0.0],
+    "EQUIRECTANGULAR": [64.0, 48.0],
+}
+
+
+def build_scene(
+    out: Path,
+    *,
+    num_images: int = 6,
+    num_points: int = 150,
+    width: int = 64,
+    height: int = 48,
+    model: str = "PINHOLE",
+    params: list[float] | None = None,
+    model_format: str = "bin",
+    legacy: bool = False,
+    names: dict[int, str] | None = None,
+    write_images: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a small, valid COLMAP scene: ``out/images/*.png`` and ``out/sparse/0``.
+
+    Cameras sit on a circle of radius 4 around a cube of random points, every point is
+    seen by every image at its exact projection. ``legacy`` drops rigs/frames (a model
+    as COLMAP < 3.12 wrote it, like the cup77 scene); ``names`` overrides image names
+    by image id (1-based); ``model``/``params`` set the single shared camera.
+    """
+    import pycolmap
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    reconstruction = pycolmap.Reconstruction()
+    camera = pycolmap.Camera(
+        model=model, width=width, height=height, params=params if params is not None else DEFAULT_PARAMS[model], camera_id=1
+    )
+    reconstruction.add_camera_with_trivial_rig(camera)
+    points = rng.uniform(-0.8, 0.8, size=(num_points, 3))
+    names = names or {}
+    for image_id in range(1, num_images + 1):
+        angle = 2 * np.pi * image_id / num_images
+        pose = _look_at(np.array([4 * np.cos(angle), 4 * np.sin(angle), 1.0]))
+        cam_points = (pose.rotation.matrix() @ points.T).T + pose.translation
+        # Projection with the pinhole part only: good enough, the validator does not reproject.
+        projected = cam_points[:, :2] / cam_points[:, 2:3] * 50.0 + np.array([width / 2, height / 2])
+        image = pycolmap.Image(
+            name=names.get(image_id, f"img{image_id:03d}.png"), keypoints=projected, camera_id=1, image_id=image_id
+        )
+        reconstruction.add_image_with_trivial_frame(image, pose)
+    for index, xyz in enumerate(points):
+        track = pycolmap.Track()
+        for image_id in range(1, num_images + 1):
+            track.add_element(image_id, index)
+        reconstruction.add_point3D(xyz, track, rng.integers(0, 255, 3).astype(np.uint8))
+
+    model_dir = out / "sparse" / "0"
+    model_dir.mkdir(parents=True)
+    (out / "images").mkdir()
+    if model_format == "bin":
+        reconstruction.write_binary(str(model_dir))
+    else:
+        reconstruction.write_text(str(model_dir))
+    if legacy:
+        for stem in ("rigs", "frames"):
+            (model_dir / f"{stem}.{model_format}").unlink()
+    if write_images:
+        for image in reconstruction.images.values():
+            target = out / "images" / image.name
+            if image.name and target.resolve().is_relative_to((out / "images").resolve()):
+                pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(target)
+    return out
+
+
+@pytest.fixture(scope="session")
+def _scene_cache(tmp_path_factory) -> dict:
+    return {"root": tmp_path_factory.mktemp("scene-cache"), "built": {}}
+
+
+@pytest.fixture
+def make_scene(_scene_cache, tmp_path) -> Callable[..., Path]:
+    """Factory: ``make_scene(**build_scene options)`` -> a fresh copy of that scene in this test's tmp_path.
+
+    Each distinct set of options is built once per session and copied (fast).
+    """
+    counter = {"n": 0}
+
+    def make(**options) -> Path:
+        key = repr(sorted(options.items()))
+        built = _scene_cache["built"]
+        if key not in built:
+            built[key] = build_scene(_scene_cache["root"] / f"scene{len(built)}", **options)
+        counter["n"] += 1
+        copy = tmp_path / f"scene{counter['n']}"
+        shutil.copytree(built[key], copy, symlinks=True)
+        return copy
+
+    return make
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> content hash (files), 'dir', or 'link:<target>' for everything under ``folder``."""
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            key = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                state[key] = f"link:{os.readlink(path)}"
+            elif path.is_dir():
+                state[key] = "dir"
+            else:
+                state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+@pytest.fixture
+def scene_snapshot() -> Callable[[Path], dict[str, str]]:
+    """The :func:`snapshot` function, to assert that a folder was left exactly as it was."""
+    return snapshot
