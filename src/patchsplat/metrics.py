@@ -1,0 +1,231 @@
+"""Image metrics (PSNR, SSIM, L1) that refuse inputs they would silently get wrong.
+
+Why this module exists: a "PSNR" of 8 dB came out of a tensor-layout mix-up. Metric code
+happily averages over whatever axes it is given, so an NHWC image fed to an NCHW metric,
+or a 0-255 image compared with a 0-1 one, yields a plausible-looking wrong number. Every
+function here therefore goes through :func:`check_images` first, which raises a
+``ValueError`` naming the argument, the shape (or range, or dtype) seen, what was expected
+and how to fix it.
+
+Contract shared by all metrics:
+
+* ``prediction`` and ``target`` are float tensors of the same shape ``[B, C, H, W]``
+  (NCHW) with ``C`` in {1, 3}, finite, with values in [0, 1] (a tolerance of
+  :data:`RANGE_TOLERANCE` absorbs rounding). No broadcasting.
+* The result is one value per image, shape ``[B]``.
+* Arithmetic is done in float32 (float64 if an input is float64) with autocast disabled,
+  so a bf16/fp16 autocast region around the training loss does not degrade the loss:
+  the inputs are ``.float()``-ed and the convolutions run in fp32.
+* Rendered predictions can legitimately leave [0, 1] during training (gsplat's SH colours
+  are clamped at 0 only), so ``check_prediction_range=False`` skips the range check of the
+  prediction (never of the target, which is data). Evaluation keeps the default (strict),
+  and should clamp renders to [0, 1] first, as gsplat's evaluation does.
+
+SSIM is the standard definition of Wang et al. (2004): Gaussian window of size 11 and
+sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population (not sample) statistics,
+averaged over the "valid" region (pixels whose whole window lies inside the image). This
+is what gsplat's training (``fused_ssim(..., padding="valid")``) and
+``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)`` compute; skimage filters with reflection and
+then crops the 5-pixel border, which leaves exactly the valid region.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Values up to this far outside [0, 1] are accepted (float rounding of resampled or
+# composited images); anything further is a units mistake.
+RANGE_TOLERANCE = 1e-3
+SSIM_WINDOW_SIZE = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+VALID_CHANNELS = (1, 3)
+
+
+def _describe(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}"
+
+
+def _check_layout(x: object, name: str) -> Tensor:
+    """Reject anything that is not a 4-D NCHW float tensor with 1 or 3 channels."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [B, C, H, W] (NCHW), got {type(x).__name__}")
+    if x.dtype == torch.bool or not (x.is_floating_point()):
+        raise ValueError(
+            f"{name} has integer/bool dtype {x.dtype} ({_describe(x)}); metrics expect a float image in [0, 1]: "
+            "use x.float() / 255 for 8-bit images"
+        )
+    if x.dim() == 3:
+        if x.shape[-1] in VALID_CHANNELS and x.shape[0] not in VALID_CHANNELS:
+            raise ValueError(
+                f"{name} has {_describe(x)}, which looks like NHWC/HWC (channels last); "
+                "expected [B, C, H, W] with C in {1, 3}: permute to NCHW, e.g. x.permute(2, 0, 1).unsqueeze(0)"
+            )
+        raise ValueError(
+            f"{name} has {_describe(x)} (3-D); expected 4-D [B, C, H, W] with C in {{1, 3}}: "
+            "add the batch dimension with x.unsqueeze(0)"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"{name} has {_describe(x)} ({x.dim()}-D); expected 4-D [B, C, H, W] (NCHW) with C in {{1, 3}}")
+    if x.shape[1] not in VALID_CHANNELS:
+        if x.shape[-1] in VALID_CHANNELS:
+            raise ValueError(
+                f"{name} has {_describe(x)}, which looks like NHWC/HWC (channels last); "
+                "expected [B, C, H, W] with C in {1, 3}: permute to NCHW, e.g. x.permute(0, 3, 1, 2)"
+            )
+        raise ValueError(f"{name} has {_describe(x)}; expected [B, C, H, W] (NCHW) with C in {{1, 3}}, got C={x.shape[1]}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has {_describe(x)}, which is empty; expected [B, C, H, W] with B, H, W > 0")
+    return x
+
+
+@torch.no_grad()
+def _check_values(x: Tensor, name: str, check_range: bool) -> None:
+    """Reject non-finite values and (optionally) values outside [0, 1]."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        raise ValueError(f"{name} ({_describe(x)}) has {n_bad} non-finite value(s) (NaN/Inf); expected finite values in [0, 1]")
+    if not check_range:
+        return
+    low, high = float(x.min()), float(x.max())
+    if high > 1.0 + RANGE_TOLERANCE:
+        hint = "looks like 0-255; divide by 255" if high <= 255.0 + RANGE_TOLERANCE else "values are not an image in [0, 1]"
+        raise ValueError(f"{name} ({_describe(x)}) has values in [{low:.4g}, {high:.4g}]; expected [0, 1]: {hint}")
+    if low < -RANGE_TOLERANCE:
+        hint = (
+            "looks like [-1, 1]; map it with (x + 1) / 2"
+            if low >= -1.0 - RANGE_TOLERANCE
+            else "values are not an image in [0, 1]"
+        )
+        raise ValueError(f"{name} ({_describe(x)}) has values in [{low:.4g}, {high:.4g}]; expected [0, 1]: {hint}")
+
+
+def check_images(
+    prediction: Tensor,
+    target: Tensor,
+    name: str = "image metric",
+    check_prediction_range: bool = True,
+) -> None:
+    """Raise ``ValueError`` unless ``prediction`` and ``target`` are a valid NCHW image pair.
+
+    Rejected (each with a message naming the argument, what was seen and what was expected):
+    non-tensors; integer/bool dtypes; anything not 4-D ``[B, C, H, W]`` with C in {1, 3}
+    (channels-last inputs get "looks like NHWC/HWC; permute to NCHW"); empty tensors;
+    shapes that differ; NaN/Inf; values outside [0, 1] by more than :data:`RANGE_TOLERANCE`
+    ("looks like 0-255; divide by 255" / "looks like [-1, 1]"). ``check_prediction_range=False``
+    skips only the range check of ``prediction`` (for training losses on unclamped renders).
+    ``name`` is the caller (e.g. "psnr") and prefixes every message.
+    """
+    pred_name, target_name = f"{name}: prediction", f"{name}: target"
+    _check_layout(prediction, pred_name)
+    _check_layout(target, target_name)
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"{name}: prediction has shape {tuple(prediction.shape)} but target has shape {tuple(target.shape)}; "
+            "expected identical [B, C, H, W] shapes (no broadcasting)"
+        )
+    if prediction.device != target.device:
+        raise ValueError(f"{name}: prediction is on {prediction.device} but target is on {target.device}")
+    _check_values(prediction, pred_name, check_prediction_range)
+    _check_values(target, target_name, True)
+
+
+def _working_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (never half precision)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def l1(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """Mean absolute error per image: ``[B, C, H, W] x 2 -> [B]`` (differentiable)."""
+    check_images(prediction, target, name="l1", check_prediction_range=check_prediction_range)
+    dtype = _working_dtype(prediction, target)
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        return (prediction.to(dtype) - target.to(dtype)).abs().mean(dim=(1, 2, 3))
+
+
+def mse(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """Mean squared error per image: ``[B, C, H, W] x 2 -> [B]`` (differentiable)."""
+    check_images(prediction, target, name="mse", check_prediction_range=check_prediction_range)
+    return _mse(prediction, target)
+
+
+def _mse(prediction: Tensor, target: Tensor) -> Tensor:
+    dtype = _working_dtype(prediction, target)
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        return (prediction.to(dtype) - target.to(dtype)).square().mean(dim=(1, 2, 3))
+
+
+def psnr(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """Peak signal-to-noise ratio in dB per image, data range 1: ``10 * log10(1 / MSE)`` -> ``[B]``.
+
+    The MSE is taken over all channels and pixels of each image (the convention of gsplat,
+    INRIA 3DGS and torchmetrics with ``dim=(1, 2, 3)``). Identical images give ``+inf``
+    (no cap): an infinite PSNR is the honest answer and averaging callers should notice it.
+    """
+    check_images(prediction, target, name="psnr", check_prediction_range=check_prediction_range)
+    return -10.0 * torch.log10(_mse(prediction, target))
+
+
+def gaussian_window(
+    size: int = SSIM_WINDOW_SIZE, sigma: float = SSIM_SIGMA, dtype: torch.dtype = torch.float32, device=None
+) -> Tensor:
+    """Normalised 1-D Gaussian window of ``size`` taps centred on the middle tap: ``[size]``."""
+    offsets = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2.0
+    weights = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    return (weights / weights.sum()).to(dtype)
+
+
+def _filter_valid(x: Tensor, window: Tensor) -> Tensor:
+    """Separable Gaussian filter of every channel, keeping only the valid region: ``[B,C,H,W] -> [B,C,H-10,W-10]``."""
+    channels = x.shape[1]
+    size = window.numel()
+    horizontal = window.reshape(1, 1, 1, size).expand(channels, 1, 1, size)
+    vertical = window.reshape(1, 1, size, 1).expand(channels, 1, size, 1)
+    x = F.conv2d(x, horizontal, groups=channels)
+    return F.conv2d(x, vertical, groups=channels)
+
+
+def ssim_map(prediction: Tensor, target: Tensor) -> Tensor:
+    """The SSIM map on the valid region, no checks: ``[B, C, H, W] -> [B, C, H-10, W-10]``.
+
+    Inputs are assumed checked (see :func:`ssim`); computed in float32/float64 with
+    autocast disabled.
+    """
+    dtype = _working_dtype(prediction, target)
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        x = prediction.to(dtype)
+        y = target.to(dtype)
+        window = gaussian_window(dtype=dtype, device=x.device)
+        c1 = (SSIM_K1 * 1.0) ** 2
+        c2 = (SSIM_K2 * 1.0) ** 2
+        mu_x = _filter_valid(x, window)
+        mu_y = _filter_valid(y, window)
+        # Population (biased) second moments: E[x^2] - E[x]^2, as Wang et al. and gsplat.
+        var_x = _filter_valid(x * x, window) - mu_x * mu_x
+        var_y = _filter_valid(y * y, window) - mu_y * mu_y
+        cov_xy = _filter_valid(x * y, window) - mu_x * mu_y
+        numerator = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_xy + c2)
+        denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+        return numerator / denominator
+
+
+def ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """Structural similarity per image (Wang et al. 2004, Gaussian 11 / 1.5, data range 1) -> ``[B]``.
+
+    Differentiable (training uses ``1 - ssim(...).mean()``). The mean is over channels and
+    the valid region, so images must be at least 11 x 11 pixels. Identical images give 1.
+    """
+    check_images(prediction, target, name="ssim", check_prediction_range=check_prediction_range)
+    height, width = prediction.shape[-2:]
+    if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
+        raise ValueError(
+            f"ssim: images of shape {tuple(prediction.shape)} are smaller than the {SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} "
+            "window; expected H and W >= 11"
+        )
+    return ssim_map(prediction, target).mean(dim=(1, 2, 3))
+

@@ -1,0 +1,1 @@
+"""Per-patch Gaussian-splat training that cannot fail silently."""
