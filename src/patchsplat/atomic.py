@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_permissions(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp make private (0600/0700) entries; outputs get the usual umask-based mode."""
+    path.chmod((0o777 if directory else 0o666) & ~_current_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -38,6 +49,7 @@ def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _ordinary_permissions(tmp, directory=False)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -66,13 +78,20 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _ordinary_permissions(tmp, directory=True)
     try:
         yield tmp
         old = None
         if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "previous")
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:  # put the earlier result back: it must not be lost
+                os.replace(old / "previous", target)
+                shutil.rmtree(old, ignore_errors=True)
+            raise
         _fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
