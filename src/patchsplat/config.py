@@ -131,12 +131,92 @@ class SplitConfig(_Section):
     )
 
 
+class StrategyConfig(_Section):
+    """Densification: gsplat's MCMCStrategy (default) or DefaultStrategy, in canonical units.
+
+    Step counts are iterations; the defaults fit the default ``steps``. gsplat's own recipe
+    (30k steps) uses refine_start 500, refine_every 100, refine_stop 25k (MCMC) / 15k (default).
+    """
+
+    kind: Literal["mcmc", "default"] = Field("mcmc", description="mcmc: MCMCStrategy (relocation, a hard cap); default: clone/split/prune.")
+    cap_max: int = Field(60_000, ge=100, description="Most Gaussians a patch may hold (MCMC's cap; also the memory planner's).")
+    refine_start_iter: int = Field(300, ge=0)
+    refine_stop_iter: int = Field(2_000, ge=0)
+    refine_every: int = Field(100, ge=1)
+    # MCMC
+    noise_lr: float = Field(5e5, ge=0.0, description="MCMC: scale of the noise injected into low-opacity Gaussians' positions.")
+    min_opacity: float = Field(0.005, gt=0.0, lt=1.0, description="MCMC: below this a Gaussian is dead and relocated.")
+    opacity_reg: float = Field(0.01, ge=0.0, description="MCMC: L1 penalty on opacities (gsplat's MCMC preset).")
+    scale_reg: float = Field(0.01, ge=0.0, description="MCMC: L1 penalty on scales (gsplat's MCMC preset).")
+    # Default
+    grow_grad2d: float = Field(0.0002, gt=0.0, description="default: image-space gradient above which a Gaussian is cloned or split.")
+    prune_opa: float = Field(0.005, gt=0.0, lt=1.0, description="default: opacity below which a Gaussian is pruned.")
+    reset_every: int = Field(3_000, ge=1, description="default: opacity reset period (the reset 1.5.3 forgets is done).")
+
+
+class HealthConfig(_Section):
+    """What the training monitor checks and when it calls a run failed.
+
+    Every step: loss and every parameter group's gradients must be finite. Every
+    ``check_every`` steps: gradient norms, Gaussian count and its trend, the fraction of
+    near-transparent Gaussians, scale statistics and peak memory (all logged as metrics).
+    """
+
+    check_every: int = Field(50, ge=1)
+    collapse_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Collapse: the Gaussian count falls below this fraction of its peak."
+    )
+    transparent_opacity: float = Field(0.01, gt=0.0, lt=1.0, description="A Gaussian below this opacity counts as near-transparent.")
+    max_transparent_fraction: float = Field(
+        0.98, gt=0.0, le=1.0, description="Collapse too: more than this fraction of Gaussians near-transparent."
+    )
+    min_scale_to_spacing: float = Field(
+        0.05, gt=0.0,
+        description="Vanishing scales: the median Gaussian scale is below this fraction of the points' median NN spacing "
+        "(the motivating crash: an initial scale that did not fit the patch).",
+    )
+    max_scale: float = Field(1.0, gt=0.0, description="Exploding scales: the median Gaussian scale exceeds this (canonical units; the scene is 1).")
+    max_grad_norm: float = Field(1e8, gt=0.0, description="A parameter group's gradient norm above this is a failure.")
+
+
+class RecoveryStep(_Section):
+    """One rung of a recovery ladder: how the next attempt differs from the failed one (factors multiply)."""
+
+    init_scale_factor: float = Field(1.0, gt=0.0, description="Multiply init_scale (restarts from the initial points).")
+    lr_factor: float = Field(1.0, gt=0.0, description="Multiply every learning rate (resumes from the last good state).")
+    resolution_factor: int = Field(1, ge=1, description="Divide the image resolution by this much more (resumes).")
+    cap_factor: float = Field(1.0, gt=0.0, le=1.0, description="Multiply the Gaussian cap (resumes).")
+
+
+class RecoveryConfig(_Section):
+    """On a detected failure, roll back and retry along the ladder of its kind; every attempt is recorded."""
+
+    max_attempts: int = Field(6, ge=1, description="Attempts in all, the first included.")
+    scale: list[RecoveryStep] = Field(
+        default_factory=lambda: [RecoveryStep(init_scale_factor=2.0)] * 3,
+        description="Vanishing scales or a rasterizer error (the motivating crash): initial scale x2, up to 3 times.",
+    )
+    nonfinite: list[RecoveryStep] = Field(
+        default_factory=lambda: [RecoveryStep(lr_factor=0.5), RecoveryStep(lr_factor=0.5)],
+        description="NaN/Inf loss or gradients, exploding scales: halve the learning rates.",
+    )
+    collapse: list[RecoveryStep] = Field(
+        default_factory=lambda: [RecoveryStep(lr_factor=0.5), RecoveryStep(lr_factor=0.5)],
+        description="The Gaussian count collapses: halve the learning rates.",
+    )
+    out_of_memory: list[RecoveryStep] = Field(
+        default_factory=lambda: [RecoveryStep(resolution_factor=2), RecoveryStep(cap_factor=0.5)],
+        description="Out of memory: half resolution, then half the Gaussian cap.",
+    )
+
+
 class TrainConfig(_Section):
     """Per-patch training settings. Any of them can be overridden for one patch under ``patch_overrides``.
 
     Lengths are in canonical units: each patch is moved and scaled so its cameras' centroid is
-    the origin, up is +z and its scene scale (1.1 x the largest camera distance from the
-    centroid) is 1, so these defaults do not depend on the capture's units or extent.
+    the origin and its scene scale (1.1 x the largest camera distance from the centroid) is 1,
+    so these defaults do not depend on the capture's units or extent. Learning rates follow
+    gsplat's simple_trainer recipe in those units.
     """
 
     init_scale: float = Field(
@@ -148,6 +228,41 @@ class TrainConfig(_Section):
     init_opacity: float = Field(0.1, gt=0.0, lt=1.0, description="Initial opacity of every Gaussian.")
     max_initial_points: int = Field(0, ge=0, description="Keep at most this many SfM points as initial Gaussians (0 = all; deterministic subsample).")
 
+    seed: int = Field(0, ge=0, description="Initial rotations, view order and the strategies' randomness follow from it.")
+    steps: int = Field(2_000, ge=1, description="Optimisation steps (one image each).")
+    backend: Literal["auto", "torch", "gsplat"] = Field(
+        "auto", description="Rasterizer: gsplat's CUDA kernels on a GPU, patchsplat's pure-torch one otherwise (auto picks)."
+    )
+    sh_degree: int = Field(3, ge=0, le=4, description="Final spherical-harmonics degree of the colours.")
+    sh_degree_interval: int = Field(1_000, ge=1, description="One SH band is added every this many steps.")
+    ssim_lambda: float = Field(0.2, ge=0.0, le=1.0, description="loss = (1 - this) L1 + this (1 - SSIM).")
+    means_lr: float = Field(1.6e-4, gt=0.0, description="Decays exponentially to means_lr_final_factor x this by the last step.")
+    means_lr_final_factor: float = Field(0.01, gt=0.0, le=1.0)
+    scales_lr: float = Field(5e-3, gt=0.0)
+    opacities_lr: float = Field(5e-2, gt=0.0)
+    quats_lr: float = Field(1e-3, gt=0.0)
+    sh0_lr: float = Field(2.5e-3, gt=0.0)
+    shN_lr: float = Field(2.5e-3 / 20, gt=0.0)
+    resolution_factor: int = Field(1, ge=1, le=64, description="Train on images downscaled by this factor (the memory planner may raise it).")
+    image_cache: int = Field(64, ge=1, description="Decoded images kept in memory (least recently used evicted); on the CPU.")
+    memory_budget_gb: float = Field(16.0, gt=0.0, description="Peak memory training may use; the resolution and cap are chosen to fit.")
+    bf16: bool = Field(False, description="bf16 autocast outside the rasterizer; the loss is always computed in fp32.")
+    eval_every: int = Field(500, ge=1, description="Held-out PSNR/SSIM every this many steps (and at the end).")
+    checkpoint_every: int = Field(500, ge=1, description="Atomic checkpoint every this many steps (and at milestones and the end).")
+    milestones: list[int] = Field(default_factory=list, description="Extra steps at which a checkpoint is kept for good.")
+    strategy: StrategyConfig = StrategyConfig()
+    health: HealthConfig = HealthConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs go. The default is a SQLite file in the workspace; MLFLOW_TRACKING_URI wins."""
+
+    enabled: bool = True
+    tracking_uri: Optional[str] = Field(None, description="None: sqlite:///mlflow.db in the workspace (or MLFLOW_TRACKING_URI).")
+    artifact_dir: str = Field("mlartifacts", description="Artifacts of the default store, relative to the workspace.")
+    experiment: str = "patchsplat"
+
 
 class Params(_Section):
     """The whole ``params.yaml``."""
@@ -156,6 +271,7 @@ class Params(_Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
     patch_overrides: dict[str, Optional[dict[str, Any]]] = Field(
         default_factory=dict,
         description="One key per patch id (p0, p1, ...; kept in sync with the split by `patchsplat repro`), "
@@ -164,10 +280,18 @@ class Params(_Section):
 
     def train_settings(self, patch_id: str) -> TrainConfig:
         """The effective training settings of one patch: ``train`` with its override applied."""
-        override = self.patch_overrides.get(patch_id) or {}
-        return TrainConfig.model_validate(self.train.model_dump() | override)
+        return TrainConfig.model_validate(deep_merge(self.train.model_dump(), self.patch_overrides.get(patch_id) or {}))
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, populate_by_name=True)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` applied key by key, recursing into nested sections (so
+    ``{strategy: {cap_max: 1000}}`` changes one setting, not the whole strategy)."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:
@@ -197,7 +321,7 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
         if not re.fullmatch(r"p\d+", patch_id):
             raise InputError(source, f"patch_overrides.{patch_id}: not a patch id (p0, p1, ...)", kind="bad_params")
         try:
-            TrainConfig.model_validate(params.train.model_dump() | (override or {}))
+            TrainConfig.model_validate(deep_merge(params.train.model_dump(), override or {}))
         except ValidationError as error:
             message = _format_validation_error(source, error)
             raise InputError(source, f"patch_overrides.{patch_id}.{message}", kind="bad_params") from None

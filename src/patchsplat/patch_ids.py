@@ -114,10 +114,12 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
     keep = set(new_ids)
     for template in _per_patch_outputs(dvc_yaml) if dvc_yaml.exists() else []:
         prefix, _, suffix = template.partition(PER_PATCH_KEY)
+        # data/trained/${key}/splats.ply: the whole data/trained/<id> folder is that patch's.
+        suffix = "" if suffix.startswith("/") else suffix
         for match in sorted(glob.glob(str(workspace / (prefix + "*" + suffix)))):
             patch_id = match[len(str(workspace / prefix)) : len(match) - len(suffix) if suffix else None]
-            if patch_id not in keep:
-                path = Path(match)
+            path = Path(match)
+            if patch_id not in keep and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
                 removed_outputs.append(str(path.relative_to(workspace)))
 

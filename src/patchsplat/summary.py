@@ -21,10 +21,20 @@ def _validation_row(report: dict) -> tuple[str, str]:
     ), ""
 
 
+def _split_row(report: dict) -> tuple[str, str]:
+    flagged = report.get("flagged", {})
+    text = f"{report.get('num_patches', '?')} patches ({report.get('mode', '?')})"
+    if flagged:
+        text += f"; stand out: {', '.join(sorted(flagged))}"
+    return text, ""
+
+
 # (stage, report file relative to reports_dir, outputs to point the user at, how to describe the report)
 _STAGES = [
     ("scene", None, "data/scene/", None),
     ("validate", "validation.json", "reports/validation.json", _validation_row),
+    ("split", "split.json", "data/patches/, reports/split.json, reports/split_layout.png", _split_row),
+    ("prepare", None, "data/prepared/", None),
 ]
 
 

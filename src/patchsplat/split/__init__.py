@@ -44,11 +44,9 @@ def patch_statistics(arrays: ModelArrays, patch: PatchPlan, config: ValidateConf
     """The validation statistics of one patch's model, computed from the arrays (same numbers the model holds)."""
     from patchsplat.validate.stats import scene_statistics
 
-    in_patch_image = np.zeros(len(arrays.image_ids), dtype=bool)
-    in_patch_image[patch.image_indices] = True
     in_patch_point = np.zeros(len(arrays.point_ids), dtype=bool)
     in_patch_point[patch.point_indices] = True
-    observations = int((in_patch_image[arrays.obs_image] & in_patch_point[arrays.obs_point]).sum())
+    observations = int(in_patch_point[arrays.obs_point[arrays.observations_of(patch.image_indices)]].sum())
     num_points = len(patch.point_indices)
     stats = scene_statistics(
         arrays.xyz[patch.point_indices],

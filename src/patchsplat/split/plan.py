@@ -140,9 +140,7 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
             dropped = len(chosen) - config.max_cameras_per_patch
             chosen = np.sort(chosen[priority[: config.max_cameras_per_patch]])
 
-        in_patch_image = np.zeros(num_images, dtype=bool)
-        in_patch_image[chosen] = True
-        observations_by_patch = np.bincount(arrays.obs_point[in_patch_image[arrays.obs_image]], minlength=num_points)
+        observations_by_patch = np.bincount(arrays.obs_point[arrays.observations_of(chosen)], minlength=num_points)
         candidate = expanded.contains(point_xy)
         if config.points_seen_by_cameras:
             candidate |= finite & (observations_by_patch >= 2)
