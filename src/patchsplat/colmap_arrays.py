@@ -54,7 +54,8 @@ class ModelArrays:
     error: np.ndarray              # (N,) float64, mean reprojection error in pixels
     obs_image: np.ndarray          # (K,) int32
     obs_point: np.ndarray          # (K,) int32
-    obs_xy: np.ndarray             # (K, 2) float64
+    obs_xy: np.ndarray             # (K, 2) float64 (a view of obs_records)
+    obs_records: np.ndarray        # (K,) the images.bin records (x, y, point3D_id) of the observations
     cameras_bin: bytes             # the model's cameras.bin as read (cameras are few)
 
     @property
@@ -237,6 +238,7 @@ def read_model_arrays(model_dir: str | Path) -> ModelArrays:
         obs_image=owners,
         obs_point=obs_point.astype(np.int32),
         obs_xy=obs_xy,
+        obs_records=observations,
         cameras_bin=(model_dir / "cameras.bin").read_bytes(),
     )
 
@@ -324,9 +326,7 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     (model_dir / "cameras.bin").write_bytes(struct.pack("<Q", len(camera_ids)) + b"".join(records[c] for c in camera_ids))
 
     # images.bin
-    blocks = np.empty(len(kept), dtype=_OBSERVATION_DTYPE)
-    blocks["x"], blocks["y"] = arrays.obs_xy[kept, 0], arrays.obs_xy[kept, 1]
-    blocks["point3D_id"] = arrays.point_ids[kept_point].astype(np.uint64)
+    blocks = arrays.obs_records[kept]  # x, y and the (unchanged) point id, copied record by record
     chunks = [struct.pack("<Q", len(image_indices))]
     for index in image_indices:
         start, count = int(first_of_image[index]), int(per_image[index])
