@@ -66,6 +66,9 @@ def workspace(tmp_path_factory) -> Path:
         demo = params["scene"]["demo"]
         demo.update({"num_cameras": 32, "width": 48, "height": 36, "num_points": 4000})
         params["split"]["min_cameras"] = 4
+        params["train"].update({"steps": 20, "eval_every": 10, "checkpoint_every": 10})
+        params["train"]["strategy"].update({"refine_start_iter": 5, "refine_every": 5, "refine_stop_iter": 15})
+        params["tracking"]["enabled"] = False
 
     _edit_params(workspace, small_demo)
     return workspace
@@ -73,9 +76,10 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_repro_then_nothing_to_do(workspace):
     first = _dvc(workspace, "repro")
-    assert {"scene", "validate", "split", "prepare@p0", "prepare@p3"} <= set(_ran_stages(first.stdout))
+    assert {"scene", "validate", "split", "prepare@p0", "prepare@p3", "train@p0", "train@p3"} <= set(_ran_stages(first.stdout))
     for path in ("data/scene/sparse/0/points3D.bin", "reports/validation.json", "reports/split.json",
-                 "reports/split_layout.png", "data/patches/p3/sparse/0/images.bin", "data/prepared/p3/init.npz"):
+                 "reports/split_layout.png", "data/patches/p3/sparse/0/images.bin", "data/prepared/p3/init.npz",
+                 "data/trained/p3/splats.ply", "data/trained/p3/metrics.json", "data/checkpoints/p3/last.pt"):
         assert (workspace / path).exists(), path
     second = _dvc(workspace, "repro")
     assert _ran_stages(second.stdout) == []
@@ -86,9 +90,10 @@ def test_one_patch_override_reruns_only_that_patch(workspace):
     before = {p: (workspace / f"data/prepared/{p}/init.npz").read_bytes() for p in ("p0", "p1")}
     _edit_params(workspace, lambda params: params["patch_overrides"].update({"p1": {"init_scale": 0.5}}))
     status = _dvc(workspace, "status").stdout
-    assert "prepare@p1" in status and "prepare@p0" not in status and "split" not in status
+    assert "prepare@p1" in status and "train@p1" in status
+    assert "prepare@p0" not in status and "train@p0" not in status and "split" not in status
     rerun = _dvc(workspace, "repro")
-    assert _ran_stages(rerun.stdout) == ["prepare@p1"]
+    assert _ran_stages(rerun.stdout) == ["prepare@p1", "train@p1"]
     assert (workspace / "data/prepared/p0/init.npz").read_bytes() == before["p0"]
     assert (workspace / "data/prepared/p1/init.npz").read_bytes() != before["p1"]
     assert '"init_scale": 0.5' in (workspace / "data/prepared/p1/prepare.json").read_text()
@@ -106,8 +111,9 @@ def test_changing_the_split_is_one_command_and_leaves_nothing_stale(workspace):
     assert list(params["patch_overrides"]) == ["p0", "p1", "p2"]
     assert params["patch_overrides"]["p1"] == {"init_scale": 0.5}  # surviving ids keep their overrides
     assert not (workspace / "data/prepared/p3").exists()
+    assert not (workspace / "data/trained/p3").exists() and not (workspace / "data/checkpoints/p3").exists()
     assert sorted(p.name for p in (workspace / "data/patches").iterdir() if p.is_dir()) == ["p0", "p1", "p2"]
     lock = YAML(typ="safe").load((workspace / "dvc.lock").read_text())
-    assert "prepare@p3" not in lock["stages"]
+    assert "prepare@p3" not in lock["stages"] and "train@p3" not in lock["stages"]
     assert "up to date" in _dvc(workspace, "status").stdout
     assert _ran_stages(_dvc(workspace, "repro").stdout) == []

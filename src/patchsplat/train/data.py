@@ -1,0 +1,127 @@
+"""A patch's training views: cameras in the canonical frame, images loaded lazily.
+
+Images stay on the CPU in an LRU cache of bounded size and only the view being
+trained on goes to the device: holding every image on the GPU at once is one of the
+ways a 16 GB card ran out of memory. Every 8th image (sorted by name) is held out
+and never trained on, the convention of the 3DGS literature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from patchsplat.colmap_arrays import read_model_arrays, parse_cameras
+from patchsplat.errors import InputError
+from patchsplat.prepare import CanonicalFrame
+
+PINHOLE_MODELS = {"PINHOLE", "SIMPLE_PINHOLE"}
+HOLD_OUT_EVERY = 8
+
+
+@dataclass(frozen=True)
+class View:
+    """One image and its camera, ready for the rasterizer (canonical frame, at the training resolution)."""
+
+    name: str
+    path: Path
+    viewmat: torch.Tensor     # (4, 4) canonical world -> camera
+    K: torch.Tensor           # (3, 3) at the training resolution
+    width: int
+    height: int
+
+
+def _intrinsics_matrix(model: str, params: tuple[float, ...]) -> np.ndarray:
+    if model == "SIMPLE_PINHOLE":
+        focal_x = focal_y = params[0]
+        centre_x, centre_y = params[1], params[2]
+    else:
+        focal_x, focal_y, centre_x, centre_y = params[:4]
+    return np.array([[focal_x, 0.0, centre_x], [0.0, focal_y, centre_y], [0.0, 0.0, 1.0]])
+
+
+def safe_image_path(images_dir: Path, name: str) -> Path:
+    """``images_dir / name``, refusing names that would leave the folder (absolute, '..', symlinks out)."""
+    candidate = (images_dir / name).resolve()
+    root = images_dir.resolve()
+    if Path(name).is_absolute() or not candidate.is_relative_to(root):
+        raise InputError(images_dir / name, "image name escapes the images folder", kind="path_escape")
+    return candidate
+
+
+class PatchViews:
+    """The views of one patch, split into training and held-out views, with a bounded image cache."""
+
+    def __init__(self, patch_dir: Path, frame: CanonicalFrame, resolution_factor: int = 1, cache_images: int = 64) -> None:
+        from patchsplat.split import patch_images_dir
+
+        arrays = read_model_arrays(patch_dir / "sparse" / "0")
+        cameras = parse_cameras(arrays.cameras_bin)
+        self.images_dir = patch_images_dir(patch_dir)
+        self.resolution_factor = resolution_factor
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_size = max(1, cache_images)
+
+        rotations = arrays.rotations
+        views = []
+        for index in np.argsort(np.array(arrays.image_names)):
+            camera = cameras[int(arrays.camera_ids[index])]
+            if camera.model not in PINHOLE_MODELS:
+                raise InputError(
+                    patch_dir / "sparse" / "0" / "cameras.bin",
+                    f"camera {camera.camera_id} is {camera.model}; training needs undistorted (PINHOLE) cameras: "
+                    "run `patchsplat validate SCENE --undistort OUT_DIR` and use OUT_DIR",
+                    kind="unsupported_camera_model",
+                )
+            # A camera maps world x to R x + t; in canonical coordinates c = s (x - centre) that is
+            # (R c + s (R centre + t)) / s. Projection ignores the common 1/s, so the rigid part is the view.
+            rotation = rotations[index]
+            translation = frame.scale * (rotation @ frame.centre + arrays.translations[index])
+            viewmat = np.eye(4)
+            viewmat[:3, :3], viewmat[:3, 3] = rotation, translation
+            intrinsics = _intrinsics_matrix(camera.model, camera.params)
+            width, height = camera.width // resolution_factor, camera.height // resolution_factor
+            intrinsics[:2] *= np.array([[width / camera.width], [height / camera.height]])
+            views.append(View(
+                name=arrays.image_names[index],
+                path=safe_image_path(self.images_dir, arrays.image_names[index]),
+                viewmat=torch.tensor(viewmat, dtype=torch.float32),
+                K=torch.tensor(intrinsics, dtype=torch.float32),
+                width=width, height=height,
+            ))
+        self.all_views = views
+        self.test_views = [view for position, view in enumerate(views) if position % HOLD_OUT_EVERY == 0]
+        self.train_views = [view for position, view in enumerate(views) if position % HOLD_OUT_EVERY != 0]
+        if not self.train_views:
+            raise InputError(patch_dir, f"{len(views)} images leave none to train on after holding out every {HOLD_OUT_EVERY}th", kind="too_small")
+
+    def image(self, view: View) -> torch.Tensor:
+        """(H, W, 3) float32 in [0, 1] at the training resolution (cached, least recently used evicted)."""
+        cached = self._cache.get(view.name)
+        if cached is not None:
+            self._cache.move_to_end(view.name)
+            return cached
+        try:
+            with Image.open(view.path) as opened:
+                picture = opened.convert("RGB")
+                if picture.size != (view.width, view.height):
+                    # BOX averages the source pixels a training pixel covers (no aliasing when downscaling).
+                    picture = picture.resize((view.width, view.height), Image.Resampling.BOX)
+                pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)
+        except (OSError, ValueError) as error:
+            raise InputError(view.path, f"cannot read image ({error})", kind="undecodable_image") from None
+        self._cache[view.name] = pixels
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return pixels
+
+
+def load_frame(prepared_dir: Path) -> CanonicalFrame:
+    summary = json.loads((prepared_dir / "prepare.json").read_text(encoding="utf-8"))
+    return CanonicalFrame.from_dict(summary["canonical_frame"])

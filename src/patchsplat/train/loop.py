@@ -1,0 +1,502 @@
+"""Train one patch: the optimisation loop, the health checks, and recovery along the ladders.
+
+Contract: :func:`train_patch` reads a patch folder (``sparse/0``, ``patch.json``) and its
+prepared folder (``init.npz``, ``prepare.json``), and writes ``out_dir`` (complete or absent):
+
+    splats.ply       the trained Gaussians, standard 3DGS (INRIA) layout, world frame
+    metrics.json     train loss, held-out PSNR/SSIM, steps/s, Gaussians, peak memory vs estimate, attempts
+    curve.csv        step, loss, held-out PSNR (for ``dvc plots``)
+    heldout.png      a held-out view: ground truth | render | error
+    settings.json    the effective settings (params.yaml's train + this patch's override)
+    attempts.json    every attempt: why it ended and what the next one changed
+
+Checkpoints go to ``checkpoint_dir`` (atomically, every ``checkpoint_every`` steps, at the
+milestones and at the end) and carry a fingerprint of the settings and inputs, so
+``resume=True`` continues only a run that is the same run.
+
+A failure the monitor detects (see :mod:`patchsplat.train.health`), an out-of-memory or a
+rasterizer error rolls back — to the initial points when the next rung changes the initial
+scale, else to the last state that passed a health check — and retries with that rung's
+settings. Every attempt is recorded. If the ladder runs out, :class:`PatchTrainingFailed`
+says why, and the attempts record is still written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchsplat.atomic import atomic_dir, atomic_file, write_json
+from patchsplat.config import RecoveryStep, TrainConfig
+from patchsplat.errors import InputError
+from patchsplat.train import health
+from patchsplat.train.data import PatchViews, View, load_frame
+from patchsplat.train.health import HealthMonitor, TrainingFailure
+from patchsplat.train.memory import PeakMemory, plan_memory
+from patchsplat.train.model import (
+    PARAM_NAMES,
+    TrainingState,
+    initial_splats,
+    learning_rates,
+    make_optimisers,
+    means_lr_at,
+)
+
+CHECKPOINT_SUFFIX = ".pt"
+LAST_CHECKPOINT = "last.pt"
+
+
+class PatchTrainingFailed(InputError):
+    """Training failed on every rung of the recovery ladder; the attempts say what was tried."""
+
+
+class RasterizerError(RuntimeError):
+    """The rasterizer raised (e.g. gsplat's CUDA 'invalid configuration argument')."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure injected on purpose (tests, demonstrations): ``kind`` at ``step`` of attempt ``attempt``."""
+
+    kind: str      # "nan_grad" | "oom" | "raster_error"
+    step: int
+    attempt: int = 1
+
+    @staticmethod
+    def parse_many(text: str) -> list[Fault]:
+        """``"nan_grad@10,oom@20:2"``: kind@step[:attempt]."""
+        faults = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            kind, _, rest = item.partition("@")
+            step, _, attempt = rest.partition(":")
+            faults.append(Fault(kind, int(step), int(attempt or 1)))
+        return faults
+
+
+@dataclass
+class AttemptSettings:
+    """What may differ between attempts (the recovery ladders change these)."""
+
+    init_scale_ratio: float = 1.0
+    lr_factor: float = 1.0
+    resolution_factor: int = 1
+    cap_max: int = 0
+
+    def after(self, rung: RecoveryStep) -> AttemptSettings:
+        return AttemptSettings(
+            init_scale_ratio=self.init_scale_ratio * rung.init_scale_factor,
+            lr_factor=self.lr_factor * rung.lr_factor,
+            resolution_factor=self.resolution_factor * rung.resolution_factor,
+            cap_max=max(100, int(self.cap_max * rung.cap_factor)),
+        )
+
+
+@dataclass
+class Attempt:
+    number: int
+    settings: dict
+    start_step: int
+    outcome: str = "running"      # succeeded | failed
+    failure_kind: str | None = None
+    reason: str | None = None
+    failed_at_step: int | None = None
+    next_change: dict = field(default_factory=dict)
+
+
+def select_device(backend: str) -> tuple[torch.device, str]:
+    from patchsplat.render import select_backend
+
+    chosen = select_backend(backend)
+    device = torch.device("cuda") if chosen == "gsplat" or (torch.cuda.is_available() and backend == "torch") else torch.device("cpu")
+    return device, chosen
+
+
+def _fingerprint(config: TrainConfig, patch_dir: Path, prepared_dir: Path) -> str:
+    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    for path in (patch_dir / "sparse" / "0" / "images.bin", patch_dir / "sparse" / "0" / "points3D.bin", prepared_dir / "init.npz"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+
+
+class _Run:
+    """One patch's training, across attempts."""
+
+    def __init__(self, patch_dir: Path, prepared_dir: Path, checkpoint_dir: Path | None, config: TrainConfig,
+                 faults: list[Fault], progress: bool, log: Callable[[str], None], on_metrics: Callable[[dict, int], None] | None) -> None:
+        self.patch_dir, self.prepared_dir, self.checkpoint_dir = patch_dir, prepared_dir, checkpoint_dir
+        self.config = config
+        self.faults = faults
+        self.progress = progress
+        self.log = log
+        self.on_metrics = on_metrics
+        self.device, self.backend = select_device(config.backend)
+        self.frame = load_frame(prepared_dir)
+        with np.load(prepared_dir / "init.npz", allow_pickle=False) as archive:
+            self.init = {key: archive[key] for key in archive.files}
+        prepared = json.loads((prepared_dir / "prepare.json").read_text(encoding="utf-8"))
+        # The prepared scales used the init_scale in force at preparation; this run's may differ (an override).
+        self.prepared_init_scale = float(prepared["settings"]["init_scale"])
+        self.spacing = float(np.median(np.exp(self.init["log_scales"][:, 0]))) / self.prepared_init_scale
+        self.fingerprint = _fingerprint(config, patch_dir, prepared_dir)
+        self.curve: list[dict] = []
+        self.attempts: list[Attempt] = []
+        self.views: PatchViews | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def load_views(self, resolution_factor: int) -> PatchViews:
+        if self.views is None or self.views.resolution_factor != resolution_factor:
+            self.views = PatchViews(self.patch_dir, self.frame, resolution_factor, self.config.image_cache)
+        return self.views
+
+    def make_strategy(self, cap_max: int):
+        from patchsplat.train.strategies import CpuSafeMCMCStrategy, FixedDefaultStrategy
+
+        settings = self.config.strategy
+        if settings.kind == "mcmc":
+            strategy = CpuSafeMCMCStrategy(
+                cap_max=cap_max, noise_lr=settings.noise_lr, refine_start_iter=settings.refine_start_iter,
+                refine_stop_iter=settings.refine_stop_iter, refine_every=settings.refine_every,
+                min_opacity=settings.min_opacity,
+            )
+        else:
+            strategy = FixedDefaultStrategy(
+                prune_opa=settings.prune_opa, grow_grad2d=settings.grow_grad2d, refine_start_iter=settings.refine_start_iter,
+                refine_stop_iter=settings.refine_stop_iter, refine_every=settings.refine_every, reset_every=settings.reset_every,
+                absgrad=False, verbose=False,
+            )
+        return strategy
+
+    def fresh_state(self, settings: AttemptSettings, strategy) -> TrainingState:
+        params = initial_splats(self.init, self.config, settings.init_scale_ratio * self.config.init_scale / self.prepared_init_scale,
+                                settings.cap_max, self.device)
+        optimisers = make_optimisers(params, learning_rates(self.config, settings.lr_factor))
+        strategy_state = strategy.initialize_state(**({"scene_scale": 1.0} if self.config.strategy.kind == "default" else {}))
+        torch.manual_seed(self.config.seed)
+        return TrainingState(0, params, optimisers, strategy_state, torch.get_rng_state())
+
+    # ------------------------------------------------------------------ one step
+    def render(self, params, view: View, sh_degree: int, render_mode: str = "RGB"):
+        from patchsplat.render import rasterize
+
+        viewmat = view.viewmat[None].to(self.device)
+        coefficients = torch.cat([params["sh0"], params["shN"]], dim=1)
+        if self.config.bf16:
+            # Mixed precision outside the rasterizer: the view-dependent colours are evaluated from the
+            # SH coefficients under bf16 autocast, then handed to the rasterizer in fp32.
+            from patchsplat.render.gsplat_ops import spherical_harmonics
+
+            camera_centre = -viewmat[0, :3, :3].T @ viewmat[0, :3, 3]
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                colours = spherical_harmonics(sh_degree, params["means"] - camera_centre, coefficients)
+            colours, sh_degree_arg = torch.clamp_min(colours.float() + 0.5, 0.0), None
+        else:
+            colours, sh_degree_arg = coefficients, sh_degree
+        try:
+            return rasterize(
+                params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]), colours,
+                viewmat, view.K[None].to(self.device), view.width, view.height,
+                sh_degree=sh_degree_arg, backend=self.backend, render_mode=render_mode,
+            )
+        except RuntimeError as error:
+            if _is_out_of_memory(error):
+                raise
+            raise RasterizerError(str(error)) from error
+
+    def loss(self, rendered: torch.Tensor, target: torch.Tensor, params) -> torch.Tensor:
+        from patchsplat import metrics
+
+        # fp32 whatever autocast did upstream: prediction and target are both cast.
+        prediction = rendered[..., :3].permute(0, 3, 1, 2).float()
+        target = target.permute(2, 0, 1)[None].float()
+        l1 = metrics.l1(prediction, target, check_prediction_range=False).mean()
+        ssim = metrics.ssim(prediction, target, check_prediction_range=False).mean()
+        loss = (1.0 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * (1.0 - ssim)
+        if self.config.strategy.kind == "mcmc":
+            loss = loss + self.config.strategy.opacity_reg * torch.sigmoid(params["opacities"]).mean()
+            loss = loss + self.config.strategy.scale_reg * torch.exp(params["scales"]).mean()
+        return loss
+
+    def view_for_step(self, step: int, train_views: list[View]) -> View:
+        # The order depends only on (seed, step): a resumed run sees the same views as an uninterrupted one.
+        epoch, position = divmod(step, len(train_views))
+        order = torch.randperm(len(train_views), generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+        return train_views[int(order[position])]
+
+    def inject(self, kind: str, step: int, attempt: int) -> bool:
+        return any(f.kind == kind and f.step == step and f.attempt == attempt for f in self.faults)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, params, sh_degree: int) -> dict:
+        from patchsplat import metrics
+
+        views = self.views
+        evaluation_views = views.test_views or views.train_views[:1]
+        psnrs, ssims = [], []
+        for view in evaluation_views:
+            rendered, _, _ = self.render(params, view, sh_degree)
+            prediction = rendered[..., :3].clamp(0, 1).permute(0, 3, 1, 2).float()
+            target = views.image(view).to(self.device).permute(2, 0, 1)[None]
+            psnrs.append(float(metrics.psnr(prediction, target)[0]))
+            ssims.append(float(metrics.ssim(prediction, target)[0]))
+        return {"heldout_psnr": float(np.mean(psnrs)), "heldout_ssim": float(np.mean(ssims)),
+                "heldout_views": len(evaluation_views), "heldout_is_train": not views.test_views}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state: TrainingState, settings: AttemptSettings, keep: bool) -> None:
+        if self.checkpoint_dir is None:
+            return
+        payload = {
+            "fingerprint": self.fingerprint,
+            "state": state.snapshot(),
+            "settings": asdict(settings),
+            "attempts": [asdict(attempt) for attempt in self.attempts],
+            "curve": self.curve,
+        }
+        names = [LAST_CHECKPOINT] + ([f"step_{state.step:07d}{CHECKPOINT_SUFFIX}"] if keep else [])
+        for name in names:
+            with atomic_file(self.checkpoint_dir / name, suffix=CHECKPOINT_SUFFIX) as tmp:
+                torch.save(payload, tmp)
+
+    def load_checkpoint(self) -> dict | None:
+        path = None if self.checkpoint_dir is None else self.checkpoint_dir / LAST_CHECKPOINT
+        if path is None or not path.exists():
+            return None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("fingerprint") != self.fingerprint:
+            self.log(f"checkpoint {path} is from other settings or inputs: starting afresh")
+            return None
+        return payload
+
+    # ------------------------------------------------------------------ an attempt
+    def run_attempt(self, attempt: Attempt, settings: AttemptSettings, start: dict | None, strategy) -> TrainingState:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        config = self.config
+        views = self.load_views(settings.resolution_factor)
+        rates = learning_rates(config, settings.lr_factor)
+        state = TrainingState.restore(start, self.device, rates) if start is not None else self.fresh_state(settings, strategy)
+        torch.set_rng_state(state.rng_state)
+        if state.params["means"].shape[0] > settings.cap_max:
+            self._enforce_cap(state, settings.cap_max, strategy)
+        monitor = HealthMonitor(config.health, self.spacing, peak_count=state.params["means"].shape[0])
+        memory = PeakMemory(self.device)
+        last_good = state.snapshot()
+        self.last_good = last_good
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not self.progress, transient=True) as bar:
+            task = bar.add_task(f"training (attempt {attempt.number})", total=config.steps, completed=state.step, status="")
+            while state.step < config.steps:
+                step = state.step
+                sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
+                view = self.view_for_step(step, views.train_views)
+                target = views.image(view).to(self.device)
+                if self.inject("oom", step, attempt.number):
+                    raise torch.OutOfMemoryError("injected out of memory (test)")
+                if self.inject("raster_error", step, attempt.number):
+                    raise RasterizerError("CUDA error: invalid configuration argument (injected)")
+                rendered, _, info = self.render(state.params, view, sh_degree)
+                strategy.step_pre_backward(state.params, state.optimisers, state.strategy_state, step, info)
+                loss = self.loss(rendered, target, state.params)
+                loss.backward()
+                if self.inject("nan_grad", step, attempt.number):
+                    state.params["means"].grad[0, 0] = float("nan")
+                health.check_step(loss, dict(state.params), step)
+                periodic = step % config.health.check_every == 0 or step == config.steps - 1
+                metrics = monitor.periodic(dict(state.params), step, memory.peak_bytes()) if periodic else None
+
+                means_lr = means_lr_at(step, config, settings.lr_factor)
+                for group in state.optimisers["means"].param_groups:
+                    group["lr"] = means_lr
+                for optimiser in state.optimisers.values():
+                    optimiser.step()
+                    optimiser.zero_grad(set_to_none=True)
+                if config.strategy.kind == "mcmc":
+                    strategy.step_post_backward(state.params, state.optimisers, state.strategy_state, step, info, lr=means_lr)
+                else:
+                    strategy.step_post_backward(state.params, state.optimisers, state.strategy_state, step, info, packed=False)
+                state.step = step + 1
+                state.rng_state = torch.get_rng_state()
+
+                record = {"step": state.step, "loss": float(loss.detach()), "attempt": attempt.number}
+                if metrics is not None:
+                    record.update(metrics)
+                    last_good = state.snapshot()
+                    self.last_good = last_good
+                if state.step % config.eval_every == 0 or state.step == config.steps:
+                    record.update(self.evaluate(state.params, sh_degree))
+                self.curve.append(record)
+                if self.on_metrics is not None and (metrics is not None or "heldout_psnr" in record):
+                    self.on_metrics(record, state.step)
+                if state.step % config.checkpoint_every == 0 or state.step in config.milestones or state.step == config.steps:
+                    self.save_checkpoint(state, settings, keep=state.step in config.milestones)
+                bar.update(task, completed=state.step, status=f"loss {record['loss']:.4f}" +
+                           (f"  PSNR {record['heldout_psnr']:.2f}" if "heldout_psnr" in record else ""))
+        self.final_sh_degree = min((config.steps - 1) // config.sh_degree_interval, config.sh_degree)
+        self.peak_memory = memory.peak_bytes()
+        return state
+
+    def _enforce_cap(self, state: TrainingState, cap_max: int, strategy) -> None:
+        from gsplat.strategy.ops import remove
+
+        from patchsplat.train.strategies import enforce_cap
+
+        keep = enforce_cap(state.params["means"].shape[0], cap_max, torch.Generator().manual_seed(self.config.seed))
+        drop = torch.ones(state.params["means"].shape[0], dtype=torch.bool)
+        drop[keep] = False
+        remove(params=state.params, optimizers=state.optimisers, state=state.strategy_state, mask=drop.to(self.device))
+
+
+def _apply_rung(settings: AttemptSettings, rung: RecoveryStep) -> tuple[AttemptSettings, dict]:
+    changed = {name: value for name, value in rung.model_dump().items() if value != RecoveryStep.model_fields[name].default}
+    return settings.after(rung), changed
+
+
+def train_patch(
+    patch_dir: Path,
+    prepared_dir: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    faults: list[Fault] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_metrics: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Train one patch; returns the metrics written to ``out_dir/metrics.json``. See the module docstring."""
+    patch_dir, prepared_dir, out_dir = Path(patch_dir), Path(prepared_dir), Path(out_dir)
+    if faults is None:
+        faults = Fault.parse_many(os.environ.get("PATCHSPLAT_FAULTS", ""))
+    run = _Run(patch_dir, prepared_dir, checkpoint_dir, config, faults, progress, log, on_metrics)
+    first_view = run.load_views(config.resolution_factor).all_views[0]
+    plan = plan_memory(config.memory_budget_gb, config.strategy.cap_max, first_view.width * config.resolution_factor,
+                       first_view.height * config.resolution_factor, config.sh_degree, run.backend, config.resolution_factor)
+    log(plan.describe())
+    settings = AttemptSettings(1.0, 1.0, plan.resolution_factor, plan.cap_max)
+
+    start: dict | None = None
+    if resume and (payload := run.load_checkpoint()) is not None:
+        start = payload["state"]
+        settings = AttemptSettings(**payload["settings"])
+        run.attempts = [Attempt(**attempt) for attempt in payload["attempts"]]
+        run.curve = list(payload["curve"])
+        log(f"resuming from step {start['step']} ({run.checkpoint_dir / LAST_CHECKPOINT})")
+
+    ladder_position = {"scale": 0, "nonfinite": 0, "collapse": 0, "out_of_memory": 0}
+    for attempt in run.attempts:  # a resumed run continues its ladders where they were
+        if attempt.failure_kind in ladder_position:
+            ladder_position[attempt.failure_kind] += 1
+
+    started = time.perf_counter()
+    first_step = start["step"] if start else 0
+    while True:
+        attempt = Attempt(number=len(run.attempts) + 1, settings=asdict(settings), start_step=start["step"] if start else 0)
+        run.attempts.append(attempt)
+        strategy = run.make_strategy(settings.cap_max)
+        try:
+            state = run.run_attempt(attempt, settings, start, strategy)
+            attempt.outcome = "succeeded"
+            break
+        except (TrainingFailure, RasterizerError, torch.OutOfMemoryError, MemoryError) as error:
+            if isinstance(error, TrainingFailure):
+                kind, reason, step = error.kind, error.reason, error.step
+            elif _is_out_of_memory(error):
+                kind, reason, step = health.OUT_OF_MEMORY, f"out of memory: {str(error).splitlines()[0]}", None
+            else:  # a rasterizer/CUDA error such as the motivating 'invalid configuration argument'
+                kind, reason, step = health.SCALE, f"rasterizer error: {str(error).splitlines()[0]}", None
+            attempt.outcome, attempt.failure_kind, attempt.reason = "failed", kind, reason
+            attempt.failed_at_step = step
+            log(f"attempt {attempt.number} failed ({kind}): {reason}")
+            ladder = getattr(config.recovery, kind)
+            if len(run.attempts) >= config.recovery.max_attempts or ladder_position[kind] >= len(ladder):
+                _write_attempts(out_dir, run.attempts)
+                raise PatchTrainingFailed(
+                    patch_dir, f"training failed after {len(run.attempts)} attempts; last: {reason} "
+                    f"(attempts record: {failed_attempts_path(out_dir)})", kind="training_failed",
+                ) from None
+            rung = ladder[ladder_position[kind]]
+            ladder_position[kind] += 1
+            settings, changed = _apply_rung(settings, rung)
+            attempt.next_change = changed
+            if rung.init_scale_factor != 1.0:
+                start = None  # a new initial scale means new initial Gaussians
+            else:
+                start = run.last_good
+            log(f"attempt {attempt.number + 1}: {changed}, from step {start['step'] if start else 0}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    seconds = time.perf_counter() - started
+    return _write_outputs(run, state, settings, plan, out_dir, seconds, config.steps - first_step)
+
+
+def failed_attempts_path(out_dir: Path) -> Path:
+    """Where a failed training's attempts go: beside the (absent) outputs, never half inside them."""
+    return out_dir.parent / f"{out_dir.name}.failed.json"
+
+
+def _write_attempts(out_dir: Path, attempts: list[Attempt]) -> None:
+    write_json(failed_attempts_path(out_dir), [asdict(attempt) for attempt in attempts])
+
+
+def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
+                   seconds: float, steps_run: int) -> dict:
+    from patchsplat.splat_io import transform_splats, write_splats_ply
+    from patchsplat.train.report import heldout_figure, write_curve
+
+    config = run.config
+    evaluation = next((r for r in reversed(run.curve) if "heldout_psnr" in r), None) or run.evaluate(state.params, run.final_sh_degree)
+    canonical = {
+        "means": state.params["means"].detach().cpu(), "scales_log": state.params["scales"].detach().cpu(),
+        "quats_wxyz": state.params["quats"].detach().cpu(), "opacities_logit": state.params["opacities"].detach().cpu(),
+        "sh0": state.params["sh0"].detach().cpu(), "shN": state.params["shN"].detach().cpu(),
+    }
+    world = transform_splats(canonical, run.frame.scale, run.frame.centre.tolist())
+    losses = [r["loss"] for r in run.curve if r["attempt"] == run.attempts[-1].number]
+    with atomic_dir(out_dir) as tmp:
+        written = write_splats_ply(tmp / "splats.ply", **world)
+        metrics = {
+            "train_loss": float(np.mean(losses[-50:])) if losses else None,
+            "heldout_psnr": evaluation["heldout_psnr"],
+            "heldout_ssim": evaluation["heldout_ssim"],
+            "heldout_views": evaluation["heldout_views"],
+            "steps": config.steps,
+            "steps_per_second": steps_run / seconds if seconds > 0 else None,
+            "gaussians": int(state.params["means"].shape[0]),
+            "gaussians_dropped_non_finite": written["n_dropped"],
+            "peak_memory_mb": run.peak_memory / 2**20,
+            "memory_estimate_mb": plan.estimate_bytes / 2**20,
+            "memory_plan": plan.describe(),
+            "resolution_factor": settings.resolution_factor,
+            "backend": run.backend,
+            "device": str(run.device),
+            "attempts": len(run.attempts),
+            "recovered": len(run.attempts) > 1,
+        }
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),
+                                           "canonical_frame": run.frame.to_dict()})
+        write_json(tmp / "attempts.json", [asdict(attempt) for attempt in run.attempts])
+        write_curve(tmp / "curve.csv", run.curve)
+        view = (run.views.test_views or run.views.train_views)[0]
+        with torch.no_grad():
+            rendered, _, _ = run.render(state.params, view, run.final_sh_degree)
+        heldout_figure(tmp / "heldout.png", run.views.image(view).numpy(), rendered[0, ..., :3].clamp(0, 1).cpu().numpy(),
+                       f"{view.name}: PSNR {evaluation['heldout_psnr']:.2f} dB (mean over {evaluation['heldout_views']} held-out views)")
+    failed_attempts_path(out_dir).unlink(missing_ok=True)
+    return metrics

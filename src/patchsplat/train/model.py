@@ -1,0 +1,116 @@
+"""The Gaussians being trained, their optimisers, and how they are saved and restored."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from patchsplat.config import TrainConfig
+
+# The DC spherical-harmonics basis value: colour = 0.5 + C0 * sh0.
+SH_C0 = 0.28209479177387814
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+def initial_splats(init: dict[str, np.ndarray], config: TrainConfig, init_scale_ratio: float, cap_max: int,
+                   device: torch.device) -> torch.nn.ParameterDict:
+    """Gaussians at the prepared points (gsplat's recipe): isotropic scales, random rotations, SH from colours.
+
+    ``init_scale_ratio`` multiplies the prepared scales (the recovery ladder's initial-scale
+    steps). MCMC never removes Gaussians, so more initial points than ``cap_max`` are
+    subsampled here (gsplat issue #516).
+    """
+    from patchsplat.train.strategies import enforce_cap
+
+    generator = torch.Generator().manual_seed(config.seed)
+    keep = enforce_cap(len(init["means"]), cap_max, generator)
+    means = torch.from_numpy(init["means"])[keep].float()
+    log_scales = torch.from_numpy(init["log_scales"])[keep].float() + math.log(init_scale_ratio)
+    colours = torch.from_numpy(init["colours"])[keep].float()
+    count = len(means)
+    quats = torch.rand((count, 4), generator=generator)
+    num_rest = (config.sh_degree + 1) ** 2 - 1
+    params = {
+        "means": means,
+        "scales": log_scales,
+        "quats": quats,
+        "opacities": torch.from_numpy(init["opacity_logits"])[keep].float(),
+        "sh0": ((colours - 0.5) / SH_C0)[:, None, :],
+        "shN": torch.zeros((count, num_rest, 3)),
+    }
+    return torch.nn.ParameterDict({name: torch.nn.Parameter(value.to(device)) for name, value in params.items()})
+
+
+def learning_rates(config: TrainConfig, lr_factor: float) -> dict[str, float]:
+    # Canonical frame: the scene scale is 1, so gsplat's means_lr * scene_scale is means_lr.
+    return {
+        "means": config.means_lr * lr_factor,
+        "scales": config.scales_lr * lr_factor,
+        "quats": config.quats_lr * lr_factor,
+        "opacities": config.opacities_lr * lr_factor,
+        "sh0": config.sh0_lr * lr_factor,
+        "shN": config.shN_lr * lr_factor,
+    }
+
+
+def make_optimisers(params: torch.nn.ParameterDict, rates: dict[str, float]) -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter group (the strategies edit each group's state when Gaussians change)."""
+    return {name: torch.optim.Adam([{"params": params[name], "lr": rates[name], "name": name}], eps=1e-15)
+            for name in PARAM_NAMES}
+
+
+def means_lr_at(step: int, config: TrainConfig, lr_factor: float) -> float:
+    """Exponential decay from means_lr to means_lr_final_factor x means_lr over the run (gsplat's schedule)."""
+    progress = min(step / max(config.steps, 1), 1.0)
+    return config.means_lr * lr_factor * config.means_lr_final_factor ** progress
+
+
+@dataclass
+class TrainingState:
+    """Everything a step depends on: restoring it and replaying gives the same result."""
+
+    step: int
+    params: torch.nn.ParameterDict
+    optimisers: dict[str, torch.optim.Adam]
+    strategy_state: dict
+    rng_state: torch.Tensor
+
+    def snapshot(self) -> dict:
+        """A detached CPU copy (a checkpoint's content; loadable with weights_only=True)."""
+        return {
+            "step": self.step,
+            "params": {name: value.detach().cpu().clone() for name, value in self.params.items()},
+            "optimisers": {name: _to_cpu(copy.deepcopy(opt.state_dict())) for name, opt in self.optimisers.items()},
+            "strategy_state": _to_cpu(copy.deepcopy({k: v for k, v in self.strategy_state.items()})),
+            "rng_state": self.rng_state.clone(),
+        }
+
+    @staticmethod
+    def restore(snapshot: dict, device: torch.device, rates: dict[str, float]) -> TrainingState:
+        params = torch.nn.ParameterDict(
+            {name: torch.nn.Parameter(value.to(device)) for name, value in snapshot["params"].items()}
+        )
+        optimisers = make_optimisers(params, rates)
+        for name, optimiser in optimisers.items():
+            state = copy.deepcopy(snapshot["optimisers"][name])
+            optimiser.load_state_dict(state)
+            for group in optimiser.param_groups:  # a recovery step may have changed the rates
+                group["lr"] = rates[name]
+        strategy_state = {k: v.to(device) if torch.is_tensor(v) else v for k, v in copy.deepcopy(snapshot["strategy_state"]).items()}
+        return TrainingState(snapshot["step"], params, optimisers, strategy_state, snapshot["rng_state"].clone())
+
+
+def _to_cpu(value):
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_to_cpu(item) for item in value)
+    return value

@@ -1,0 +1,33 @@
+"""DVC stage ``train@<patch id>``: train one patch (data/trained/<id>), resuming an interrupted run.
+
+Reads ``train`` and ``patch_overrides.<patch id>`` of params.yaml (and ``tracking``).
+"""
+
+import sys
+from pathlib import Path
+
+from patchsplat.config import load_params
+from patchsplat.console import guarded
+from patchsplat.errors import InputError
+from patchsplat.train.stage import train_patch_stage
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise InputError("stages/train.py", "usage: python stages/train.py PATCH_ID")
+    patch_id = sys.argv[1]
+    params = load_params()
+    train_patch_stage(
+        patch_id,
+        patch_dir=Path("data/patches") / patch_id,
+        prepared_dir=Path("data/prepared") / patch_id,
+        out_dir=Path("data/trained") / patch_id,
+        checkpoint_dir=Path("data/checkpoints") / patch_id,
+        config=params.train_settings(patch_id),
+        tracking=params.tracking,
+        resume=True,
+    )
+
+
+if __name__ == "__main__":
+    guarded(main)

@@ -1,0 +1,239 @@
+"""Per-patch training: outputs, held-out metrics, the failures it notices and how it recovers, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from plyfile import PlyData
+
+from patchsplat.config import SplitConfig, TrainConfig, ValidateConfig, deep_merge
+from patchsplat.demo import generate_demo_scene, with_overrides
+from patchsplat.prepare import prepare_patch
+from patchsplat.splat_io import inria_property_names, read_splats_ply
+from patchsplat.split import split_scene
+from patchsplat.train.data import HOLD_OUT_EVERY, PatchViews, load_frame
+from patchsplat.train.loop import Fault, PatchTrainingFailed, failed_attempts_path, train_patch
+
+SMALL = {"steps": 60, "eval_every": 30, "checkpoint_every": 20, "health": {"check_every": 10},
+         "strategy": {"refine_start_iter": 20, "refine_every": 20, "refine_stop_iter": 50}, "backend": "torch"}
+
+
+def settings(**changes) -> TrainConfig:
+    return TrainConfig.model_validate(deep_merge(deep_merge(TrainConfig().model_dump(), SMALL), changes))
+
+
+@pytest.fixture(scope="module")
+def patch(tmp_path_factory) -> Path:
+    """One patch of a small demo scene (a 1 x 1 split: the whole scene)."""
+    root = tmp_path_factory.mktemp("train")
+    scene = root / "scene"
+    generate_demo_scene(with_overrides(None, num_cameras=24, width=64, height=48, num_points=3000), scene, progress=False)
+    split_scene(scene, root / "patches", SplitConfig(rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
+    return root / "patches" / "p0"
+
+
+def train(patch: Path, tmp_path: Path, config: TrainConfig, **options) -> dict:
+    prepared = tmp_path / "prepared"
+    prepare_patch(patch, prepared, config)
+    return train_patch(patch, prepared, tmp_path / "out", config, checkpoint_dir=tmp_path / "checkpoints",
+                       progress=False, log=lambda message: None, **options)
+
+
+def attempts(tmp_path: Path) -> list[dict]:
+    return json.loads((tmp_path / "out" / "attempts.json").read_text())
+
+
+def test_outputs_are_complete_and_the_ply_is_standard(patch, tmp_path):
+    metrics = train(patch, tmp_path, settings())
+    out = tmp_path / "out"
+    for name in ("splats.ply", "metrics.json", "curve.csv", "heldout.png", "settings.json", "attempts.json"):
+        assert (out / name).exists(), name
+    vertex = PlyData.read(str(out / "splats.ply"))["vertex"]
+    assert [p.name for p in vertex.properties] == inria_property_names(15)
+    assert vertex.count == metrics["gaussians"]
+    assert metrics["attempts"] == 1 and not metrics["recovered"]
+    assert metrics["steps_per_second"] > 0 and metrics["peak_memory_mb"] >= 0 and metrics["memory_estimate_mb"] > 0
+    header = (out / "curve.csv").read_text().splitlines()[0]
+    assert header.startswith("step,attempt,loss,heldout_psnr")
+    effective = json.loads((out / "settings.json").read_text())
+    assert effective["train"]["steps"] == 60
+
+
+def test_training_improves_on_the_initial_points(patch, tmp_path):
+    short = train(patch, tmp_path / "a", settings(steps=1, eval_every=1))
+    longer = train(patch, tmp_path / "b", settings(steps=120, eval_every=120))
+    assert longer["heldout_psnr"] > short["heldout_psnr"] + 2.0
+
+
+def test_heldout_psnr_is_what_the_saved_splats_render(patch, tmp_path):
+    """Render the held-out views from the PLY (world frame) and compute PSNR by hand."""
+    from patchsplat.render import rasterize
+
+    metrics = train(patch, tmp_path, settings())
+    splats = read_splats_ply(tmp_path / "out" / "splats.ply")
+    frame = load_frame(tmp_path / "prepared")
+    views = PatchViews(patch, frame)
+    values = []
+    for view in views.test_views:
+        # The views are in the canonical frame; the PLY is in the world frame: map it back.
+        means = (splats["means"] - torch.tensor(frame.centre, dtype=torch.float32)) * frame.scale
+        colours, _, _ = rasterize(
+            means, splats["quats_wxyz"], torch.exp(splats["scales_log"]) * frame.scale, torch.sigmoid(splats["opacities_logit"]),
+            torch.cat([splats["sh0"], splats["shN"]], dim=1), view.viewmat[None], view.K[None], view.width, view.height,
+            sh_degree=0, backend="torch",
+        )
+        rendered = colours[0].clamp(0, 1).numpy().astype(np.float64)
+        truth = views.image(view).numpy().astype(np.float64)
+        values.append(10 * np.log10(1.0 / np.mean((rendered - truth) ** 2)))
+    # sh_degree stays 0 in a 60-step run (one band per 1000 steps)
+    assert metrics["heldout_psnr"] == pytest.approx(float(np.mean(values)), abs=0.05)
+
+
+def test_every_eighth_image_is_held_out_and_never_trained_on(patch, tmp_path):
+    prepare_patch(patch, tmp_path / "prepared", settings())
+    views = PatchViews(patch, load_frame(tmp_path / "prepared"))
+    names = sorted(view.name for view in views.all_views)
+    assert [view.name for view in views.test_views] == names[::HOLD_OUT_EVERY]
+    from patchsplat.train.loop import _Run
+
+    run = _Run(patch, tmp_path / "prepared", None, settings(), [], False, lambda m: None, None)
+    seen = {run.view_for_step(step, views.train_views).name for step in range(200)}
+    assert seen == {view.name for view in views.train_views}
+    assert not seen & {view.name for view in views.test_views}
+
+
+def test_a_tiny_initial_scale_is_noticed_and_recovered_by_the_ladder(patch, tmp_path):
+    """The motivating failure, reproduced on purpose: an initial scale that does not fit the patch."""
+    metrics = train(patch, tmp_path, settings(init_scale=0.01))
+    record = attempts(tmp_path)
+    assert metrics["recovered"] and record[-1]["outcome"] == "succeeded"
+    failed = record[:-1]
+    assert len(failed) == 3 and all(a["failure_kind"] == "scale" and "scales vanished" in a["reason"] for a in failed)
+    assert [a["settings"]["init_scale_ratio"] for a in record] == [1.0, 2.0, 4.0, 8.0]
+    assert all(a["next_change"] == {"init_scale_factor": 2.0} for a in failed)
+
+
+def test_nan_gradients_with_a_finite_loss_roll_back_and_lower_the_learning_rate(patch, tmp_path):
+    metrics = train(patch, tmp_path, settings(), faults=[Fault("nan_grad", 35)])
+    record = attempts(tmp_path)
+    assert record[0]["failure_kind"] == "nonfinite" and "non-finite gradient" in record[0]["reason"]
+    assert "finite" in record[0]["reason"] and record[0]["failed_at_step"] == 35
+    assert record[1]["settings"]["lr_factor"] == 0.5
+    assert record[1]["start_step"] == 31  # the state after the last passed health check (step 30)
+    assert metrics["recovered"] and np.isfinite(metrics["heldout_psnr"])
+
+
+def test_out_of_memory_retries_at_a_lower_resolution(patch, tmp_path):
+    metrics = train(patch, tmp_path, settings(), faults=[Fault("oom", 15)])
+    record = attempts(tmp_path)
+    assert record[0]["failure_kind"] == "out_of_memory"
+    assert record[1]["settings"]["resolution_factor"] == 2
+    assert metrics["resolution_factor"] == 2 and metrics["recovered"]
+
+
+def test_a_rasterizer_error_climbs_the_scale_ladder(patch, tmp_path):
+    train(patch, tmp_path, settings(), faults=[Fault("raster_error", 5)])
+    record = attempts(tmp_path)
+    assert record[0]["failure_kind"] == "scale" and "invalid configuration argument" in record[0]["reason"]
+    assert record[1]["settings"]["init_scale_ratio"] == 2.0 and record[1]["start_step"] == 0
+
+
+def test_an_exhausted_ladder_fails_with_one_line_and_keeps_the_record(patch, tmp_path):
+    faults = [Fault("nan_grad", 5, attempt) for attempt in range(1, 10)]
+    with pytest.raises(PatchTrainingFailed) as error:
+        train(patch, tmp_path, settings(), faults=faults)
+    assert "training failed after 3 attempts" in str(error.value)
+    assert not (tmp_path / "out").exists()  # complete or absent
+    record = json.loads(failed_attempts_path(tmp_path / "out").read_text())
+    assert [a["outcome"] for a in record] == ["failed"] * 3
+
+
+def test_the_memory_planner_lowers_the_resolution_to_fit_the_budget(patch, tmp_path):
+    metrics = train(patch, tmp_path, settings(memory_budget_gb=0.01, steps=10))
+    assert metrics["resolution_factor"] == 2  # 64 x 48 -> 32 x 24, the smallest side kept >= 16
+    assert "resolution lowered to 1/2" in metrics["memory_plan"] and "cap lowered" in metrics["memory_plan"]
+
+
+def test_bf16_autocast_trains_with_an_fp32_loss(patch, tmp_path):
+    metrics = train(patch, tmp_path, settings(bf16=True, steps=30))
+    assert np.isfinite(metrics["train_loss"]) and metrics["attempts"] == 1
+
+
+def _train_in_subprocess(patch: Path, tmp_path: Path, config: TrainConfig, resume: bool) -> subprocess.Popen:
+    script = (
+        "import sys, torch; torch.set_num_threads(1);"
+        "from pathlib import Path; from patchsplat.config import TrainConfig; from patchsplat.train.loop import train_patch;"
+        f"config = TrainConfig.model_validate_json({config.model_dump_json()!r});"
+        f"train_patch(Path({str(patch)!r}), Path({str(tmp_path / 'prepared')!r}), Path({str(tmp_path / 'out')!r}), config,"
+        f" checkpoint_dir=Path({str(tmp_path / 'checkpoints')!r}), resume={resume}, progress=False, log=lambda m: None)"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PATCHSPLAT_FAULTS": ""})
+
+
+def test_killed_training_resumes_to_the_same_splats(patch, tmp_path):
+    config = settings(steps=80, checkpoint_every=10)
+    prepare_patch(patch, tmp_path / "prepared", config)
+    uninterrupted = tmp_path / "whole"
+    (uninterrupted).mkdir()
+    (uninterrupted / "prepared").symlink_to(tmp_path / "prepared")
+    assert _train_in_subprocess(patch, uninterrupted, config, resume=False).wait() == 0
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "prepared").symlink_to(tmp_path / "prepared")
+    process = _train_in_subprocess(patch, killed, config, resume=False)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("last.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < checkpoint["state"]["step"] < 80, "the kill must land mid-run"
+    assert not (killed / "out").exists()
+    assert _train_in_subprocess(patch, killed, config, resume=True).wait() == 0
+    assert (killed / "out" / "splats.ply").read_bytes() == (uninterrupted / "out" / "splats.ply").read_bytes()
+
+
+def test_resume_ignores_a_checkpoint_of_other_settings(patch, tmp_path):
+    train(patch, tmp_path, settings(steps=20))
+    messages = []
+    prepared = tmp_path / "prepared"
+    train_patch(patch, prepared, tmp_path / "out2", settings(steps=20, seed=1), checkpoint_dir=tmp_path / "checkpoints",
+                resume=True, progress=False, log=messages.append)
+    assert any("starting afresh" in message for message in messages)
+
+
+def test_mlflow_run_per_patch_with_params_step_metrics_and_artifacts(patch, tmp_path, monkeypatch):
+    import mlflow
+
+    from patchsplat.config import TrackingConfig
+    from patchsplat.train.stage import train_patch_stage
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PATCHSPLAT_TRACKING", raising=False)
+    config = settings()
+    prepare_patch(patch, tmp_path / "prepared", config)
+    train_patch_stage("p0", patch_dir=patch, prepared_dir=tmp_path / "prepared", out_dir=tmp_path / "out",
+                      checkpoint_dir=tmp_path / "checkpoints", config=config, tracking=TrackingConfig(), resume=False,
+                      workspace=tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["patchsplat"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.run_name == "train-p0"
+    run = runs[0]
+    assert run.data.params["train.steps"] == "60"
+    assert run.data.tags["outcome"] == "succeeded"
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "heldout_psnr")
+    assert [point.step for point in history] == [30, 60]
+    artifacts = {item.path for item in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "curve.csv", "heldout.png", "attempts.json", "settings.json"} <= artifacts
+    assert (tmp_path / "mlartifacts").is_dir()
