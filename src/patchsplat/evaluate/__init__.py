@@ -1,0 +1,15 @@
+"""Evaluation of a merged scene: held-out image metrics (overall and per patch) and mesh metrics.
+
+Public interface::
+
+    from patchsplat.evaluate import evaluate_scene
+    report = evaluate_scene(scene_dir, merged_ply, mesh_ply, patches_dir, out_json, grid_png, config)
+
+Modules: :mod:`.images` (per-view metrics, rendering loop), :mod:`.perceptual` (LPIPS when available
+offline), :mod:`.patches` (held-out view -> patch), :mod:`.grid` (comparison PNG), :mod:`.geometry`
+(surface distances, Chamfer, F-score), :mod:`.mesh` (ground truth or SfM proxy), :mod:`.report`.
+"""
+
+from patchsplat.evaluate.report import evaluate_scene, print_summary
+
+__all__ = ["evaluate_scene", "print_summary"]

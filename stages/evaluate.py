@@ -1,0 +1,31 @@
+"""DVC stage ``evaluate``: score the merged splats on the held-out views and the mesh.
+
+Reads the ``evaluate`` section of params.yaml; writes reports/evaluation.json (DVC metrics) and
+reports/evaluation_grid.png. A missing mesh (or patches folder) is reported in the JSON, not an error;
+missing merged splats are.
+"""
+
+from pathlib import Path
+
+from patchsplat.config import load_params
+from patchsplat.console import guarded
+from patchsplat.evaluate import evaluate_scene
+from patchsplat.scene_layout import locate_scene
+from patchsplat.scene_source import resolve_scene_dir
+
+SCENE_DIR = Path("data/scene")
+MERGED_PLY = Path("data/merged/splats.ply")
+MESH_PLY = Path("data/mesh/mesh.ply")
+PATCHES_DIR = Path("data/patches")
+REPORT = Path("reports/evaluation.json")
+GRID = Path("reports/evaluation_grid.png")
+
+
+def main() -> None:
+    params = load_params()
+    scene_root = locate_scene(resolve_scene_dir(SCENE_DIR)).root
+    evaluate_scene(scene_root, MERGED_PLY, MESH_PLY, PATCHES_DIR, REPORT, GRID, params.evaluate)
+
+
+if __name__ == "__main__":
+    guarded(main)
