@@ -129,7 +129,7 @@ def test_overlap_is_respected(scenes, tmp_path):
     source = read_model_arrays(scenes["demo"] / "sparse" / "0")
     sizes = {}
     for overlap in (0.0, 0.2, 0.5):
-        summary = _split(scenes["demo"], tmp_path / f"o{overlap}", rows=2, cols=2, overlap=overlap)
+        summary = _split(scenes["demo"], tmp_path / f"o{overlap}", rows=2, cols=2, overlap=overlap, points_seen_by_cameras=False)
         bounds = Cell.from_list(summary["bounds"])
         point_xy = _aligned_xy(summary, source.xyz)
         for patch in summary["patches"]:
@@ -223,3 +223,25 @@ def test_bad_split_params_give_one_line_errors(scenes, tmp_path, arguments, name
     assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], completed.stderr
     assert "Traceback" not in completed.stderr
     assert not out.exists()
+
+
+def test_heldout_views_are_the_same_for_every_patch(scenes, tmp_path):
+    summary = _split(scenes["demo"], tmp_path / "patches", rows=2, cols=2)
+    source = read_model_arrays(scenes["demo"] / "sparse" / "0")
+    globally = set(sorted(source.image_names)[::8])
+    for patch in summary["patches"]:
+        patch_json = json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())
+        assert set(patch_json["heldout_image_names"]) == globally & set(patch_json["image_names"])
+
+
+def test_points_seen_by_the_cameras_join_the_patch(scenes, tmp_path):
+    cell_only = _split(scenes["demo"], tmp_path / "cell", rows=2, cols=2, points_seen_by_cameras=False)
+    seen = _split(scenes["demo"], tmp_path / "seen", rows=2, cols=2, points_seen_by_cameras=True)
+    source = read_model_arrays(scenes["demo"] / "sparse" / "0")
+    for before, after in zip(cell_only["patches"], seen["patches"]):
+        assert after["num_points"] > before["num_points"]
+        names = set(json.loads((tmp_path / "seen" / after["id"] / "patch.json").read_text())["image_names"])
+        in_patch = np.array([name in names for name in source.image_names])
+        seen_twice = np.bincount(source.obs_point[in_patch[source.obs_image]], minlength=len(source.point_ids)) >= 2
+        model = read_model_arrays(tmp_path / "seen" / after["id"] / "sparse" / "0")
+        assert set(model.point_ids) == set(source.point_ids[seen_twice])

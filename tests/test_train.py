@@ -20,7 +20,8 @@ from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.prepare import prepare_patch
 from patchsplat.splat_io import inria_property_names, read_splats_ply
 from patchsplat.split import split_scene
-from patchsplat.train.data import HOLD_OUT_EVERY, PatchViews, load_frame
+from patchsplat.split import HOLD_OUT_EVERY
+from patchsplat.train.data import PatchViews, load_frame
 from patchsplat.train.loop import Fault, PatchTrainingFailed, failed_attempts_path, train_patch
 
 SMALL = {"steps": 60, "eval_every": 30, "checkpoint_every": 20, "health": {"check_every": 10},

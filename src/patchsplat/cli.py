@@ -138,6 +138,25 @@ def train(
     guarded(run)
 
 
+@app.command("merge")
+def merge(
+    patches_dir: Annotated[Path, typer.Argument(help="The split's output folder (split.json + one folder per patch).")] = Path("data/patches"),
+    trained_dir: Annotated[Path, typer.Argument(help="Folder holding <patch id>/splats.ply for every patch.")] = Path("data/trained"),
+    out_dir: Annotated[Path, typer.Argument(help="Where the merged splats.ply and merge.json go.")] = Path("data/merged"),
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Merge trained patches into one scene PLY, each patch keeping the Gaussians of its core cell."""
+
+    def run() -> None:
+        from patchsplat.config import MergeConfig
+        from patchsplat.merge import merge_patches, print_merge_table
+
+        config = load_params(params).merge if params.exists() or params != DEFAULT_PARAMS else MergeConfig()
+        print_merge_table(merge_patches(patches_dir, trained_dir, out_dir, config))
+
+    guarded(run)
+
+
 @app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repro_command(ctx: typer.Context) -> None:
     """Run the pipeline (dvc repro), first re-syncing the patch ids in params.yaml with the split.

@@ -260,6 +260,42 @@ class TrainConfig(_Section):
     recovery: RecoveryConfig = RecoveryConfig()
 
 
+class MergeConfig(_Section):
+    """Merging the patches: each patch keeps the Gaussians whose centre lies in its core cell."""
+
+    min_opacity: float = Field(0.0, ge=0.0, lt=1.0, description="Also drop Gaussians below this opacity (0 keeps all).")
+
+
+class MeshConfig(_Section):
+    """Mesh extraction: per patch, TSDF fusion of rendered expected depth and colour from the training views,
+    marching cubes, crop to the core cell; then one mesh without small floating pieces."""
+
+    voxel_size: Optional[float] = Field(
+        None, gt=0.0, description="TSDF voxel in world units; None: the patch's scene scale / voxels_per_scene."
+    )
+    voxels_per_scene: int = Field(256, ge=16, le=4096, description="Used when voxel_size is None.")
+    sdf_trunc_voxels: float = Field(5.0, gt=0.0, description="Truncation distance in voxels (2DGS/PGSR: 5).")
+    depth_trunc: Optional[float] = Field(
+        None, gt=0.0, description="Ignore depths beyond this (world units); None: 2 x the patch's scene scale."
+    )
+    min_alpha: float = Field(0.5, gt=0.0, le=1.0, description="Pixels with accumulated opacity below this are not fused.")
+    min_component_fraction: float = Field(
+        0.02, ge=0.0, lt=1.0, description="Connected pieces with fewer faces than this fraction of the largest are removed."
+    )
+    resolution_factor: int = Field(1, ge=1, le=16, description="Render the views at this downscale for fusion.")
+
+
+class EvaluateConfig(_Section):
+    """Evaluation of the merged scene on the held-out views, and of the mesh."""
+
+    fscore_threshold: float = Field(
+        0.005, gt=0.0, description="F-score distance threshold as a fraction of the scene extent (diagonal of the reference box)."
+    )
+    mesh_samples: int = Field(200_000, ge=1000, description="Points sampled on each mesh for Chamfer distance and F-score.")
+    grid_views: int = Field(6, ge=1, description="Held-out views shown in the comparison grid PNG.")
+    lpips: bool = Field(True, description="Report LPIPS if its network weights are available offline (else: unavailable).")
+
+
 class TrackingConfig(_Section):
     """MLflow: where runs go. The default is a SQLite file in the workspace; MLFLOW_TRACKING_URI wins."""
 
@@ -276,6 +312,9 @@ class Params(_Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    merge: MergeConfig = MergeConfig()
+    mesh: MeshConfig = MeshConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     patch_overrides: dict[str, Optional[dict[str, Any]]] = Field(
         default_factory=dict,

@@ -100,6 +100,7 @@ def tracked_run(config: TrackingConfig, workspace: Path, name: str, tags: dict[s
 
     # MLflow's alembic migrations log at INFO on a new database: noise in a training log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri(config, workspace))
     experiment = mlflow.get_experiment_by_name(config.experiment)
     if experiment is None:

@@ -40,20 +40,33 @@ class SplitResult:
     warnings: list[str]
 
 
-def patch_statistics(arrays: ModelArrays, patch: PatchPlan, config: ValidateConfig, sample: int) -> dict:
-    """The validation statistics of one patch's model, computed from the arrays (same numbers the model holds)."""
+HOLD_OUT_EVERY = 8
+
+
+def heldout_names(image_names) -> list[str]:
+    """Every 8th image of the scene, sorted by name: the views evaluation uses and no patch trains on."""
+    return sorted(image_names)[::HOLD_OUT_EVERY]
+
+
+def patch_statistics(arrays: ModelArrays, patch: PatchPlan, config: ValidateConfig, sample: int, point_xy: np.ndarray) -> dict:
+    """The validation statistics of one patch: its cameras, and its points inside its expanded cell.
+
+    Points the patch gets only because its cameras see them far away (``points_seen_by_cameras``)
+    are left out: they describe the neighbours, and would hide a patch whose own region differs.
+    """
     from patchsplat.validate.stats import scene_statistics
 
-    in_patch_point = np.zeros(len(arrays.point_ids), dtype=bool)
-    in_patch_point[patch.point_indices] = True
-    observations = int(in_patch_point[arrays.obs_point[arrays.observations_of(patch.image_indices)]].sum())
-    num_points = len(patch.point_indices)
+    region = patch.point_indices[patch.expanded.contains(point_xy[patch.point_indices])]
+    in_region = np.zeros(len(arrays.point_ids), dtype=bool)
+    in_region[region] = True
+    observations = int(in_region[arrays.obs_point[arrays.observations_of(patch.image_indices)]].sum())
+    num_points = len(region)
     stats = scene_statistics(
-        arrays.xyz[patch.point_indices],
+        arrays.xyz[region],
         arrays.camera_centres[patch.image_indices],
         num_observations=observations,
         mean_track_length=observations / num_points if num_points else 0.0,
-        mean_reprojection_error=float(arrays.error[patch.point_indices].mean()) if num_points else 0.0,
+        mean_reprojection_error=float(arrays.error[region].mean()) if num_points else 0.0,
         config=config.model_copy(update={"nn_sample": sample}),
     )
     return stats.to_dict()
@@ -109,6 +122,8 @@ def split_scene(
     if warnings and config.small_patch == "error":
         raise InputError("params.yaml", f"split: {warnings[0]}" + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""), kind="small_patch")
 
+    heldout = set(heldout_names(arrays.image_names))
+    points_xy = (arrays.xyz @ plan.world_to_aligned.T)[:, :2]
     # Per-patch NN statistics sample fewer points so the split's cost does not grow with the patch count.
     sample = max(2_000, stats_config.nn_sample // max(len(plan.patches), 1))
     patch_stats: dict[str, dict] = {}
@@ -121,7 +136,7 @@ def split_scene(
             if written != (len(patch.image_indices), len(patch.point_indices)):
                 # The plan applies the same two-observation rule as the writer: a mismatch is a bug.
                 raise RuntimeError(f"patch {patch.patch_id}: wrote {written}, planned {len(patch.image_indices), len(patch.point_indices)}")
-            stats = patch_statistics(arrays, patch, stats_config, sample)
+            stats = patch_statistics(arrays, patch, stats_config, sample, points_xy)
             patch_stats[patch.patch_id] = stats
             row = {
                 "id": patch.patch_id,
@@ -142,6 +157,9 @@ def split_scene(
                 "world_to_aligned": plan.world_to_aligned.tolist(),
                 "images_dir": _images_reference(layout.images_dir, out_dir / patch.patch_id),
                 "image_names": [arrays.image_names[i] for i in patch.image_indices],
+                # Held out for evaluation scene-wide (every 8th image of the whole scene by name), so
+                # no patch trains on a view the merged scene is evaluated on.
+                "heldout_image_names": sorted(set(arrays.image_names[i] for i in patch.image_indices) & heldout),
             })
             bar.advance(task)
 
@@ -149,7 +167,6 @@ def split_scene(
         for row in patch_rows:
             row["flags"] = flags[row["id"]]
         centres_xy = (arrays.camera_centres @ plan.world_to_aligned.T)[:, :2]
-        points_xy = (arrays.xyz @ plan.world_to_aligned.T)[:, :2]
         plot_layout(
             tmp / LAYOUT_FILE, centres_xy, points_xy, plan.core_of_camera,
             [p.core for p in plan.patches], [p.expanded for p in plan.patches],

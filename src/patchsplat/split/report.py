@@ -13,7 +13,7 @@ def _number(value: float | None) -> str:
 
 def print_split_table(summary: dict) -> None:
     table = Table(title=f"{summary['num_patches']} patches ({summary['mode']}, up from {summary['up_method']})")
-    for column in ("patch", "cameras", "core cams", "points", "core pts", "XYZ range (robust)", "mean NN spacing", "scene scale", "flags"):
+    for column in ("patch", "cameras", "core cams", "points", "core pts", "XYZ range (robust, in cell)", "mean NN spacing", "scene scale", "flags"):
         table.add_column(column, justify="right" if column not in ("patch", "flags") else "left")
     for row in summary["patches"]:
         stats = row["stats"]

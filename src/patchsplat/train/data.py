@@ -22,7 +22,6 @@ from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame
 
 PINHOLE_MODELS = {"PINHOLE", "SIMPLE_PINHOLE"}
-HOLD_OUT_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,9 @@ class PatchViews:
                 width=width, height=height,
             ))
         self.all_views = views
-        self.test_views = [view for position, view in enumerate(views) if position % HOLD_OUT_EVERY == 0]
-        self.train_views = [view for position, view in enumerate(views) if position % HOLD_OUT_EVERY != 0]
+        held_out = set(json.loads((patch_dir / "patch.json").read_text(encoding="utf-8"))["heldout_image_names"])
+        self.test_views = [view for view in views if view.name in held_out]
+        self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
             raise InputError(patch_dir, f"{len(views)} images leave none to train on after holding out every {HOLD_OUT_EVERY}th", kind="too_small")
 

@@ -1,0 +1,82 @@
+"""Merge the trained patches into one scene: each patch keeps the Gaussians whose centre lies in its core cell.
+
+Core cells are disjoint and together cover the ground plane (see :mod:`patchsplat.split`),
+so every Gaussian of the merged scene comes from exactly one patch, and the overlap
+regions — trained twice, once at each patch's border — are taken from the patch whose
+interior they are ("seamless merging", VastGaussian).
+
+Contract: :func:`merge_patches` reads ``patches_dir/split.json`` and
+``trained_dir/<id>/splats.ply`` (world frame) and writes ``out_dir`` atomically:
+``splats.ply`` (INRIA layout, world frame) and ``merge.json`` (counts per patch).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchsplat.atomic import atomic_dir, write_json
+from patchsplat.config import MergeConfig
+from patchsplat.errors import InputError
+from patchsplat.split import SPLIT_FILE
+from patchsplat.split.partition import Cell
+from patchsplat.splat_io import SPLAT_KEYS, read_splats_ply, write_splats_ply
+
+
+def core_mask(means: torch.Tensor, core: Cell, world_to_aligned: np.ndarray) -> np.ndarray:
+    """Which Gaussian centres lie in the (half-open) core cell, on the aligned ground plane."""
+    xy = (means.double().numpy() @ np.asarray(world_to_aligned).T)[:, :2]
+    return core.contains(xy)
+
+
+def _pad_sh(shN: torch.Tensor, coefficients: int) -> torch.Tensor:
+    """Patches trained to different SH degrees are merged at the highest (missing bands are zero)."""
+    if shN.shape[1] == coefficients:
+        return shN
+    padded = torch.zeros((shN.shape[0], coefficients, 3), dtype=shN.dtype)
+    padded[:, : shN.shape[1]] = shN
+    return padded
+
+
+def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: MergeConfig) -> dict:
+    split_file = Path(patches_dir) / SPLIT_FILE
+    if not split_file.exists():
+        raise InputError(split_file, "not found: run the split first", kind="missing_file")
+    split = json.loads(split_file.read_text(encoding="utf-8"))
+    world_to_aligned = np.asarray(split["world_to_aligned"])
+    pieces, rows = [], []
+    for patch in split["patches"]:
+        ply = Path(trained_dir) / patch["id"] / "splats.ply"
+        if not ply.exists():
+            raise InputError(ply, f"patch {patch['id']} has no trained splats: train it first", kind="missing_file")
+        splats = read_splats_ply(ply)
+        inside = core_mask(splats["means"], Cell.from_list(patch["core_cell"]), world_to_aligned)
+        opaque = torch.sigmoid(splats["opacities_logit"]).numpy() >= config.min_opacity
+        keep = torch.from_numpy(np.flatnonzero(inside & opaque))
+        pieces.append({key: splats[key][keep] for key in SPLAT_KEYS})
+        rows.append({"id": patch["id"], "trained": int(len(inside)), "kept": int(len(keep)),
+                     "outside_core": int((~inside).sum()), "below_min_opacity": int((inside & ~opaque).sum())})
+    coefficients = max(piece["shN"].shape[1] for piece in pieces)
+    merged = {key: torch.cat([_pad_sh(p[key], coefficients) if key == "shN" else p[key] for p in pieces]) for key in SPLAT_KEYS}
+    summary = {"num_gaussians": int(merged["means"].shape[0]), "patches": rows}
+    with atomic_dir(out_dir) as tmp:
+        written = write_splats_ply(tmp / "splats.ply", **merged)
+        summary["dropped_non_finite"] = written["n_dropped"]
+        write_json(tmp / "merge.json", summary)
+    return summary
+
+
+def print_merge_table(summary: dict) -> None:
+    from rich.table import Table
+
+    from patchsplat.console import console
+
+    table = Table(title=f"merged scene: {summary['num_gaussians']} Gaussians")
+    for column in ("patch", "trained", "kept (core cell)", "outside core", "below min opacity"):
+        table.add_column(column, justify="right" if column != "patch" else "left")
+    for row in summary["patches"]:
+        table.add_row(row["id"], str(row["trained"]), str(row["kept"]), str(row["outside_core"]), str(row["below_min_opacity"]))
+    console.print(table)
