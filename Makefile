@@ -12,6 +12,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
+# OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup demo test bench clean-demo
 

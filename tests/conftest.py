@@ -11,6 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Before any test module imports torch: OpenMP threads must sleep, not spin, on a shared machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MLflow stays off in tests unless a test turns it on (tests/test_train.py checks the runs).
+os.environ.setdefault("PATCHSPLAT_TRACKING", "0")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 

@@ -19,7 +19,7 @@ from patchsplat.colmap_arrays import ModelArrays, parse_cameras, read_model_arra
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame, canonical_frame
 from patchsplat.split import heldout_names
-from patchsplat.train.data import PINHOLE_MODELS, _intrinsics_matrix, safe_image_path
+from patchsplat.train.data import PINHOLE_MODELS, _intrinsics_matrix, load_image_file, safe_image_path
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,7 @@ class SceneCameras:
 
 def load_image(camera: Camera, width: int | None = None, height: int | None = None) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]; resized (box filter) when a size is given."""
-    from PIL import Image
-
-    try:
-        with Image.open(camera.image_path) as opened:
-            picture = opened.convert("RGB")
-            if width and height and picture.size != (width, height):
-                picture = picture.resize((width, height), Image.Resampling.BOX)
-            return np.asarray(picture, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as error:
-        raise InputError(camera.image_path, f"cannot read image ({error})", kind="undecodable_image") from None
+    return load_image_file(camera.image_path, width, height)
 
 
 @torch.no_grad()

@@ -107,19 +107,24 @@ class PatchViews:
         if cached is not None:
             self._cache.move_to_end(view.name)
             return cached
-        try:
-            with Image.open(view.path) as opened:
-                picture = opened.convert("RGB")
-                if picture.size != (view.width, view.height):
-                    # BOX averages the source pixels a training pixel covers (no aliasing when downscaling).
-                    picture = picture.resize((view.width, view.height), Image.Resampling.BOX)
-                pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)
-        except (OSError, ValueError) as error:
-            raise InputError(view.path, f"cannot read image ({error})", kind="undecodable_image") from None
+        pixels = torch.from_numpy(load_image_file(view.path, view.width, view.height))
         self._cache[view.name] = pixels
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return pixels
+
+
+def load_image_file(path: Path, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1], resized to ``width`` x ``height`` when given and different."""
+    try:
+        with Image.open(path) as opened:
+            picture = opened.convert("RGB")
+            if width and height and picture.size != (width, height):
+                # BOX averages the source pixels a training pixel covers (no aliasing when downscaling).
+                picture = picture.resize((width, height), Image.Resampling.BOX)
+            return np.asarray(picture, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot read image ({error})", kind="undecodable_image") from None
 
 
 def load_frame(prepared_dir: Path) -> CanonicalFrame:
