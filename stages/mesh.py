@@ -3,18 +3,12 @@
 Reads the ``mesh`` section of params.yaml, data/patches and data/trained.
 """
 
-import os
+from pathlib import Path
 
-# Before torch loads OpenMP: its default active waiting made rendering and fusion 20-60x slower
-# whenever another process kept the cores busy (measured on a 2-core machine); an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from pathlib import Path  # noqa: E402
-
-from patchsplat.config import load_params  # noqa: E402
-from patchsplat.console import guarded  # noqa: E402
-from patchsplat.mesh import extract_scene_mesh  # noqa: E402
-from patchsplat.mesh.report import print_mesh_table  # noqa: E402
+from patchsplat.config import load_params  # importing patchsplat first sets OMP_WAIT_POLICY for torch
+from patchsplat.console import guarded
+from patchsplat.mesh import extract_scene_mesh
+from patchsplat.mesh.report import print_mesh_table
 
 
 def main() -> None:

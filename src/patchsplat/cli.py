@@ -158,7 +158,10 @@ def merge(
 
 
 @app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def repro_command(ctx: typer.Context) -> None:
+def repro_command(
+    ctx: typer.Context,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Patches trained at once (one CPU thread each); 0 = one per CPU core.")] = 0,
+) -> None:
     """Run the pipeline (dvc repro), first re-syncing the patch ids in params.yaml with the split.
 
     Use this instead of plain `dvc repro` after changing the split settings: it also removes the
@@ -168,7 +171,9 @@ def repro_command(ctx: typer.Context) -> None:
     def run() -> None:
         from patchsplat.patch_ids import repro
 
-        result = repro(Path("."), tuple(ctx.args))
+        import os
+
+        result = repro(Path("."), tuple(ctx.args), jobs=jobs or os.cpu_count() or 1)
         if result.changed:
             console.print(f"patch ids re-synced: {len(result.old_ids)} -> {len(result.new_ids)} patches")
         for path in result.removed_outputs:

@@ -145,6 +145,29 @@ def _dvc(*args: str, workspace: Path) -> None:
         raise InputError("dvc " + " ".join(args), f"failed with exit status {completed.returncode}", kind="dvc_failed")
 
 
+def _train_in_parallel(patch_ids: list[str], jobs: int, workspace: Path) -> None:
+    """``dvc repro -s train@<id>`` for several patches at once, one CPU thread each.
+
+    DVC takes a repository lock per ``repro``; with ``-s`` (this stage only) concurrent runs in
+    one workspace work, which is what lets independent patches train side by side. A stage whose
+    lock entry were lost would only be re-run (and resume from its last checkpoint) by the final
+    plain ``dvc repro``.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def one(patch_id: str) -> int:
+        return subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", f"train@{patch_id}"], cwd=workspace, env=environment).returncode
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        codes = dict(zip(patch_ids, pool.map(one, patch_ids)))
+    failed = [patch_id for patch_id, code in codes.items() if code != 0]
+    if failed:
+        raise InputError(f"dvc repro -s train@{failed[0]}", f"failed ({len(failed)} of {len(patch_ids)} patches failed: {', '.join(failed)})", kind="dvc_failed")
+
+
 def planned_patch_ids(workspace: Path = Path(".")) -> list[str]:
     """The ids the split stage will produce with the current scene and params (plan only, nothing written)."""
     from patchsplat.colmap_arrays import read_model_arrays
@@ -159,9 +182,20 @@ def planned_patch_ids(workspace: Path = Path(".")) -> list[str]:
     return [patch.patch_id for patch in plan.patches]
 
 
-def repro(workspace: Path = Path("."), extra_args: tuple[str, ...] = ()) -> SyncResult:
-    """Bring the scene up to date, re-sync the patch ids with the split, then ``dvc repro`` everything."""
+def repro(workspace: Path = Path("."), extra_args: tuple[str, ...] = (), jobs: int = 1) -> SyncResult:
+    """Bring the scene up to date, re-sync the patch ids with the split, then ``dvc repro`` everything.
+
+    With ``jobs`` > 1 the patches are trained ``jobs`` at a time (after everything they need is
+    reproduced), then the rest of the pipeline runs.
+    """
     _dvc("repro", "validate", workspace=workspace)
     result = sync_patch_ids(planned_patch_ids(workspace), workspace)
+    if jobs > 1 and len(result.new_ids) > 1:
+        from patchsplat.config import load_params
+        from patchsplat.tracking import prepare_store
+
+        _dvc("repro", "prepare", *extra_args, workspace=workspace)
+        prepare_store(load_params(workspace / "params.yaml").tracking, workspace)
+        _train_in_parallel(result.new_ids, jobs, workspace)
     _dvc("repro", *extra_args, workspace=workspace)
     return result

@@ -10,48 +10,90 @@ from rich.table import Table
 from patchsplat.console import console
 
 
-def _validation_row(report: dict) -> tuple[str, str]:
-    stats = report.get("stats", {})
-    findings = report.get("findings", [])
-    warnings = sum(1 for f in findings if f.get("severity") == "warning")
-    spacing = stats.get("mean_nn_spacing")
-    return (
-        f"{stats.get('num_cameras', '?')} images, {stats.get('num_points', '?')} points, "
-        f"mean NN spacing {'-' if spacing is None else f'{spacing:.4g}'}, {warnings} warnings"
-    ), ""
+def _read(path: Path) -> dict | list | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _split_row(report: dict) -> tuple[str, str]:
+def _number(value, digits: str = ".4g") -> str:
+    return "-" if value is None else format(value, digits)
+
+
+def _validation(workspace: Path) -> str | None:
+    report = _read(workspace / "reports/validation.json")
+    if report is None:
+        return None
+    stats = report.get("stats") or {}
+    warnings = sum(1 for f in report.get("findings", []) if f.get("severity") == "warning")
+    return (f"{stats.get('num_cameras', '?')} images, {stats.get('num_points', '?')} points, "
+            f"mean NN spacing {_number(stats.get('mean_nn_spacing'))}, {warnings} warnings")
+
+
+def _split(workspace: Path) -> str | None:
+    report = _read(workspace / "reports/split.json")
+    if report is None:
+        return None
     flagged = report.get("flagged", {})
-    text = f"{report.get('num_patches', '?')} patches ({report.get('mode', '?')})"
-    if flagged:
-        text += f"; stand out: {', '.join(sorted(flagged))}"
-    return text, ""
+    return f"{report.get('num_patches', '?')} patches ({report.get('mode', '?')})" + (
+        f"; stand out: {', '.join(sorted(flagged))}" if flagged else "")
 
 
-# (stage, report file relative to reports_dir, outputs to point the user at, how to describe the report)
+def _training(workspace: Path) -> str | None:
+    runs = sorted((workspace / "data/trained").glob("*/metrics.json"))
+    if not runs:
+        return None
+    parts = []
+    for path in runs:
+        metrics = _read(path)
+        recovered = " (recovered)" if metrics.get("recovered") else ""
+        parts.append(f"{path.parent.name} {metrics['heldout_psnr']:.1f} dB{recovered}")
+    return "held-out PSNR: " + ", ".join(parts)
+
+
+def _merge(workspace: Path) -> str | None:
+    report = _read(workspace / "data/merged/merge.json")
+    return None if report is None else f"{report['num_gaussians']:,} Gaussians"
+
+
+def _mesh(workspace: Path) -> str | None:
+    report = _read(workspace / "data/mesh/mesh.json")
+    if report is None:
+        return None
+    totals = report.get("totals", report)
+    faces = totals.get("faces")
+    return f"{faces:,} faces" if isinstance(faces, int) else "done"
+
+
+def _evaluation(workspace: Path) -> str | None:
+    report = _read(workspace / "reports/evaluation.json")
+    if report is None:
+        return None
+    text = f"PSNR {_number(report.get('psnr'), '.2f')} dB, SSIM {_number(report.get('ssim'), '.3f')}"
+    if report.get("chamfer") is not None:
+        text += f", mesh Chamfer {_number(report.get('chamfer'))} / F-score {_number(report.get('fscore'), '.3f')}"
+    return text
+
+
+# (stage, how to describe its result, where its outputs are)
 _STAGES = [
-    ("scene", None, "data/scene/", None),
-    ("validate", "validation.json", "reports/validation.json", _validation_row),
-    ("split", "split.json", "data/patches/, reports/split.json, reports/split_layout.png", _split_row),
-    ("prepare", None, "data/prepared/", None),
+    ("scene", lambda w: "done" if (w / "data/scene").exists() else None, "data/scene/"),
+    ("validate", _validation, "reports/validation.json"),
+    ("split", _split, "data/patches/, reports/split.json, reports/split_layout.png"),
+    ("train", _training, "data/trained/<patch>/ (splats.ply, metrics.json, heldout.png, curve.csv)"),
+    ("merge", _merge, "data/merged/splats.ply"),
+    ("mesh", _mesh, "data/mesh/mesh.ply, data/mesh/mesh.glb"),
+    ("evaluate", _evaluation, "reports/evaluation.json, reports/evaluation_grid.png"),
 ]
 
 
 def print_summary(reports_dir: Path) -> None:
-    table = Table(title="patchsplat pipeline", show_lines=False)
+    """The summary of the workspace that holds ``reports_dir``."""
+    workspace = Path(reports_dir).resolve().parent
+    table = Table(title="patchsplat pipeline")
     table.add_column("stage")
     table.add_column("result")
     table.add_column("outputs")
-    for stage, report_name, outputs, describe in _STAGES:
-        if report_name is None:
-            done = Path(outputs).exists()
-            table.add_row(stage, "done" if done else "not run", outputs if done else "")
-            continue
-        report_path = reports_dir / report_name
-        if not report_path.exists():
-            table.add_row(stage, "not run", "")
-            continue
-        result, _ = describe(json.loads(report_path.read_text(encoding="utf-8")))
-        table.add_row(stage, result, outputs)
+    for stage, describe, outputs in _STAGES:
+        result = describe(workspace)
+        table.add_row(stage, result or "not run", outputs if result else "")
     console.print(table)
+    console.print("MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db  (runs of every patch and stage)")

@@ -88,27 +88,51 @@ class Tracker:
         mlflow.set_tags(values)
 
 
+def _experiment_id(config: TrackingConfig, workspace: Path) -> str:
+    """The experiment's id, creating the store and the experiment the first time.
+
+    Several processes (patches trained in parallel) may reach a new SQLite store at once; the
+    loser of the table-creation race gets an OperationalError and simply tries again.
+    """
+    import logging
+    import time
+
+    import mlflow
+
+    # MLflow's database set-up logs at INFO on a new store: noise in a training log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri(config, workspace))
+    for attempt in range(5):
+        try:
+            experiment = mlflow.get_experiment_by_name(config.experiment)
+            if experiment is not None:
+                return experiment.experiment_id
+            artifacts = (workspace / config.artifact_dir).resolve()
+            artifacts.mkdir(parents=True, exist_ok=True)
+            return mlflow.create_experiment(config.experiment, artifact_location=artifacts.as_uri())
+        except Exception:  # noqa: BLE001 - sqlalchemy/MLflow errors of a concurrent first use
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def prepare_store(config: TrackingConfig, workspace: Path) -> None:
+    """Create the tracking store and experiment now (before processes start logging in parallel)."""
+    if config.enabled and os.environ.get("PATCHSPLAT_TRACKING", "1") != "0":
+        _experiment_id(config, workspace)
+
+
 @contextlib.contextmanager
 def tracked_run(config: TrackingConfig, workspace: Path, name: str, tags: dict[str, str] | None = None) -> Iterator[Tracker]:
     """An MLflow run for the duration of the block (nested under ``PATCHSPLAT_MLFLOW_PARENT_RUN_ID`` if set)."""
     if not config.enabled or os.environ.get("PATCHSPLAT_TRACKING", "1") == "0":
         yield Tracker()
         return
-    import logging
-
     import mlflow
 
-    # MLflow's alembic migrations log at INFO on a new database: noise in a training log.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri(config, workspace))
-    experiment = mlflow.get_experiment_by_name(config.experiment)
-    if experiment is None:
-        artifacts = (workspace / config.artifact_dir).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = mlflow.create_experiment(config.experiment, artifact_location=artifacts.as_uri())
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = _experiment_id(config, workspace)
     parent = os.environ.get("PATCHSPLAT_MLFLOW_PARENT_RUN_ID")
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(name), parent_run_id=parent, tags=tags or {}) as run:
         yield Tracker(run)
