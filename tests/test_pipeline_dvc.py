@@ -93,7 +93,8 @@ def test_one_patch_override_reruns_only_that_patch(workspace):
     assert "prepare@p1" in status and "train@p1" in status
     assert "prepare@p0" not in status and "train@p0" not in status and "split" not in status
     rerun = _dvc(workspace, "repro")
-    assert _ran_stages(rerun.stdout) == ["prepare@p1", "train@p1"]
+    # that patch, and the whole-scene stages that depend on every patch; no other patch
+    assert _ran_stages(rerun.stdout) == ["evaluate", "merge", "mesh", "prepare@p1", "train@p1"]
     assert (workspace / "data/prepared/p0/init.npz").read_bytes() == before["p0"]
     assert (workspace / "data/prepared/p1/init.npz").read_bytes() != before["p1"]
     assert '"init_scale": 0.5' in (workspace / "data/prepared/p1/prepare.json").read_text()
