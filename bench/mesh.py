@@ -231,6 +231,7 @@ def ground_truth_chamfer(scene: Path, patches_dir: Path, mesh_path: Path, depth_
     import trimesh
     from scipy.spatial import cKDTree
 
+    from patchsplat.mesh.reference import visible_ground_truth_samples
     from patchsplat.scene_views import SceneCameras
 
     manifest = json.loads((scene / "manifest.json").read_text())
@@ -239,27 +240,13 @@ def ground_truth_chamfer(scene: Path, patches_dir: Path, mesh_path: Path, depth_
         patch = json.loads(patch_file.read_text())
         training |= set(patch["image_names"]) - set(patch["heldout_image_names"])
     cameras = [camera for camera in SceneCameras(scene / "sparse" / "0", scene / "images").cameras if camera.name in training]
-    truth = trimesh.load(scene / "ground_truth_mesh.ply", force="mesh", process=False)
-    points, _ = trimesh.sample.sample_surface(truth, 600_000, seed=0)
-    seen = np.zeros(len(points), dtype=bool)
-    for camera in cameras:
-        cam = points @ camera.rotation.T + camera.translation
-        z = np.where(cam[:, 2] > 1e-6, cam[:, 2], np.nan)
-        col = np.floor(camera.K[0, 0] * cam[:, 0] / z + camera.K[0, 2])
-        row = np.floor(camera.K[1, 1] * cam[:, 1] / z + camera.K[1, 2])
-        inside = np.flatnonzero((col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height) & (z <= depth_trunc))
-        pixel = (row[inside] * camera.width + col[inside]).astype(np.int64)
-        nearest = np.full(camera.width * camera.height, np.inf)
-        np.minimum.at(nearest, pixel, z[inside])
-        seen[inside[z[inside] <= 1.01 * nearest[pixel] + 0.05]] = True
-    area = manifest["scene_extent"]["area_bounds"]
-    in_area = np.all((points[:, :2] >= area["min"][:2]) & (points[:, :2] <= area["max"][:2]), axis=1)
-    reference = points[seen & in_area]
+    reference = visible_ground_truth_samples(scene, cameras, depth_trunc, 600_000)
     mesh = trimesh.load(mesh_path, force="mesh", process=False)
     samples, _ = trimesh.sample.sample_surface(mesh, 200_000, seed=1)
     accuracy = cKDTree(reference).query(samples)[0]
     completeness = cKDTree(samples).query(reference)[0]
     side = float(manifest["scene_extent"]["area_side"])
+    area = manifest["scene_extent"]["area_bounds"]
     diagonal = float(np.linalg.norm(np.subtract(area["max"], area["min"])))
     chamfer = 0.5 * float(accuracy.mean() + completeness.mean())
     return {"chamfer": chamfer, "accuracy": float(accuracy.mean()), "completeness": float(completeness.mean()),

@@ -19,6 +19,7 @@ from patchsplat.mesh import TsdfVolume, extract_scene_mesh, extract_surface, lat
 from patchsplat.mesh import extract as extract_module
 from patchsplat.mesh.fuse import load_patch, mesh_patch, patch_settings
 from patchsplat.mesh.ops import boundary_vertices
+from patchsplat.mesh.reference import visible_ground_truth_samples
 from patchsplat.mesh.surface import observed_cubes
 from patchsplat.prepare import knn_spacing, prepare_patch
 from patchsplat.scene_views import SceneCameras
@@ -299,26 +300,7 @@ def placed_scene(demo_scene) -> dict:
 
 
 def ground_truth_samples(scene: Path, cameras, depth_trunc: float, count: int = 400_000) -> np.ndarray:
-    """Samples of the generator's ground-truth mesh that a training view sees (within depth_trunc, not
-    hidden: their depth is within 1% + 5 cm of the nearest sample in the same pixel), inside the area
-    that holds the scene's points (the ground reaches further, but no point was sampled there)."""
-    manifest = json.loads((scene / "manifest.json").read_text())
-    truth = trimesh.load(scene / "ground_truth_mesh.ply", force="mesh", process=False)
-    points, _ = trimesh.sample.sample_surface(truth, count, seed=0)
-    seen = np.zeros(len(points), dtype=bool)
-    for camera in cameras:
-        cam = points @ camera.rotation.T + camera.translation
-        z = np.where(cam[:, 2] > 1e-6, cam[:, 2], np.nan)
-        col = np.floor(camera.K[0, 0] * cam[:, 0] / z + camera.K[0, 2])
-        row = np.floor(camera.K[1, 1] * cam[:, 1] / z + camera.K[1, 2])
-        inside = np.flatnonzero((col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height) & (z <= depth_trunc))
-        pixel = (row[inside] * camera.width + col[inside]).astype(np.int64)
-        nearest = np.full(camera.width * camera.height, np.inf)
-        np.minimum.at(nearest, pixel, z[inside])
-        seen[inside[z[inside] <= 1.01 * nearest[pixel] + 0.05]] = True
-    area = manifest["scene_extent"]["area_bounds"]
-    in_area = np.all((points[:, :2] >= area["min"][:2]) & (points[:, :2] <= area["max"][:2]), axis=1)
-    return points[seen & in_area]
+    return visible_ground_truth_samples(scene, cameras, depth_trunc, count)
 
 
 def test_mesh_of_a_trained_demo_scene_is_close_to_the_ground_truth(demo_scene, trained_scene, tmp_path):
