@@ -131,7 +131,6 @@ def test_overlap_is_respected(scenes, tmp_path):
     for overlap in (0.0, 0.2, 0.5):
         summary = _split(scenes["demo"], tmp_path / f"o{overlap}", rows=2, cols=2, overlap=overlap, points_seen_by_cameras=False)
         bounds = Cell.from_list(summary["bounds"])
-        point_xy = _aligned_xy(summary, source.xyz)
         for patch in summary["patches"]:
             core, expanded = Cell.from_list(patch["core_cell"]), Cell.from_list(patch["expanded_cell"])
             clipped = core.clipped(bounds)

@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,6 @@ from patchsplat.train.data import PatchViews, View, load_frame
 from patchsplat.train.health import HealthMonitor, TrainingFailure
 from patchsplat.train.memory import PeakMemory, plan_memory
 from patchsplat.train.model import (
-    PARAM_NAMES,
     TrainingState,
     initial_splats,
     learning_rates,
