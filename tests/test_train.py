@@ -267,3 +267,18 @@ def test_the_motivating_patch_trains_with_the_defaults(tmp_path):
                                         tmp_path / "trained" / patch_id, defaults, progress=False, log=lambda m: None)
     assert results[large]["attempts"] == 1 and not results[large]["recovered"]
     assert np.isfinite(results[large]["heldout_psnr"]) and results[large]["heldout_psnr"] > 15
+
+
+def test_image_names_that_leave_the_folder_are_refused(tmp_path):
+    from patchsplat.errors import InputError
+    from patchsplat.train.data import safe_image_path
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    (tmp_path / "outside.png").write_bytes(b"")
+    (images / "link.png").symlink_to(tmp_path / "outside.png")
+    assert safe_image_path(images, "sub/a.png") == (images / "sub" / "a.png").resolve()
+    for name in ("../outside.png", "sub/../a.png", "/etc/passwd", "C:\\x.png", "link.png"):
+        with pytest.raises(InputError) as error:
+            safe_image_path(images, name)
+        assert error.value.kind == "path_escape"

@@ -46,10 +46,13 @@ def _intrinsics_matrix(model: str, params: tuple[float, ...]) -> np.ndarray:
 
 
 def safe_image_path(images_dir: Path, name: str) -> Path:
-    """``images_dir / name``, refusing names that would leave the folder (absolute, '..', symlinks out)."""
+    """``images_dir / name``, refusing names that would leave the folder: the validator's name rule
+    (absolute, drive letters, any '..') plus symbolic links that resolve outside it."""
+    from patchsplat.validate.image_files import name_escapes
+
     candidate = (images_dir / name).resolve()
     root = images_dir.resolve()
-    if Path(name).is_absolute() or not candidate.is_relative_to(root):
+    if name_escapes(name) or not candidate.is_relative_to(root):
         raise InputError(images_dir / name, "image name escapes the images folder", kind="path_escape")
     return candidate
 
