@@ -1,0 +1,292 @@
+"""``patchsplat init DIR --colmap PATH``: a ready-to-run pipeline workspace for a user's own scene.
+
+The workspace is made from this project's own ``dvc.yaml``, ``stages/``, ``params.yaml`` and
+``.dvcignore`` (one source of truth, no copies in the package), found beside the package's source:
+``init`` therefore needs patchsplat installed from its source checkout (``pip install -e``).
+
+What is written to DIR:
+
+* ``dvc.yaml``: the project's, minus the dependencies on ``src/patchsplat/...`` (the library is not
+  in the workspace; the stage scripts stay dependencies). A header comment says so and records the
+  patchsplat version and source commit it came from: changing patchsplat's code does NOT rerun
+  anything there (``dvc repro --force`` does).
+* ``stages/``: the stage scripts, unchanged.
+* ``params.yaml``: the project's, with ``scene.source: colmap`` and ``scene.colmap_path`` the absolute
+  path of PATH, and ``patch_overrides`` keyed by the patch ids the split will make of this scene
+  (so a plain ``dvc repro`` works straight away).
+* ``.gitignore`` (the pipeline's outputs, MLflow's store, a venv), ``.dvcignore``, a git repository
+  with DVC initialised and one commit (``dvc exp run`` needs a commit).
+
+PATH is validated first; the workspace is built in a hidden folder beside DIR and renamed to DIR
+only when complete, so a failure leaves nothing behind. DIR may exist only as an empty folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchsplat.errors import InputError
+
+# Copied verbatim from the source checkout (``stages`` is a folder).
+STAGES_FOLDER = "stages"
+TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
+# dvc.yaml dependencies under this prefix are the library's code, which a workspace does not hold.
+LIBRARY_PREFIX = "src/"
+
+GITIGNORE = """\
+# Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
+/data/
+/reports/
+# MLflow's default store (params.yaml: tracking)
+/mlflow.db
+/mlartifacts/
+/mlruns/
+# A virtual environment, byte code
+/.venv/
+__pycache__/
+*.pyc
+"""
+
+FALLBACK_IDENTITY = {"user.name": "patchsplat init", "user.email": "patchsplat-init@localhost"}
+
+
+@dataclass(frozen=True)
+class InitResult:
+    workspace: Path
+    colmap_path: Path
+    patch_ids: list[str]
+    source: str          # "patchsplat 0.1.0, source /path at commit abc1234 (...)"
+
+
+def project_root() -> Path:
+    """The source checkout patchsplat is installed from (holding dvc.yaml, params.yaml and stages/)."""
+    import patchsplat
+
+    root = Path(patchsplat.__file__).resolve().parents[2]
+    missing = [name for name in (*TEMPLATE_FILES, STAGES_FOLDER) if not (root / name).exists()]
+    if missing:
+        raise InputError(
+            root,
+            f"no {missing[0]} here: `patchsplat init` needs patchsplat installed from its source checkout "
+            "(`pip install -e <checkout>`), whose dvc.yaml, params.yaml and stages/ are the workspace's templates",
+            kind="not_a_source_checkout",
+        )
+    return root
+
+
+def source_description(root: Path) -> str:
+    """patchsplat's version and the git commit of ``root`` (with a note when it has uncommitted changes)."""
+    import patchsplat
+
+    text = f"patchsplat {patchsplat.__version__}, source {root}"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30, check=False)
+        if commit.returncode != 0:
+            return text + " (not a git checkout)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return text + " (commit unknown: git not available)"
+    text += f" at commit {commit.stdout.strip()}"
+    return text + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def _check_target(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise InputError(target, "exists and is not a folder: give a new (or empty) folder for the workspace", kind="target_exists")
+    if target.is_dir() and any(target.iterdir()):
+        raise InputError(target, "exists and is not empty: give a new (or empty) folder for the workspace", kind="target_exists")
+
+
+def _check_scene(colmap: Path, target: Path) -> Path:
+    """The absolute scene folder, checked to hold images/ and a readable sparse model."""
+    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.scene_layout import locate_scene
+
+    source = Path(colmap).expanduser().resolve()
+    layout = locate_scene(source)  # one-line InputError naming the missing part
+    if source == target or source.is_relative_to(target):
+        raise InputError(colmap, "is inside the workspace folder: give a workspace folder outside the scene", kind="target_inside_scene")
+    if target.is_relative_to(source):
+        raise InputError(target, f"is inside the scene folder {source}: put the workspace elsewhere", kind="target_inside_scene")
+    try:
+        arrays = read_model_arrays(layout.model_dir)
+    except (OSError, ValueError) as error:  # unreadable, or a model the reader's own checks missed
+        raise InputError(layout.model_dir, f"cannot read the COLMAP model ({type(error).__name__}: {error})", kind="corrupt_file") from None
+    if len(arrays.image_names) == 0:
+        raise InputError(layout.model_dir, "the model has no registered images", kind="missing_images")
+    return source
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)  # dvc.yaml's layout
+    # Write back what the templates say: `[{a: 1}]` (not `[a: 1]`) and `null` (not an empty value).
+    yaml.brace_single_entry_mapping_in_flow_sequence = True
+    yaml.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
+
+
+def _dump(yaml, document) -> str:
+    import io
+
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    return buffer.getvalue()
+
+
+def workspace_dvc_yaml(template: str, source: str) -> str:
+    """The project's dvc.yaml text without its ``src/...`` dependencies, with a header saying so."""
+    yaml = _yaml()
+    document = yaml.load(template)
+    for stage in (document.get("stages") or {}).values():
+        body = stage.get("do", stage) if isinstance(stage, dict) else None
+        deps = body.get("deps") if isinstance(body, dict) else None
+        if deps is None:
+            continue
+        for index in reversed(range(len(deps))):
+            if isinstance(deps[index], str) and deps[index].startswith(LIBRARY_PREFIX):
+                del deps[index]
+    header = (
+        "# Written by `patchsplat init` from " + source + ".\n"
+        "# The stages run the patchsplat installed for `python`; its code is NOT a dependency here (only\n"
+        "# stages/*.py are), so changing or upgrading patchsplat does not rerun anything: use\n"
+        "# `dvc repro --force` (or `dvc repro --force -s <stage>`) to recompute with new code.\n"
+    )
+    return header + _dump(yaml, document)
+
+
+def workspace_params_yaml(template: str, colmap_path: Path, patch_ids: list[str] | None = None) -> str:
+    """The project's params.yaml text with the scene switched to the user's COLMAP folder (comments kept).
+
+    With ``patch_ids``, ``patch_overrides`` gets exactly those keys (the overrides of ids the template
+    already has are kept, new ids get ``{}``), as ``patchsplat repro`` would sync them.
+    """
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml = _yaml()
+    document = yaml.load(template)
+    scene = document["scene"]
+    scene["source"] = "colmap"
+    scene["colmap_path"] = str(colmap_path)
+    overrides = document.get("patch_overrides") or CommentedMap()
+    if patch_ids is not None and list(overrides) != list(patch_ids):
+        synced = CommentedMap()
+        for patch_id in patch_ids:
+            synced[patch_id] = overrides.get(patch_id) or CommentedMap()
+            if not synced[patch_id]:
+                synced[patch_id].fa.set_flow_style()
+        document["patch_overrides"] = synced
+    return _dump(yaml, document)
+
+
+def planned_ids(workspace: Path, colmap_path: Path) -> list[str]:
+    """The patch ids the split stage will make of ``colmap_path`` with the workspace's params."""
+    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.config import load_params
+    from patchsplat.scene_layout import locate_scene
+    from patchsplat.split import plan_split
+
+    params = load_params(workspace / "params.yaml")
+    layout = locate_scene(colmap_path)
+    plan = plan_split(read_model_arrays(layout.model_dir), params.split, params.validate_.robust_percentile, str(layout.model_dir))
+    return [patch.patch_id for patch in plan.patches]
+
+
+def _run(command: list[str], cwd: Path, what: str) -> str:
+    environment = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    try:
+        completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise InputError(what, f"could not run ({error.strerror or error})", kind="tool_failed") from None
+    if completed.returncode != 0:
+        detail = " ".join((completed.stderr or completed.stdout).split())[-300:]
+        raise InputError(what, f"failed with exit status {completed.returncode}: {detail}", kind="tool_failed")
+    return completed.stdout
+
+
+def _git_and_dvc_init(workspace: Path) -> None:
+    _run(["git", "init", "-q"], workspace, "git init")
+    for key, value in FALLBACK_IDENTITY.items():
+        configured = subprocess.run(["git", "config", key], cwd=workspace, capture_output=True, text=True, check=False)
+        if configured.returncode != 0 or not configured.stdout.strip():
+            _run(["git", "config", key, value], workspace, f"git config {key}")
+    _run([sys.executable, "-m", "dvc", "init", "-q"], workspace, "dvc init")
+    _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], workspace, "dvc config core.analytics false")
+
+
+def _commit(workspace: Path, files: list[str]) -> None:
+    _run(["git", "add", "--", *files], workspace, "git add")
+    _run(["git", "commit", "-q", "--no-verify", "-m", "patchsplat init: pipeline for this scene"], workspace, "git commit")
+
+
+def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
+    """Create the workspace ``target`` for the COLMAP folder ``colmap``; see the module docstring.
+
+    Raises :class:`InputError` (one line) for a bad scene, a non-empty ``target``, a missing source
+    checkout or a failing git/dvc, leaving ``target`` as it was.
+    """
+    target = Path(target).expanduser().absolute()
+    target = target.parent.resolve() / target.name
+    _check_target(target)
+    colmap_path = _check_scene(Path(colmap), target)
+    root = project_root()
+    source = source_description(root)
+
+    created_parents = [parent for parent in reversed(target.parents) if not parent.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.init-", dir=target.parent))
+    try:
+        shutil.copytree(root / STAGES_FOLDER, building / STAGES_FOLDER,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (building / "dvc.yaml").write_text(
+            workspace_dvc_yaml((root / "dvc.yaml").read_text(encoding="utf-8"), source), encoding="utf-8")
+        params_template = (root / "params.yaml").read_text(encoding="utf-8")
+        params_path = building / "params.yaml"
+        params_path.write_text(workspace_params_yaml(params_template, colmap_path), encoding="utf-8")
+        # The ids the split will make (the split settings are the template's): a plain `dvc repro` works.
+        patch_ids = planned_ids(building, colmap_path)
+        params_path.write_text(workspace_params_yaml(params_template, colmap_path, patch_ids), encoding="utf-8")
+        from patchsplat.config import load_params
+        from patchsplat.patch_ids import params_patch_ids
+
+        load_params(params_path)  # what the stages will read must validate
+        if params_patch_ids(params_path) != patch_ids:
+            raise InputError(params_path, f"patch_overrides does not list the planned patch ids {patch_ids}", kind="patch_ids_out_of_sync")
+        (building / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+
+        if git:
+            _git_and_dvc_init(building)
+        # After `dvc init`, which writes a .dvcignore of its own: the project's keeps byte code out of
+        # the hashes of the stage scripts.
+        shutil.copyfile(root / ".dvcignore", building / ".dvcignore")
+        if git:
+            _commit(building, [".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "params.yaml", STAGES_FOLDER])
+        building.chmod(0o777 & ~_umask())
+        os.rename(building, target)  # replaces an empty folder; fails if one filled it meanwhile
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        for parent in reversed(created_parents):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    return InitResult(target, colmap_path, patch_ids, source)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
