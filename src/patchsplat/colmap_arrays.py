@@ -73,6 +73,11 @@ class ModelArrays:
         return np.bincount(self.obs_point, minlength=len(self.point_ids))
 
     @cached_property
+    def obs_words(self) -> np.ndarray:
+        """(K, 3) uint64 view (or contiguous copy) of ``obs_records``: gathers of plain words are faster."""
+        return np.ascontiguousarray(self.obs_records).view(np.uint64).reshape(-1, 3)
+
+    @cached_property
     def image_obs_offsets(self) -> np.ndarray:
         """(M+1,) observations of image i are ``obs_*[offsets[i]:offsets[i+1]]`` (they are stored image by image)."""
         return np.concatenate([[0], np.cumsum(np.bincount(self.obs_image, minlength=len(self.image_ids)))])
@@ -138,20 +143,27 @@ def _parse_images(path: Path) -> tuple[list, np.ndarray, np.ndarray]:
     return headers, all_obs, all_owner
 
 
-def _gather(buffer: np.ndarray, byte_offsets: np.ndarray, dtype: str) -> np.ndarray:
-    """Read one 8-byte value at each (unaligned) byte offset without a per-byte index array.
+def _shifted_words(buffer: np.ndarray) -> list[np.ndarray]:
+    """The buffer as 8-byte words starting at each byte offset 0..7: an unaligned 8-byte value at
+    byte offset o is word (o - o % 8) // 8 of view o % 8, so a vectorised read or write of such
+    values is one gather or scatter instead of 8 byte-wise ones."""
+    return [buffer[shift : shift + 8 * ((len(buffer) - shift) // 8)].view("<u8") for shift in range(8)]
 
-    The buffer is viewed as 8-byte words at each of the 8 possible alignments, so
-    each value is one element gather instead of 8 byte gathers.
+
+def _gather_field(words: list[np.ndarray], starts: np.ndarray, field_offset: int) -> np.ndarray:
+    """The 8-byte field at ``field_offset`` of each points3D.bin record starting at ``starts``, as uint64.
+
+    ``words`` are the file's buffer as 8-byte words at each byte alignment (:func:`_shifted_words`),
+    so an unaligned value is one element gather, not 8 byte gathers. Record i starts at
+    8 + 51 i + 8 t (t: the track elements before it), so its alignment is (3 i) % 8: records
+    i = r, r + 8, ... share one, and each such group is read from strided views, without
+    grouping the records by alignment first.
     """
-    out = np.empty(len(byte_offsets), dtype=dtype)
-    alignment = byte_offsets % 8
-    for shift in range(8):
-        selected = np.flatnonzero(alignment == shift)
-        if len(selected) == 0:
-            continue
-        words = buffer[shift : shift + 8 * ((len(buffer) - shift) // 8)].view(dtype)
-        out[selected] = words[(byte_offsets[selected] - shift) // 8]
+    out = np.empty(len(starts), dtype=np.uint64)
+    for remainder in range(min(8, len(starts))):
+        group_starts = starts[remainder::8]
+        shift = int(group_starts[0] + field_offset) % 8
+        out[remainder::8] = words[shift][(group_starts + (field_offset - shift)) // 8]
     return out
 
 
@@ -166,13 +178,14 @@ def _parse_points_sorted(path: Path, point_ids: np.ndarray, track_lengths: np.nd
     starts[0:1] = 8
     np.cumsum(record_sizes[:-1], out=starts[1:])
     starts[1:] += 8
-    if not np.array_equal(_gather(buffer, starts, "<u8"), point_ids.astype(np.uint64)):
+    words = _shifted_words(buffer)
+    if not np.array_equal(_gather_field(words, starts, 0), point_ids.astype(np.uint64)):
         return None
-    if not np.array_equal(_gather(buffer, starts + 43, "<u8"), track_lengths.astype(np.uint64)):
+    if not np.array_equal(_gather_field(words, starts, 43), track_lengths.astype(np.uint64)):
         return None
-    xyz = np.stack([_gather(buffer, starts + 8 + 8 * axis, "<f8") for axis in range(3)], axis=1)
+    xyz = np.stack([_gather_field(words, starts, 8 + 8 * axis).view("<f8") for axis in range(3)], axis=1)
     rgb = buffer[starts[:, None] + 32 + np.arange(3)]
-    error = _gather(buffer, starts + 35, "<f8")
+    error = _gather_field(words, starts, 35).view("<f8")
     return xyz, rgb, error
 
 
@@ -243,22 +256,51 @@ def read_model_arrays(model_dir: str | Path) -> ModelArrays:
     )
 
 
-def _scatter(buffer: np.ndarray, base_offsets: np.ndarray, fields: list[tuple[int, np.ndarray]]) -> None:
-    """Write 8-byte values at unaligned byte offsets ``base_offsets + field_offset`` of ``buffer``.
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative int32 keys, as two 16-bit radix passes.
 
-    The buffer is viewed as 8-byte words at each alignment (see :func:`_gather`); the records
-    are grouped by alignment once and every field of the record reuses the grouping.
+    NumPy sorts 16-bit keys stably with a radix sort; two passes (low half, then high half) are
+    ~2x faster than its merge sort on 32-bit keys, and give the same order.
     """
-    alignment = base_offsets % 8
-    groups = [(shift, np.flatnonzero(alignment == shift)) for shift in range(8)]
-    words = [buffer[shift : shift + 8 * ((len(buffer) - shift) // 8)].view("<u8") for shift in range(8)]
-    for field_offset, values in fields:
-        bits = np.ascontiguousarray(values).view("<u8")
-        for shift, selected in groups:
-            if len(selected) == 0:
-                continue
-            word_shift = (shift + field_offset) % 8
-            words[word_shift][(base_offsets[selected] + field_offset - word_shift) // 8] = bits[selected]
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    if len(keys) and int(keys.max()) > 0xFFFF:
+        order = order[np.argsort((keys[order] >> 16).astype(np.uint16), kind="stable")]
+    return order
+
+
+def _write_point_headers(words: list[np.ndarray], buffer: np.ndarray, starts: np.ndarray,
+                         fields: list[tuple[int, np.ndarray]], rgb: np.ndarray) -> None:
+    """Write the 51-byte record headers of points3D.bin at byte offsets ``starts``.
+
+    As in :func:`_gather_field`, records i = r, r + 8, ... share an alignment, and each field
+    is written for them from strided views, with no per-record grouping or gathering.
+    """
+    for remainder in range(min(8, len(starts))):
+        group_starts = starts[remainder::8]
+        for field_offset, values in fields:
+            shift = int(group_starts[0] + field_offset) % 8
+            words[shift][(group_starts + (field_offset - shift)) // 8] = values[remainder::8]
+    for channel in range(3):
+        buffer[starts + 32 + channel] = rgb[:, channel]
+
+
+def _write_tracks(words: list[np.ndarray], elements: np.ndarray, track_lengths: np.ndarray) -> None:
+    """Write the track elements (8 bytes each, sorted by point) after the headers of points3D.bin.
+
+    Element e of the file, of point i, sits at byte 8 + 51 (i + 1) + 8 e: its alignment is
+    (3 + 3 i) % 8, shared by the points i = r, r + 8, ... (see :func:`_gather_field`).
+    """
+    num_points = len(track_lengths)
+    first_element = np.cumsum(track_lengths) - track_lengths
+    for remainder in range(min(8, num_points)):
+        lengths = track_lengths[remainder::8]
+        points = np.arange(remainder, num_points, 8, dtype=np.int64)
+        shift = int(59 + 51 * remainder) % 8
+        # Element indices of these points, point by point: first_element[i] + (0 .. length - 1).
+        local_first = np.cumsum(lengths) - lengths
+        element = np.repeat(first_element[remainder::8] - local_first, lengths) + np.arange(int(lengths.sum()))
+        word = element + np.repeat((59 + 51 * points - shift) // 8, lengths)
+        words[shift][word] = elements[element]
 
 
 @dataclass(frozen=True)
@@ -312,9 +354,11 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     of_images = arrays.observations_of(image_indices)
     in_point = np.zeros(len(arrays.point_ids), dtype=bool)
     in_point[np.asarray(point_indices, dtype=np.int64)] = True
-    in_point &= np.bincount(arrays.obs_point[of_images], minlength=len(in_point)) >= 2
-    kept = of_images[in_point[arrays.obs_point[of_images]]]
-    kept_image, kept_point = arrays.obs_image[kept], arrays.obs_point[kept]
+    observed = arrays.obs_point[of_images]
+    in_point &= np.bincount(observed, minlength=len(in_point)) >= 2
+    keep = in_point[observed]
+    kept, kept_point = of_images[keep], observed[keep]
+    kept_image = arrays.obs_image[kept]
     # Observations are stored image by image, so the kept ones of an image are contiguous and in order.
     per_image = np.bincount(kept_image, minlength=len(arrays.image_ids))
     first_of_image = np.concatenate([[0], np.cumsum(per_image)[:-1]])
@@ -325,39 +369,40 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     camera_ids = sorted({int(arrays.camera_ids[i]) for i in image_indices})
     (model_dir / "cameras.bin").write_bytes(struct.pack("<Q", len(camera_ids)) + b"".join(records[c] for c in camera_ids))
 
-    # images.bin
-    blocks = arrays.obs_records[kept]  # x, y and the (unchanged) point id, copied record by record
-    chunks = [struct.pack("<Q", len(image_indices))]
-    for index in image_indices:
-        start, count = int(first_of_image[index]), int(per_image[index])
-        chunks.append(struct.pack("<I7dI", int(arrays.image_ids[index]), *arrays.quaternions_wxyz[index],
-                                  *arrays.translations[index], int(arrays.camera_ids[index])))
-        chunks.append(arrays.image_names[index].encode("utf-8") + b"\x00")
-        chunks.append(struct.pack("<Q", count))
-        chunks.append(blocks[start : start + count].tobytes())
-    (model_dir / "images.bin").write_bytes(b"".join(chunks))
+    # images.bin: each image's kept records (x, y and the unchanged point id) gathered as 8-byte
+    # words (3x faster than gathering structured records) into one small reused block, which
+    # stays in cache and spares allocating (and page-faulting) the whole file's records at once.
+    block = np.empty((int(per_image.max(initial=0)), 3), dtype=np.uint64)
+    with open(model_dir / "images.bin", "wb") as file:
+        file.write(struct.pack("<Q", len(image_indices)))
+        for index in image_indices:
+            start, count = int(first_of_image[index]), int(per_image[index])
+            file.write(struct.pack("<I7dI", int(arrays.image_ids[index]), *arrays.quaternions_wxyz[index],
+                                   *arrays.translations[index], int(arrays.camera_ids[index])))
+            file.write(arrays.image_names[index].encode("utf-8") + b"\x00")
+            file.write(struct.pack("<Q", count))
+            # mode="clip": with mode="raise" NumPy buffers `out` (the indices are valid either way).
+            file.write(np.take(arrays.obs_words, kept[start : start + count], axis=0, out=block[:count], mode="clip"))
 
-    # points3D.bin, sorted by id like COLMAP writes it (and as read_model_arrays expects).
+    # points3D.bin, sorted by id like COLMAP writes it (and as read_model_arrays expects);
+    # each track lists its observations in image order.
     points = np.flatnonzero(in_point)
-    by_point = np.argsort(kept_point, kind="stable")
+    by_point = _stable_order(kept_point)
     track_lengths = np.bincount(kept_point, minlength=len(arrays.point_ids))[points].astype(np.int64)
     record_sizes = _POINT_HEADER_BYTES + 8 * track_lengths
     starts = 8 + np.cumsum(record_sizes) - record_sizes
     buffer = np.zeros(8 + int(record_sizes.sum()), dtype=np.uint8)
     buffer[:8] = np.frombuffer(struct.pack("<Q", len(points)), dtype=np.uint8)
-    xyz = arrays.xyz[points]
-    _scatter(buffer, starts, [
+    words = _shifted_words(buffer)
+    xyz = arrays.xyz[points].astype("<f8", copy=False)  # written as little-endian words
+    _write_point_headers(words, buffer, starts, [
         (0, arrays.point_ids[points].astype("<u8")),
-        (8, xyz[:, 0].astype("<f8")), (16, xyz[:, 1].astype("<f8")), (24, xyz[:, 2].astype("<f8")),
-        (35, arrays.error[points].astype("<f8")),
+        (8, xyz[:, 0].view("<u8")), (16, xyz[:, 1].view("<u8")), (24, xyz[:, 2].view("<u8")),
+        (35, arrays.error[points].astype("<f8").view("<u8")),
         (43, track_lengths.astype("<u8")),
-    ])
-    for channel in range(3):
-        buffer[starts + 32 + channel] = arrays.rgb[points, channel]
-    # Track element j of a point sits at start + 51 + 8 j: one 8-byte word (image id u32, 2D index u32).
-    first_element = np.cumsum(track_lengths) - track_lengths
-    element_offsets = np.repeat(starts + _POINT_HEADER_BYTES - 8 * first_element, track_lengths) + 8 * np.arange(len(by_point))
-    elements = arrays.image_ids[kept_image[by_point]].astype(np.uint64) | (point2d_index[by_point].astype(np.uint64) << np.uint64(32))
-    _scatter(buffer, element_offsets, [(0, elements)])
+    ], arrays.rgb[points])
+    # A track element is one 8-byte word: image id (u32), then the 2D point index (u32).
+    elements = arrays.image_ids.astype(np.uint64)[kept_image] | (point2d_index.astype(np.uint64) << np.uint64(32))
+    _write_tracks(words, elements[by_point], track_lengths)
     buffer.tofile(model_dir / "points3D.bin")
     return len(image_indices), len(points)

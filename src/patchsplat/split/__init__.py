@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,33 @@ def patch_statistics(arrays: ModelArrays, patch: PatchPlan, config: ValidateConf
     return stats.to_dict()
 
 
+def _patch_workers(num_patches: int) -> int:
+    """Threads writing patches at once: the usable cores, at most 4 (each holds a patch's buffers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores, num_patches))
+
+
+def _write_patch(arrays: ModelArrays, patch: PatchPlan, patch_dir: Path, config: ValidateConfig, sample: int,
+                 point_xy: np.ndarray) -> dict:
+    """Write one patch's COLMAP model; its statistics."""
+    written = write_model_subset(arrays, patch.image_indices, patch.point_indices, patch_dir / "sparse" / "0")
+    if written != (len(patch.image_indices), len(patch.point_indices)):
+        # The plan applies the same two-observation rule as the writer: a mismatch is a bug.
+        raise RuntimeError(f"patch {patch.patch_id}: wrote {written}, planned {len(patch.image_indices), len(patch.point_indices)}")
+    return patch_statistics(arrays, patch, config, sample, point_xy)
+
+
+def _result(job: Future, jobs: list[Future]):
+    """The job's result; if it failed (or the wait was interrupted), the jobs not started are cancelled
+    so the split stops after those running, instead of writing patches that will be thrown away."""
+    try:
+        return job.result()
+    except BaseException:
+        for other in jobs:
+            other.cancel()
+        raise
+
+
 def patch_images_dir(patch_dir: Path) -> Path:
     """The images folder a patch references (stored relative to the patch folder when possible)."""
     import json
@@ -123,20 +151,22 @@ def split_scene(
         raise InputError("params.yaml", f"split: {warnings[0]}" + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""), kind="small_patch")
 
     heldout = set(heldout_names(arrays.image_names))
-    points_xy = (arrays.xyz @ plan.world_to_aligned.T)[:, :2]
+    points_xy = plan.point_xy
     # Per-patch NN statistics sample fewer points so the split's cost does not grow with the patch count.
     sample = max(2_000, stats_config.nn_sample // max(len(plan.patches), 1))
     patch_stats: dict[str, dict] = {}
     patch_rows = []
-    with atomic_dir(out_dir) as tmp, Progress(disable=not progress, transient=True) as bar:
+    with atomic_dir(out_dir) as tmp, Progress(disable=not progress, transient=True) as bar, \
+            ThreadPoolExecutor(max_workers=_patch_workers(len(plan.patches))) as pool:
         task = bar.add_task("writing patches", total=len(plan.patches))
-        for patch in plan.patches:
+        # Patches are written and measured in parallel (numpy, file writes and the KD-tree release
+        # the GIL); results are taken in patch order, so everything written after is deterministic.
+        _ = arrays.obs_words  # computed once here, not by the first threads at the same time
+        jobs = [pool.submit(_write_patch, arrays, patch, tmp / patch.patch_id, stats_config, sample, points_xy)
+                for patch in plan.patches]
+        for patch, job in zip(plan.patches, jobs):
             patch_dir = tmp / patch.patch_id
-            written = write_model_subset(arrays, patch.image_indices, patch.point_indices, patch_dir / "sparse" / "0")
-            if written != (len(patch.image_indices), len(patch.point_indices)):
-                # The plan applies the same two-observation rule as the writer: a mismatch is a bug.
-                raise RuntimeError(f"patch {patch.patch_id}: wrote {written}, planned {len(patch.image_indices), len(patch.point_indices)}")
-            stats = patch_statistics(arrays, patch, stats_config, sample, points_xy)
+            stats = _result(job, jobs)
             patch_stats[patch.patch_id] = stats
             row = {
                 "id": patch.patch_id,
