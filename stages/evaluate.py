@@ -12,7 +12,7 @@ from patchsplat.console import guarded
 from patchsplat.evaluate import evaluate_scene
 from patchsplat.scene_layout import locate_scene
 from patchsplat.scene_source import resolve_scene_dir
-from patchsplat.tracking import flatten, tracked_run
+from patchsplat.tracking import flat_numbers, stage_run
 
 SCENE_DIR = Path("data/scene")
 MERGED_PLY = Path("data/merged/splats.ply")
@@ -25,10 +25,9 @@ GRID = Path("reports/evaluation_grid.png")
 def main() -> None:
     params = load_params()
     scene_root = locate_scene(resolve_scene_dir(SCENE_DIR)).root
-    report = evaluate_scene(scene_root, MERGED_PLY, MESH_PLY, PATCHES_DIR, REPORT, GRID, params.evaluate)
-    with tracked_run(params.tracking, Path("."), "evaluate", tags={"stage": "evaluate"}) as tracker:
-        tracker.params(flatten("evaluate", params.evaluate.model_dump(mode="json")))
-        tracker.metrics({key: value for key, value in report.items() if isinstance(value, (int, float))})
+    with stage_run(params.tracking, "evaluate", "evaluate", params.evaluate) as tracker:
+        report = evaluate_scene(scene_root, MERGED_PLY, MESH_PLY, PATCHES_DIR, REPORT, GRID, params.evaluate)
+        tracker.metrics(flat_numbers(report, max_depth=4))
         tracker.artifact(REPORT)
         tracker.artifact(GRID)
 

@@ -8,10 +8,15 @@ from pathlib import Path
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.merge import merge_patches, print_merge_table
+from patchsplat.tracking import flat_numbers, stage_run
 
 
 def main() -> None:
-    print_merge_table(merge_patches(Path("data/patches"), Path("data/trained"), Path("data/merged"), load_params().merge))
+    params = load_params()
+    with stage_run(params.tracking, "merge", "merge", params.merge) as tracker:
+        summary = merge_patches(Path("data/patches"), Path("data/trained"), Path("data/merged"), params.merge)
+        tracker.metrics(flat_numbers(summary, max_depth=1))
+    print_merge_table(summary)
 
 
 if __name__ == "__main__":

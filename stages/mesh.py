@@ -9,10 +9,14 @@ from patchsplat.config import load_params  # importing patchsplat first sets OMP
 from patchsplat.console import guarded
 from patchsplat.mesh import extract_scene_mesh
 from patchsplat.mesh.report import print_mesh_table
+from patchsplat.tracking import flat_numbers, stage_run
 
 
 def main() -> None:
-    summary = extract_scene_mesh(Path("data/patches"), Path("data/trained"), Path("data/mesh"), load_params().mesh)
+    params = load_params()
+    with stage_run(params.tracking, "mesh", "mesh", params.mesh) as tracker:
+        summary = extract_scene_mesh(Path("data/patches"), Path("data/trained"), Path("data/mesh"), params.mesh)
+        tracker.metrics(flat_numbers({key: summary.get(key) for key in ("totals", "seconds")}, max_depth=2))
     print_mesh_table(summary)
 
 

@@ -8,12 +8,15 @@ from pathlib import Path
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.scene_source import prepare_scene
+from patchsplat.tracking import stage_run
 
 SCENE_DIR = Path("data/scene")
 
 
 def main() -> None:
-    prepare_scene(load_params().scene, SCENE_DIR)
+    params = load_params()
+    with stage_run(params.tracking, "scene", "scene", params.scene):
+        prepare_scene(params.scene, SCENE_DIR)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from patchsplat.patch_ids import check_patch_ids
 from patchsplat.scene_source import resolve_scene_dir
 from patchsplat.split import LAYOUT_FILE, SPLIT_FILE, split_scene
 from patchsplat.split.report import print_split_table
+from patchsplat.tracking import flat_numbers, stage_run
 
 SCENE_DIR = Path("data/scene")
 PATCHES_DIR = Path("data/patches")
@@ -24,14 +25,18 @@ LAYOUT = Path("reports/split_layout.png")
 
 def main() -> None:
     params = load_params()
-    result = split_scene(
-        resolve_scene_dir(SCENE_DIR), PATCHES_DIR, params.split, params.validate_,
-        check_ids=lambda ids: check_patch_ids(ids, Path("params.yaml")),
-    )
-    print_split_table(result.summary)
-    for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):
-        with atomic_file(target, suffix=target.suffix) as tmp:
-            shutil.copyfile(source, tmp)
+    with stage_run(params.tracking, "split", "split", params.split) as tracker:
+        result = split_scene(
+            resolve_scene_dir(SCENE_DIR), PATCHES_DIR, params.split, params.validate_,
+            check_ids=lambda ids: check_patch_ids(ids, Path("params.yaml")),
+        )
+        print_split_table(result.summary)
+        for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):
+            with atomic_file(target, suffix=target.suffix) as tmp:
+                shutil.copyfile(source, tmp)
+        tracker.metrics(flat_numbers(result.summary, max_depth=1))
+        tracker.artifact(REPORT)
+        tracker.artifact(LAYOUT)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ per-patch outputs or lock entries behind.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "src"]
+from conftest import copy_project, edit_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,41 +35,13 @@ def _dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.Complete
     return _run(workspace, sys.executable, "-m", "dvc", *args, check=check)
 
 
-def _edit_params(workspace: Path, edit) -> None:
-    yaml = YAML(typ="rt")
-    path = workspace / "params.yaml"
-    document = yaml.load(path.read_text())
-    edit(document)
-    with path.open("w") as handle:
-        yaml.dump(document, handle)
-
-
 def _ran_stages(output: str) -> list[str]:
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    workspace = tmp_path_factory.mktemp("workspace")
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, workspace / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, workspace / name)
-    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
-
-    def small_demo(params):
-        demo = params["scene"]["demo"]
-        demo.update({"num_cameras": 32, "width": 48, "height": 36, "num_points": 4000})
-        params["split"]["min_cameras"] = 4
-        params["train"].update({"steps": 20, "eval_every": 10, "checkpoint_every": 10})
-        params["train"]["strategy"].update({"refine_start_iter": 5, "refine_every": 5, "refine_stop_iter": 15})
-        params["tracking"]["enabled"] = False
-
-    _edit_params(workspace, small_demo)
-    return workspace
+    return copy_project(tmp_path_factory.mktemp("workspace"))
 
 
 def test_repro_then_nothing_to_do(workspace):
@@ -88,7 +58,7 @@ def test_repro_then_nothing_to_do(workspace):
 
 def test_one_patch_override_reruns_only_that_patch(workspace):
     before = {p: (workspace / f"data/prepared/{p}/init.npz").read_bytes() for p in ("p0", "p1")}
-    _edit_params(workspace, lambda params: params["patch_overrides"].update({"p1": {"init_scale": 0.5}}))
+    edit_params(workspace, lambda params: params["patch_overrides"].update({"p1": {"init_scale": 0.5}}))
     status = _dvc(workspace, "status").stdout
     assert "prepare@p1" in status and "train@p1" in status
     assert "prepare@p0" not in status and "train@p0" not in status and "split" not in status
@@ -101,7 +71,7 @@ def test_one_patch_override_reruns_only_that_patch(workspace):
 
 
 def test_changing_the_split_is_one_command_and_leaves_nothing_stale(workspace):
-    _edit_params(workspace, lambda params: params["split"].update({"rows": 1, "cols": 3}))
+    edit_params(workspace, lambda params: params["split"].update({"rows": 1, "cols": 3}))
     refused = _dvc(workspace, "repro", check=False)
     assert refused.returncode != 0
     assert "patchsplat repro" in refused.stdout + refused.stderr

@@ -9,6 +9,7 @@ import typer
 
 from patchsplat.config import DEFAULT_PARAMS, load_params
 from patchsplat.console import console, guarded
+from patchsplat.errors import InputError
 
 app = typer.Typer(
     name="patchsplat",
@@ -184,6 +185,103 @@ def repro_command(
     guarded(run)
 
 
+def _run_flow(**arguments) -> dict:
+    """The ``reconstruct`` flow; a failed run becomes the one-line error it carries."""
+    from patchsplat.orchestrate.flow import run_pipeline
+
+    load_params(Path(arguments.get("workspace", ".")) / "params.yaml")  # bad params: one line before Prefect starts
+    return run_pipeline(**arguments)
+
+
+@app.command("run")
+def run_command(
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The patchsplat workspace (params.yaml, dvc.yaml).")] = Path("."),
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Patches trained at once (overrides orchestration.max_concurrent_patches; 0 = one per core/GPU).")] = None,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="Train patches on this Dask scheduler (tcp://host:8786), or 'local' for a local cluster.")] = None,
+) -> None:
+    """Run the pipeline as the Prefect flow `reconstruct` (DVC-consistent: a second run with nothing changed does nothing)."""
+
+    def run() -> None:
+        arguments: dict = {"workspace": str(workspace), "max_concurrent_patches": jobs}
+        if dask is not None:
+            arguments.update(task_runner="dask", dask_address=None if dask == "local" else dask)
+        _run_flow(**arguments)
+
+    guarded(run)
+
+
+@app.command("serve")
+def serve_command(
+    cron: Annotated[str, typer.Option("--cron", help='When to run, as a cron expression, e.g. "0 2 * * *" (02:00 every day).')],
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The patchsplat workspace to keep up to date.")] = Path("."),
+    name: Annotated[Optional[str], typer.Option("--name", help="Deployment name (default: patchsplat-<workspace folder>).")] = None,
+    timezone: Annotated[Optional[str], typer.Option("--timezone", help="Time zone of the cron expression (default UTC), e.g. Europe/Berlin.")] = None,
+) -> None:
+    """Serve the flow on a schedule with Prefect (until stopped); see the README for a Prefect server."""
+
+    def run() -> None:
+        from patchsplat.orchestrate.schedule import serve
+
+        serve(workspace, cron, name, timezone)
+
+    guarded(run)
+
+
+@app.command("compare")
+def compare_command(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="MLflow run ids (default: the latest pipeline runs).")] = None,
+    last: Annotated[int, typer.Option("--last", "-n", help="Without run ids: how many of the latest pipeline runs.")] = 2,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the comparison PNG.")] = Path("comparisons/compare.png"),
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Compare pipeline runs: the params that differ, metrics per patch and overall, and a PNG."""
+
+    def run() -> None:
+        from patchsplat import compare
+        from patchsplat.config import TrackingConfig
+        from patchsplat.tracking import tracking_uri
+
+        tracking = load_params(params).tracking if params.exists() else TrackingConfig()
+        uri = tracking_uri(tracking, Path("."))
+        ids = list(run_ids or []) or compare.latest_pipeline_runs(uri, tracking.experiment, last)
+        comparison = compare.load_comparison(uri, tracking.experiment, ids)
+        compare.print_comparison(comparison)
+        console.print(f"comparison plot: {compare.write_comparison_png(comparison, out)}")
+
+    guarded(run)
+
+
+@app.command("sweep")
+def sweep_command(
+    param: Annotated[str, typer.Argument(help="A params.yaml setting, dotted (train.init_scale); with --patch a train setting.")],
+    values: Annotated[str, typer.Argument(help="Comma-separated values, e.g. 0.3,0.5,1.0.")],
+    patch: Annotated[Optional[str], typer.Option("--patch", help="Sweep this patch's override (patch_overrides.<id>) instead of the global setting.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the comparison PNG (default comparisons/sweep-<id>.png).")] = None,
+) -> None:
+    """One pipeline run per value (the current value last, so the workspace ends as it was), then the comparison."""
+
+    def run() -> None:
+        from patchsplat import compare
+        from patchsplat.orchestrate.sweep import parse_values, run_sweep
+        from patchsplat.tracking import tracking_uri
+
+        result = run_sweep(Path("."), param, parse_values(values), patch, _run_flow)
+        for value, reason in result.failures.items():
+            console.print(f"{result.key}={value}: failed: {reason}")
+        if len(result.run_ids) == 0:
+            raise InputError(result.key, "no run of the sweep was recorded in MLflow (is tracking enabled?)", kind="sweep_failed")
+        tracking = load_params(DEFAULT_PARAMS).tracking
+        uri = tracking_uri(tracking, Path("."))
+        comparison = compare.load_comparison(uri, tracking.experiment, list(result.run_ids.values()))
+        compare.print_comparison(comparison)
+        png = compare.write_comparison_png(comparison, out or Path("comparisons") / f"sweep-{result.sweep_id}.png")
+        console.print(f"sweep {result.sweep_id}: {len(result.run_ids)} runs of {result.key}; comparison plot: {png}")
+        if result.failures:
+            raise InputError(result.key, f"{len(result.failures)} of {len(result.values)} values failed", kind="sweep_failed")
+
+    guarded(run)
+
+
 @app.command("config")
 def show_config(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Validate params.yaml and print the effective settings, defaults included."""
@@ -205,6 +303,42 @@ def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the s
         from patchsplat.summary import print_summary
 
         print_summary(reports_dir)
+
+    guarded(run)
+
+
+@app.command("init")
+def init_command(
+    directory: Annotated[Path, typer.Argument(help="The new workspace folder (must not exist, or be empty).")],
+    colmap: Annotated[Path, typer.Option("--colmap", help="Your COLMAP folder: images/ plus sparse/0 (or sparse/). Not copied.")],
+) -> None:
+    """Create a pipeline workspace for your own COLMAP scene: params.yaml, dvc.yaml, stages/, git and DVC."""
+
+    def run() -> None:
+        import shlex
+        import shutil
+        import sys
+
+        from patchsplat.workspace_init import init_workspace
+
+        result = init_workspace(directory, colmap)
+        ids = result.patch_ids
+        console.print(f"workspace {result.workspace} ready for the scene {result.colmap_path}", markup=False, soft_wrap=True)
+        console.print(f"  {len(ids)} patches planned ({', '.join(ids)})", markup=False, soft_wrap=True)
+        console.print(f"  dvc.yaml and stages/ from {result.source}", markup=False, soft_wrap=True)
+        console.print("  params.yaml holds the demo's CPU settings (train.steps 1000): for a real capture on a GPU, see "
+                      "the comment above its train section", markup=False, soft_wrap=True)
+        interpreter = Path(sys.executable)
+        on_path = shutil.which("python")
+        if on_path is None or Path(on_path).parent.resolve() != interpreter.parent.resolve():
+            console.print(f"  note: dvc.yaml runs `python`, which must be the one patchsplat is installed for: put {interpreter.parent} "
+                          f"first on PATH (e.g. source {interpreter.parent}/activate)",
+                          markup=False, soft_wrap=True)
+        console.print("next:", markup=False, soft_wrap=True)
+        console.print(f"  cd {shlex.quote(str(directory))}", markup=False, soft_wrap=True)
+        console.print("  patchsplat repro      # the whole pipeline (plain `dvc repro` works too); re-run it after editing params.yaml",
+                      markup=False, soft_wrap=True)
+        console.print("  patchsplat summary    # what was produced and where", markup=False, soft_wrap=True)
 
     guarded(run)
 

@@ -305,6 +305,28 @@ class TrackingConfig(_Section):
     experiment: str = "patchsplat"
 
 
+class OrchestrationConfig(_Section):
+    """The Prefect flow (``patchsplat run``): how patches are trained side by side, retries, where.
+
+    No stage depends on this section, so changing it never makes DVC rerun anything.
+    """
+
+    max_concurrent_patches: int = Field(
+        0, ge=0, description="Patches trained at once (0: one per CPU core, or one per GPU when training on GPUs). "
+        "With a Dask cluster the cluster's workers bound it too.")
+    patch_retries: int = Field(
+        1, ge=0, le=10, description="Prefect retries of a patch whose training failed after its own recovery ladder "
+        "(a retry resumes from the patch's last checkpoint; useful for lost workers and transient out-of-memory).")
+    stage_retries: int = Field(0, ge=0, le=10, description="Prefect retries of the other stages.")
+    retry_delay_seconds: float = Field(10.0, ge=0.0, description="Wait before a retry.")
+    task_runner: Literal["local", "dask"] = Field(
+        "local", description="local: patches train in processes on this machine; dask: on a Dask cluster (prefect-dask). "
+        "Workers must see this workspace at the same path (shared storage), see the README.")
+    dask_address: Optional[str] = Field(
+        None, description="task_runner dask: the scheduler's address (tcp://host:8786); None starts a local cluster "
+        "of max_concurrent_patches single-threaded worker processes.")
+
+
 class Params(_Section):
     """The whole ``params.yaml``."""
 
@@ -316,6 +338,7 @@ class Params(_Section):
     mesh: MeshConfig = MeshConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     patch_overrides: dict[str, Optional[dict[str, Any]]] = Field(
         default_factory=dict,
         description="One key per patch id (p0, p1, ...; kept in sync with the split by `patchsplat repro`), "

@@ -17,6 +17,7 @@ overrides of ids that survive, comments and layout preserved), deletes the outpu
 from __future__ import annotations
 
 import glob
+import re
 import shutil
 import subprocess
 import sys
@@ -110,18 +111,22 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
         with atomic_file(params_path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             yaml.dump(document, handle)
 
-    # Outputs of dropped ids: whatever matches a per-patch output template with an id not in new_ids.
+    # Outputs of dropped ids: whatever matches a per-patch output template with an id not in new_ids
+    # (and a dropped patch's failed-training record, data/trained/<id>.failed.json).
     keep = set(new_ids)
     for template in _per_patch_outputs(dvc_yaml) if dvc_yaml.exists() else []:
         prefix, _, suffix = template.partition(PER_PATCH_KEY)
         # data/trained/${key}/splats.ply: the whole data/trained/<id> folder is that patch's.
         suffix = "" if suffix.startswith("/") else suffix
-        for match in sorted(glob.glob(str(workspace / (prefix + "*" + suffix)))):
-            patch_id = match[len(str(workspace / prefix)) : len(match) - len(suffix) if suffix else None]
+        owned = re.compile(re.escape(prefix) + r"(p\d+)(\.failed\.json)?" + re.escape(suffix))
+        for match in sorted(glob.glob(glob.escape(str(workspace)) + "/" + prefix + "*" + suffix)):
             path = Path(match)
-            if patch_id not in keep and path.exists():
+            # Matched on the path relative to the workspace: str(Path) drops the template's trailing
+            # "/", so slicing the absolute string would misread every id (and delete kept patches).
+            found = owned.fullmatch(path.relative_to(workspace).as_posix())
+            if found and found.group(1) not in keep and path.exists():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-                removed_outputs.append(str(path.relative_to(workspace)))
+                removed_outputs.append(path.relative_to(workspace).as_posix())
 
     if lock_path.exists():
         lock = yaml.load(lock_path.read_text(encoding="utf-8"))

@@ -19,6 +19,11 @@ from patchsplat.config import TrackingConfig
 # MLflow run names may not contain '@' (DVC's foreach stage names do): train@p0 -> train-p0.
 _FORBIDDEN_IN_NAMES = "@"
 
+# Set by the Prefect flow for the stage processes it starts (through DVC), so their runs become
+# children of the pipeline run and carry the flow run's id.
+ENV_PARENT_RUN_ID = "PATCHSPLAT_MLFLOW_PARENT_RUN_ID"
+ENV_FLOW_RUN_ID = "PATCHSPLAT_PREFECT_FLOW_RUN_ID"
+
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -36,6 +41,47 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
             flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
         return flat
     return {prefix: value if not isinstance(value, (list, tuple)) else str(list(value))}
+
+
+def flat_numbers(data: Any, prefix: str = "", max_depth: int = 3) -> dict[str, float]:
+    """The numbers of a JSON report as MLflow metrics (``images.per_patch.p0.psnr`` -> value).
+
+    Lists, strings, booleans, None and anything deeper than ``max_depth`` are left out: a report's
+    numbers are what runs get compared on, its text stays in the report artifact.
+    """
+    numbers: dict[str, float] = {}
+    if isinstance(data, dict) and max_depth > 0:
+        for key, value in data.items():
+            numbers.update(flat_numbers(value, f"{prefix}.{key}" if prefix else str(key), max_depth - 1))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and data == data and prefix:
+        numbers[prefix] = float(data)
+    return numbers
+
+
+def git_commit(workspace: Path) -> str | None:
+    """The workspace's git commit (with ``-dirty`` when tracked files differ from it), or None outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workspace,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def context_tags(workspace: Path) -> dict[str, str]:
+    """Tags every patchsplat run carries: the code version and, under the flow, the Prefect flow run."""
+    tags = {}
+    commit = git_commit(workspace)
+    if commit:
+        tags["git.commit"] = commit
+    if os.environ.get(ENV_FLOW_RUN_ID):
+        tags["prefect.flow_run_id"] = os.environ[ENV_FLOW_RUN_ID]
+    return tags
 
 
 def run_name(name: str) -> str:
@@ -133,6 +179,26 @@ def tracked_run(config: TrackingConfig, workspace: Path, name: str, tags: dict[s
     import mlflow
 
     experiment_id = _experiment_id(config, workspace)
-    parent = os.environ.get("PATCHSPLAT_MLFLOW_PARENT_RUN_ID")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(name), parent_run_id=parent, tags=tags or {}) as run:
+    parent = os.environ.get(ENV_PARENT_RUN_ID) or None
+    all_tags = {**context_tags(workspace), "dvc.stage": name, **(tags or {})}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(name), parent_run_id=parent, tags=all_tags) as run:
         yield Tracker(run)
+
+
+@contextlib.contextmanager
+def stage_run(config: TrackingConfig, name: str, section: str, settings: Any, workspace: Path = Path("."),
+              tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+    """A DVC stage's MLflow run: its settings logged as ``section.*`` params, ``outcome`` tagged at the end.
+
+    Under ``patchsplat run`` it is a child of the pipeline run (one per stage and per patch).
+    """
+    stage, _, patch = name.partition("@")
+    stage_tags = {"stage": stage, **({"patch": patch} if patch else {}), **(tags or {})}
+    with tracked_run(config, workspace, name, tags=stage_tags) as tracker:
+        tracker.params(flatten(section, settings.model_dump(mode="json") if hasattr(settings, "model_dump") else settings))
+        try:
+            yield tracker
+        except BaseException:
+            tracker.tags({"outcome": "failed"})
+            raise
+        tracker.tags({"outcome": "succeeded"})

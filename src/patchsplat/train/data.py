@@ -102,7 +102,7 @@ class PatchViews:
         self.test_views = [view for view in views if view.name in held_out]
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
-            raise InputError(patch_dir, f"{len(views)} images leave none to train on after holding out every {HOLD_OUT_EVERY}th", kind="too_small")
+            raise InputError(patch_dir, f"its {len(views)} images are all held-out views of the scene (patch.json): none left to train on", kind="too_small")
 
     def image(self, view: View) -> torch.Tensor:
         """(H, W, 3) float32 in [0, 1] at the training resolution (cached, least recently used evicted)."""

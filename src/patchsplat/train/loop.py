@@ -70,10 +70,17 @@ class Fault:
     attempt: int = 1
 
     @staticmethod
-    def parse_many(text: str) -> list[Fault]:
-        """``"nan_grad@10,oom@20:2"``: kind@step[:attempt]."""
+    def parse_many(text: str, patch_id: str | None = None) -> list[Fault]:
+        """``"nan_grad@10,oom@20:2,p1/raster_error@5"``: [patch/]kind@step[:attempt].
+
+        An entry with a patch prefix applies to that patch only (so one patch of a pipeline run can
+        be made to fail while the others train); without one, to every patch.
+        """
         faults = []
         for item in filter(None, (part.strip() for part in text.split(","))):
+            target, slash, item = item.rpartition("/")
+            if slash and target != patch_id:
+                continue
             kind, _, rest = item.partition("@")
             step, _, attempt = rest.partition(":")
             faults.append(Fault(kind, int(step), int(attempt or 1)))
@@ -379,7 +386,8 @@ def train_patch(
     """Train one patch; returns the metrics written to ``out_dir/metrics.json``. See the module docstring."""
     patch_dir, prepared_dir, out_dir = Path(patch_dir), Path(prepared_dir), Path(out_dir)
     if faults is None:
-        faults = Fault.parse_many(os.environ.get("PATCHSPLAT_FAULTS", ""))
+        # A "p1/" prefix in PATCHSPLAT_FAULTS targets the patch whose folder is named p1.
+        faults = Fault.parse_many(os.environ.get("PATCHSPLAT_FAULTS", ""), patch_dir.name)
     run = _Run(patch_dir, prepared_dir, checkpoint_dir, config, faults, progress, log, on_metrics)
     first_view = run.load_views(config.resolution_factor).all_views[0]
     plan = plan_memory(config.memory_budget_gb, config.strategy.cap_max, first_view.width * config.resolution_factor,

@@ -32,6 +32,30 @@ def print_training_summary(patch_id: str, metrics: dict) -> None:
     console.print(table)
 
 
+def attempt_lines(attempts: list[dict]) -> list[str]:
+    """One line per training attempt: how it ended and what the recovery ladder changed next."""
+    lines = []
+    for attempt in attempts:
+        line = f"attempt {attempt['number']}: {attempt['outcome']}"
+        if attempt.get("failure_kind"):
+            line += f" ({attempt['failure_kind']} at step {attempt.get('failed_at_step')}: {attempt.get('reason')})"
+        if attempt.get("next_change"):
+            line += " -> next: " + ", ".join(f"{key} {value}" for key, value in attempt["next_change"].items())
+        lines.append(line)
+    return lines
+
+
+def _tag_attempts(tracker, attempts_file: Path) -> None:
+    """The recovery attempts as tags (``attempt.1`` ...), readable in the MLflow UI without opening artifacts."""
+    import json
+
+    if not attempts_file.exists():
+        return
+    lines = attempt_lines(json.loads(attempts_file.read_text(encoding="utf-8")))
+    # MLflow tag values are capped (8,000 characters in its stores); a reason line is far shorter.
+    tracker.tags({f"attempt.{index}": line[:4000] for index, line in enumerate(lines, start=1)})
+
+
 def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out_dir: Path, checkpoint_dir: Path,
                       config: TrainConfig, tracking: TrackingConfig, resume: bool, workspace: Path = Path(".")) -> dict:
     with tracked_run(tracking, workspace, f"train@{patch_id}", tags={"patch": patch_id, "stage": "train"}) as tracker:
@@ -46,9 +70,11 @@ def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out
         except Exception:
             tracker.tags({"outcome": "failed"})
             tracker.artifact(failed_attempts_path(out_dir))
+            _tag_attempts(tracker, failed_attempts_path(out_dir))
             raise
         tracker.metrics({f"final_{key}": value for key, value in metrics.items()})
         tracker.tags({"outcome": "recovered" if metrics["recovered"] else "succeeded"})
+        _tag_attempts(tracker, out_dir / "attempts.json")
         for name in ARTIFACTS:
             tracker.artifact(out_dir / name)
     print_training_summary(patch_id, metrics)

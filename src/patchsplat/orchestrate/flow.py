@@ -1,0 +1,281 @@
+"""The Prefect flow ``reconstruct``: validate -> split -> train (one task per patch) -> merge -> mesh -> evaluate.
+
+Call contract: ``reconstruct(workspace)`` brings a patchsplat workspace (``params.yaml`` +
+``dvc.yaml``) up to date and returns a summary (a :class:`FlowSummary` as a dict). When a stage or
+a patch failed (after the other patches finished) the flow run ends Failed with a one-line message;
+:func:`run_pipeline` turns that into :class:`PipelineFailed`.
+
+How it stays one pipeline with ``dvc repro``: every stage runs as ``dvc repro --single-item``
+(:mod:`patchsplat.orchestrate.dvc_steps`), so DVC decides what is out of date and records what ran
+in ``dvc.lock``; after a flow run ``dvc status`` is clean, and a second run with nothing changed
+sees that from one ``dvc status`` and does nothing else.
+
+Patches are independent: each is a Prefect task (``prepare@pN`` then ``train@pN``), submitted to
+a task runner chosen by params.yaml's ``orchestration`` section at run time — a thread pool on
+this machine (each patch's training a process of its own, ``max_concurrent_patches`` at once) or
+a Dask cluster (prefect-dask). A patch that fails after its own recovery ladder is retried by
+Prefect (``patch_retries``; a retry resumes from the patch's checkpoint); if it still fails, the
+other patches complete, the failure is reported with its reason, and merge/mesh/evaluate (which
+need every patch) are not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from patchsplat.config import OrchestrationConfig, load_params
+from patchsplat.errors import InputError
+from patchsplat.orchestrate.dvc_steps import StageOutcome, pipeline_up_to_date, run_dvc_stage, stage_environment
+from patchsplat.orchestrate.pipeline_run import PipelineRun
+
+HEAD_STAGES = ("scene", "validate")
+TAIL_STAGES = ("merge", "mesh", "evaluate")
+
+
+class StageFailed(RuntimeError):
+    """A stage (or a patch's training) failed; the message is its one-line reason."""
+
+
+class PipelineFailed(InputError):
+    """The flow run failed: which stage or patches, and why (one line); ``summary`` what did run."""
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        where, _, problem = message.partition(": ")
+        super().__init__(where, problem, kind="pipeline_failed")
+        self.summary = summary or {}
+
+
+def run_pipeline(**arguments) -> dict:
+    """Run the flow; its summary, or :class:`PipelineFailed` carrying the failed run's one-line message."""
+    state = reconstruct(**arguments, return_state=True)
+    if state.is_completed():
+        return state.result()
+    summary = None
+    try:
+        summary = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a crashed run has no result to show
+        pass
+    raise PipelineFailed(state.message or f"flow run ended {state.name}", summary if isinstance(summary, dict) else None)
+
+
+@dataclass
+class FlowSummary:
+    """What a flow run did, stage by stage (``outcome``: succeeded | failed | up_to_date)."""
+
+    outcome: str
+    workspace: str
+    stages: list[dict] = field(default_factory=list)      # StageOutcome as dicts, in run order
+    failed_patches: dict[str, str] = field(default_factory=dict)   # patch id -> reason
+    mlflow_run_id: str | None = None
+    flow_run_id: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def stages_run(self) -> list[str]:
+        return [stage["stage"] for stage in self.stages if stage["ran"]]
+
+
+# Task caching is off: Prefect's cache keys never look at file contents; DVC decides what is up to date.
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> StageOutcome:
+    """``dvc repro --single-item <stage>``, its output in the Prefect log."""
+    logger = get_run_logger()
+    outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
+    if outcome.failed:
+        raise StageFailed(f"{stage}: {outcome.error}")
+    logger.info("%s: %s in %.1f s", stage, "ran" if outcome.ran else "up to date", outcome.seconds)
+    return outcome
+
+
+@task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE)
+def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome]:
+    """One patch: ``prepare@<id>`` then ``train@<id>``; every training attempt in the Prefect log."""
+    from patchsplat.train.loop import failed_attempts_path
+    from patchsplat.train.stage import attempt_lines
+
+    import socket
+
+    logger = get_run_logger()
+    # Where it ran: with a Dask cluster, a worker process on some machine.
+    logger.info("patch %s on %s, process %d", patch_id, socket.gethostname(), os.getpid())
+    outcomes = []
+    for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
+        outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
+        outcomes.append(outcome)
+        if outcome.ran and stage.startswith("train@"):
+            out_dir = Path(workspace) / "data" / "trained" / patch_id
+            record = failed_attempts_path(out_dir) if outcome.failed else out_dir / "attempts.json"
+            if record.exists():
+                for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
+                    (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
+        if outcome.failed:
+            raise StageFailed(f"{stage}: {outcome.error}")
+    return outcomes
+
+
+def default_concurrency(patch_count: int) -> int:
+    """One patch per GPU on a CUDA machine, else one per CPU core; never more than there are patches."""
+    try:
+        import torch
+
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA: count cores
+        devices = 0
+    return max(1, min(patch_count, devices or os.cpu_count() or 1))
+
+
+def patch_task_runner(config: OrchestrationConfig, concurrency: int):
+    """The task runner patch tasks are submitted to (a context manager)."""
+    if config.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as error:
+            raise InputError("params.yaml", f"orchestration.task_runner: dask needs prefect-dask ({error})") from None
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": concurrency, "threads_per_worker": 1, "processes": True})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    # Threads only wait on each patch's own training process, so one thread per concurrent patch.
+    return ThreadPoolTaskRunner(max_workers=concurrency)
+
+
+def _run_stage(stage: str, workspace: Path, environment: dict, pipeline: PipelineRun, retries: int, delay: float,
+               summary: FlowSummary) -> None:
+    outcome = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace), environment)
+    summary.stages.append(asdict(outcome))
+    pipeline.tag_stage(stage)
+
+
+def _sync_patch_ids(workspace: Path) -> list[str]:
+    """Patch ids follow the split (params.yaml's patch_overrides keys; see patchsplat.patch_ids)."""
+    from patchsplat.patch_ids import planned_patch_ids, sync_patch_ids
+
+    logger = get_run_logger()
+    result = sync_patch_ids(planned_patch_ids(workspace), workspace)
+    if result.changed:
+        logger.info("patch ids re-synced with the split: %s -> %s (removed: %s)", result.old_ids, result.new_ids,
+                    ", ".join(result.removed_outputs + result.removed_lock_entries) or "nothing")
+    return result.new_ids
+
+
+@flow(name="reconstruct", log_prints=True)
+def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None, task_runner: str | None = None,
+                dask_address: str | None = None, run_tags: dict[str, str] | None = None,
+                always_record: bool = False) -> dict:
+    """Bring the patchsplat workspace up to date: validate -> split -> train per patch -> merge -> mesh -> evaluate.
+
+    The optional arguments override params.yaml's ``orchestration`` section for this run;
+    ``run_tags`` are added to the MLflow pipeline run (e.g. a sweep's id and value). With nothing
+    to do the flow returns after one ``dvc status`` and records no MLflow run, unless
+    ``always_record`` (a sweep needs a run for every value, even one that changes nothing).
+    """
+    from prefect.runtime import flow_run
+
+    from patchsplat.orchestrate.report import print_flow_summary
+
+    started = time.perf_counter()
+    root = Path(workspace).resolve()
+    logger = get_run_logger()
+    try:
+        params = load_params(root / "params.yaml")
+    except InputError as error:
+        return Failed(message=error.one_line())
+    overrides = {key: value for key, value in {"max_concurrent_patches": max_concurrent_patches, "task_runner": task_runner,
+                                               "dask_address": dask_address}.items() if value is not None}
+    orchestration = params.orchestration.model_copy(update=overrides)
+    flow_run_id = str(flow_run.id) if flow_run.id else None
+    summary = FlowSummary("succeeded", str(root), flow_run_id=flow_run_id)
+
+    if not always_record and pipeline_up_to_date(root, stage_environment()):
+        logger.info("nothing to do: every stage is up to date (dvc status is clean)")
+        summary.outcome, summary.seconds = "up_to_date", time.perf_counter() - started
+        print_flow_summary(summary)
+        return asdict(summary)
+
+    pipeline = PipelineRun.start(root, params, flow_run_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                 tags=run_tags)
+    summary.mlflow_run_id = pipeline.run_id
+    environment = stage_environment(pipeline.child_environment())
+    retries, delay = orchestration.stage_retries, orchestration.retry_delay_seconds
+    patch_ids: list[str] = list(params.patch_overrides)
+    failure: str | None = None
+    finished = False  # False in `finally` means an unexpected error (or an interrupt) is on its way out
+    try:
+        for stage in HEAD_STAGES:
+            _run_stage(stage, root, environment, pipeline, retries, delay, summary)
+        patch_ids = _sync_patch_ids(root)
+        _run_stage("split", root, environment, pipeline, retries, delay, summary)
+        summary.failed_patches = _train_patches(root, patch_ids, orchestration, environment, pipeline, summary)
+        if summary.failed_patches:
+            failure = (f"{len(summary.failed_patches)} of {len(patch_ids)} patches failed ("
+                       + "; ".join(f"{pid}: {reason}" for pid, reason in summary.failed_patches.items())
+                       + "); merge, mesh and evaluate were not run")
+        else:
+            for stage in TAIL_STAGES:
+                _run_stage(stage, root, environment, pipeline, retries, delay, summary)
+        finished = True
+    except StageFailed as error:
+        failure, finished = str(error), True
+    except InputError as error:
+        failure, finished = error.one_line(), True
+    finally:
+        if not finished:
+            failure = "interrupted by an unexpected error (see the traceback)"
+        summary.outcome = "failed" if failure else "succeeded"
+        if summary.failed_patches:
+            pipeline.tag({f"failed.{pid}": reason for pid, reason in summary.failed_patches.items()})
+        if failure:
+            pipeline.tag({"patchsplat.failure": failure})
+        pipeline.finish(summary.outcome, patch_ids)
+        summary.seconds = time.perf_counter() - started
+        print_flow_summary(summary)
+    if failure:
+        # A Failed state rather than an exception: the run ends Failed with this one line as its
+        # message, without Prefect logging a traceback for what is a reported outcome, not a bug.
+        return Failed(message=f"{root / 'dvc.yaml'}: {failure}", data=asdict(summary))
+    return asdict(summary)
+
+
+def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationConfig, environment: dict,
+                   pipeline: PipelineRun, summary: FlowSummary) -> dict[str, str]:
+    """Submit every patch at once (the runner bounds concurrency); wait for all; the failed ones with reasons."""
+    logger = get_run_logger()
+    concurrency = config.max_concurrent_patches or default_concurrency(len(patch_ids))
+    if config.task_runner == "local":
+        # Patches share this machine's cores: each training process gets its share of threads.
+        environment = {**environment, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // concurrency))}
+    logger.info("training %d patches, %s at a time (%s runner)", len(patch_ids), concurrency if config.task_runner == "local"
+                or not config.dask_address else "as many as the cluster's workers", config.task_runner)
+    one_patch = patch_task.with_options(retries=config.patch_retries, retry_delay_seconds=config.retry_delay_seconds)
+    failed: dict[str, str] = {}
+    with patch_task_runner(config, concurrency) as runner:
+        futures = {pid: runner.submit(one_patch, parameters={"patch_id": pid, "workspace": str(workspace),
+                                                               "environment": environment}) for pid in patch_ids}
+        for patch_id, future in futures.items():
+            future.wait()
+            state = future.state
+            if state.is_completed():
+                for outcome in future.result():
+                    summary.stages.append(asdict(outcome))
+            else:
+                try:
+                    future.result()
+                except Exception as error:  # noqa: BLE001 - the task's own failure, reported by patch
+                    failed[patch_id] = str(error).removeprefix(f"train@{patch_id}: ")
+                else:
+                    failed[patch_id] = state.message or state.name
+                summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
+                                       "error": failed[patch_id]})
+                logger.error("patch %s failed: %s", patch_id, failed[patch_id])
+            for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
+                pipeline.tag_stage(stage)
+    return failed

@@ -1,0 +1,140 @@
+"""The MLflow parent run of one pipeline run; the stages' own runs become its children.
+
+The parent is created with MLflow's client API (not the fluent ``mlflow.start_run``): the flow's
+tasks run in other threads, where a fluent "active run" would not be visible, and the stage
+processes attach their runs to it through :data:`patchsplat.tracking.ENV_PARENT_RUN_ID`.
+
+At the end the parent records the workspace as it then is — every stage's metrics (also of stages
+DVC skipped because nothing changed, so any two pipeline runs compare in full), the reports and
+plots, and ``dvc.lock``'s hashes of inputs and outputs as tags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from patchsplat.config import Params
+from patchsplat.orchestrate.dvc_steps import lock_entries, pipeline_hash_tags, stage_hash_tags
+from patchsplat.tracking import (
+    ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, _experiment_id, context_tags, flat_numbers, flatten, tracking_uri,
+)
+
+PIPELINE_KIND = "pipeline"
+# The reports every pipeline run is judged on: (file, metric prefix, depth of nesting kept).
+REPORT_METRICS = (
+    ("reports/validation.json", "validate", 2),
+    ("reports/split.json", "split", 1),
+    ("reports/evaluation.json", "evaluate", 4),
+)
+REPORT_ARTIFACTS = ("reports/validation.json", "reports/split.json", "reports/split_layout.png",
+                    "reports/evaluation.json", "reports/evaluation_grid.png")
+PATCH_ARTIFACTS = ("metrics.json", "heldout.png", "attempts.json")
+
+
+def tracking_enabled(params: Params) -> bool:
+    return params.tracking.enabled and os.environ.get("PATCHSPLAT_TRACKING", "1") != "0"
+
+
+@dataclass
+class PipelineRun:
+    """A started parent run (``run_id`` None when tracking is off: every method is then a no-op)."""
+
+    workspace: Path
+    params: Params
+    run_id: str | None = None
+    flow_run_id: str | None = None
+    _client: object = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, workspace: Path, params: Params, flow_run_id: str | None, run_name: str,
+              tags: dict[str, str] | None = None) -> "PipelineRun":
+        run = cls(workspace, params, flow_run_id=flow_run_id)
+        if not tracking_enabled(params):
+            return run
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = _experiment_id(params.tracking, workspace)
+        run._client = MlflowClient(tracking_uri(params.tracking, workspace))
+        all_tags = {**context_tags(workspace), "patchsplat.kind": PIPELINE_KIND, "workspace": str(workspace.resolve()),
+                    **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}), **(tags or {})}
+        created = run._client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        run.run_id = created.info.run_id
+        settings = flatten("", params.model_dump(mode="json", by_alias=True))
+        batch = [Param(key, str(value)[:6000]) for key, value in settings.items()]
+        for start in range(0, len(batch), 100):  # MLflow takes at most 100 params per call
+            run._client.log_batch(run.run_id, params=batch[start : start + 100])
+        return run
+
+    def child_environment(self) -> dict[str, str]:
+        """What a stage process needs to log its run as this run's child."""
+        environment = {}
+        if self.run_id:
+            environment[ENV_PARENT_RUN_ID] = self.run_id
+        if self.flow_run_id:
+            environment[ENV_FLOW_RUN_ID] = self.flow_run_id
+        return environment
+
+    def children(self, stage: str | None = None) -> list:
+        if not self.run_id:
+            return []
+        query = f"tags.mlflow.parentRunId = '{self.run_id}'"
+        if stage:
+            query += f" and tags.`dvc.stage` = '{stage}'"
+        experiment_ids = [self._client.get_run(self.run_id).info.experiment_id]
+        return self._client.search_runs(experiment_ids, filter_string=query, max_results=1000)
+
+    def tag_stage(self, stage: str) -> None:
+        """After DVC has recorded a stage: its lock hashes on the stage's child run(s) of this run."""
+        if not self.run_id:
+            return
+        entry = lock_entries(self.workspace).get(stage)
+        if not entry:
+            return
+        for child in self.children(stage):
+            for key, value in stage_hash_tags(entry).items():
+                self._client.set_tag(child.info.run_id, key, value)
+
+    def tag(self, values: dict[str, str]) -> None:
+        if self.run_id:
+            for key, value in values.items():
+                self._client.set_tag(self.run_id, key, str(value)[:4000])
+
+    def finish(self, outcome: str, patch_ids: list[str]) -> None:
+        """Record the workspace's metrics, reports and lock hashes; close the run (FAILED unless it succeeded)."""
+        if not self.run_id:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        numbers: dict[str, float] = {}
+        for path, prefix, depth in REPORT_METRICS:
+            numbers.update(flat_numbers(_read_json(self.workspace / path), prefix, depth))
+        for patch_id in patch_ids:
+            numbers.update(flat_numbers(_read_json(self.workspace / "data/trained" / patch_id / "metrics.json"),
+                                        f"train.{patch_id}", 1))
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, 0) for key, value in numbers.items()]
+        for start in range(0, len(metrics), 1000):
+            self._client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        for path in REPORT_ARTIFACTS:
+            if (self.workspace / path).exists():
+                self._client.log_artifact(self.run_id, str(self.workspace / path), "reports")
+        for patch_id in patch_ids:
+            for name in PATCH_ARTIFACTS:
+                file = self.workspace / "data/trained" / patch_id / name
+                if file.exists():
+                    self._client.log_artifact(self.run_id, str(file), f"patches/{patch_id}")
+        self.tag({**pipeline_hash_tags(self.workspace), "patchsplat.outcome": outcome})
+        self._client.set_terminated(self.run_id, "FINISHED" if outcome == "succeeded" else "FAILED")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
