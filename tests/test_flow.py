@@ -189,7 +189,7 @@ def test_a_failing_patch_is_reported_while_the_others_complete(workspace, monkey
     # the other patches trained with the new setting and DVC recorded them
     assert _dvc_status(workspace, "train@p0", "train@p2", "train@p3") == {}
     assert _lock(workspace)["train@p0"]["params"]["params.yaml"]["train"]["seed"] == 1
-    assert not (workspace / "data/trained/p1").exists() and (workspace / "data/trained/p1.failed.json").exists()
+    assert not (workspace / "data/trained/p1/splats.ply").exists() and (workspace / "data/trained/p1.failed.json").exists()
 
     # Prefect retried the patch once (patch_retries: 1); its log shows every attempt of the ladder
     flow_run_id = failed.value.summary["flow_run_id"]

@@ -191,7 +191,7 @@ def test_init_writes_a_workspace_for_the_scene(tmp_path, make_scene):
     assert sorted(p.name for p in (target / "stages").iterdir()) == sorted(p.name for p in (ROOT / "stages").glob("*.py"))
     assert (target / ".dvcignore").read_text() == (ROOT / ".dvcignore").read_text()
     ignored = (target / ".gitignore").read_text().splitlines()
-    for entry in ("/data/", "/reports/", "/mlflow.db", "/mlartifacts/", "/.venv/"):
+    for entry in ("/data/*", "/reports/*", "!/reports/*.json", "/mlflow.db", "/mlartifacts/", "/.venv/"):
         assert entry in ignored
     assert not list(tmp_path.glob(".ws.init-*"))
 

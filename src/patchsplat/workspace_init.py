@@ -41,8 +41,17 @@ LIBRARY_PREFIX = "src/"
 
 GITIGNORE = """\
 # Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
-/data/
-/reports/
+/data/*
+/reports/*
+# ... except the metrics DVC keeps out of its cache (cache: false): git holds those, so
+# `dvc exp run` commits them with each experiment and `dvc exp show` lists its metrics.
+!/data/trained/
+/data/trained/*
+!/data/trained/p*/
+/data/trained/p*/*
+!/data/trained/p*/metrics.json
+!/data/trained/p*/curve.csv
+!/reports/*.json
 # MLflow's default store (params.yaml: tracking)
 /mlflow.db
 /mlartifacts/

@@ -276,6 +276,9 @@ def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationC
                 summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
                                        "error": failed[patch_id]})
                 logger.error("patch %s failed: %s", patch_id, failed[patch_id])
-            for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
-                pipeline.tag_stage(stage)
+    # Only now, with no patch's DVC left running: DVC rewrites dvc.lock in place when a stage ends,
+    # so reading it while other patches finish could catch it half-written.
+    for patch_id in patch_ids:
+        for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
+            pipeline.tag_stage(stage)
     return failed
