@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "src", "flows"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore", "stages", "src", "flows"]
 
 
 def edit_params(workspace: Path, edit: Callable[[dict], None]) -> None:

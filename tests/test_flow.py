@@ -259,4 +259,44 @@ def test_sweep_of_one_patch_setting_ends_with_the_comparison_and_the_workspace_a
     assert [(run.data.tags["sweep.value"], run.data.tags["sweep.baseline"]) for run in new] == [("0.5", "false"), ("1.0", "true")]
     assert new[0].data.params["patch_overrides.p1.init_scale"] == "0.5"
     assert "patch_overrides.p1.init_scale" in completed.stdout
-    assert list((workspace / "comparisons").glob("sweep-*.png"))
+    (png,) = (workspace / "comparisons").glob("sweep-*.png")
+    logged = _client(workspace).list_artifacts(new[-1].info.run_id, "sweep")
+    assert [item.path for item in logged] == [f"sweep/{png.name}"]
+
+
+def test_served_flow_runs_on_its_deployment(workspace):
+    """`patchsplat serve --cron`: the deployment is registered with its schedule and runs the flow when triggered."""
+    import asyncio
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen([sys.executable, "-m", "patchsplat.cli", "serve", "--cron", "0 3 * * *", "--name", "nightly"],
+                              cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    async def deployment():
+        async with get_client() as client:
+            try:
+                return await client.read_deployment_by_name("reconstruct/nightly")
+            except Exception:  # noqa: BLE001 - not registered yet
+                return None
+
+    try:
+        deadline = time.monotonic() + 120
+        while (registered := asyncio.run(deployment())) is None:
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not register the deployment"
+            time.sleep(1)
+        assert registered.schedules[0].schedule.cron == "0 3 * * *"
+        assert registered.parameters == {"workspace": str(workspace.resolve())}
+        flow_run = run_deployment("reconstruct/nightly", timeout=240)
+        if asyncio.iscoroutine(flow_run):
+            flow_run = asyncio.run(flow_run)
+        assert flow_run.state.is_completed(), flow_run.state
+        # the workspace was up to date: the scheduled run found nothing to do
+        assert any("nothing to do" in line for line in _flow_logs(str(flow_run.id)))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

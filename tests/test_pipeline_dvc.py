@@ -88,3 +88,21 @@ def test_changing_the_split_is_one_command_and_leaves_nothing_stale(workspace):
     assert "prepare@p3" not in lock["stages"] and "train@p3" not in lock["stages"]
     assert "up to date" in _dvc(workspace, "status").stdout
     assert _ran_stages(_dvc(workspace, "repro").stdout) == []
+
+
+def test_dvc_experiments_run_with_set_params_and_show_their_metrics(workspace):
+    """`dvc exp run -S` (README): one patch's override as an experiment, its metrics in `dvc exp show`."""
+    import json
+
+    for command in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "state"]):
+        _run(workspace, *command)
+    experiment = _dvc(workspace, "exp", "run", "-n", "p1-scale", "-S", "patch_overrides.p1.init_scale=0.4")
+    assert _ran_stages(experiment.stdout) == ["evaluate", "merge", "mesh", "prepare@p1", "train@p1"]
+    shown = json.loads(_dvc(workspace, "exp", "show", "--json").stdout)
+    (run,) = [rev for entry in shown for exp in entry.get("experiments") or [] for rev in exp["revs"]
+              if rev.get("name") == "p1-scale"]
+    params = run["data"]["params"]["params.yaml"]["data"]
+    assert params["patch_overrides"]["p1"]["init_scale"] == 0.4
+    metrics = run["data"]["metrics"]
+    assert metrics["reports/evaluation.json"]["data"]["psnr"] > 0
+    assert metrics["data/trained/p1/metrics.json"]["data"]["heldout_psnr"] > 0

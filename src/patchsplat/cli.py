@@ -275,6 +275,11 @@ def sweep_command(
         comparison = compare.load_comparison(uri, tracking.experiment, list(result.run_ids.values()))
         compare.print_comparison(comparison)
         png = compare.write_comparison_png(comparison, out or Path("comparisons") / f"sweep-{result.sweep_id}.png")
+        baseline = result.run_ids.get(str(result.values[-1]))
+        if baseline:  # the plot beside the numbers in MLflow too, on the sweep's baseline run
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).log_artifact(baseline, str(png), "sweep")
         console.print(f"sweep {result.sweep_id}: {len(result.run_ids)} runs of {result.key}; comparison plot: {png}")
         if result.failures:
             raise InputError(result.key, f"{len(result.failures)} of {len(result.values)} values failed", kind="sweep_failed")

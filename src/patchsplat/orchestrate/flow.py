@@ -257,25 +257,36 @@ def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationC
                 or not config.dask_address else "as many as the cluster's workers", config.task_runner)
     one_patch = patch_task.with_options(retries=config.patch_retries, retry_delay_seconds=config.retry_delay_seconds)
     failed: dict[str, str] = {}
-    with patch_task_runner(config, concurrency) as runner:
+    runner = patch_task_runner(config, concurrency)
+    try:
+        # A Dask cluster is reached (or a local one started) here or at the first submit.
+        runner.__enter__()
         futures = {pid: runner.submit(one_patch, parameters={"patch_id": pid, "workspace": str(workspace),
                                                                "environment": environment}) for pid in patch_ids}
+    except Exception as error:  # noqa: BLE001 - a cluster that cannot be reached or started is a setting's problem
+        runner.__exit__(None, None, None)
+        where = f"orchestration.dask_address {config.dask_address}" if config.dask_address else "orchestration.task_runner"
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise StageFailed(f"{where}: the {config.task_runner} task runner did not start ({type(error).__name__}: {detail})") from None
+    try:
         for patch_id, future in futures.items():
             future.wait()
             state = future.state
             if state.is_completed():
                 for outcome in future.result():
                     summary.stages.append(asdict(outcome))
+                continue
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001 - the task's own failure, reported by patch
+                failed[patch_id] = str(error).removeprefix(f"train@{patch_id}: ")
             else:
-                try:
-                    future.result()
-                except Exception as error:  # noqa: BLE001 - the task's own failure, reported by patch
-                    failed[patch_id] = str(error).removeprefix(f"train@{patch_id}: ")
-                else:
-                    failed[patch_id] = state.message or state.name
-                summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
-                                       "error": failed[patch_id]})
-                logger.error("patch %s failed: %s", patch_id, failed[patch_id])
+                failed[patch_id] = state.message or state.name
+            summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
+                                   "error": failed[patch_id]})
+            logger.error("patch %s failed: %s", patch_id, failed[patch_id])
+    finally:
+        runner.__exit__(None, None, None)
     # Only now, with no patch's DVC left running: DVC rewrites dvc.lock in place when a stage ends,
     # so reading it while other patches finish could catch it half-written.
     for patch_id in patch_ids:
