@@ -29,6 +29,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.states import Failed
 
 from patchsplat.config import OrchestrationConfig, load_params
@@ -85,18 +86,20 @@ class FlowSummary:
 
 # Task caching is off: Prefect's cache keys never look at file contents; DVC decides what is up to date.
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> StageOutcome:
+def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> StageOutcome | State:
     """``dvc repro --single-item <stage>``, its output in the Prefect log."""
     logger = get_run_logger()
     outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
     if outcome.failed:
-        raise StageFailed(f"{stage}: {outcome.error}")
+        # A Failed state, not an exception: Prefect retries it all the same, without logging a
+        # traceback for what is the stage's own one-line report.
+        return Failed(message=f"{stage}: {outcome.error}")
     logger.info("%s: %s in %.1f s", stage, "ran" if outcome.ran else "up to date", outcome.seconds)
     return outcome
 
 
 @task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE)
-def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome]:
+def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome] | State:
     """One patch: ``prepare@<id>`` then ``train@<id>``; every training attempt in the Prefect log."""
     from patchsplat.train.loop import failed_attempts_path
     from patchsplat.train.stage import attempt_lines
@@ -117,7 +120,7 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
                 for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
                     (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
         if outcome.failed:
-            raise StageFailed(f"{stage}: {outcome.error}")
+            return Failed(message=f"{stage}: {outcome.error}")
     return outcomes
 
 
@@ -150,8 +153,11 @@ def patch_task_runner(config: OrchestrationConfig, concurrency: int):
 
 def _run_stage(stage: str, workspace: Path, environment: dict, pipeline: PipelineRun, retries: int, delay: float,
                summary: FlowSummary) -> None:
-    outcome = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace), environment)
-    summary.stages.append(asdict(outcome))
+    state = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace), environment,
+                                                                               return_state=True)
+    if not state.is_completed():
+        raise StageFailed(state.message or f"{stage}: {state.name}")
+    summary.stages.append(asdict(state.result()))
     pipeline.tag_stage(stage)
 
 
@@ -276,12 +282,8 @@ def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationC
                 for outcome in future.result():
                     summary.stages.append(asdict(outcome))
                 continue
-            try:
-                future.result()
-            except Exception as error:  # noqa: BLE001 - the task's own failure, reported by patch
-                failed[patch_id] = str(error).removeprefix(f"train@{patch_id}: ")
-            else:
-                failed[patch_id] = state.message or state.name
+            # The task's own one-line reason (or Prefect's, for a crashed worker)
+            failed[patch_id] = (state.message or state.name).removeprefix(f"train@{patch_id}: ")
             summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
                                    "error": failed[patch_id]})
             logger.error("patch %s failed: %s", patch_id, failed[patch_id])
