@@ -153,8 +153,10 @@ def _dvc(*args: str, workspace: Path) -> None:
 def _train_in_parallel(patch_ids: list[str], jobs: int, workspace: Path) -> None:
     """``dvc repro -s train@<id>`` for several patches at once, one CPU thread each.
 
-    DVC takes a repository lock per ``repro``; with ``-s`` (this stage only) concurrent runs in
-    one workspace work, which is what lets independent patches train side by side. A stage whose
+    DVC takes a repository lock per ``repro`` but releases it while the stage's command runs; with
+    ``-s`` (this stage only) concurrent runs in one workspace work, which is what lets independent
+    patches train side by side (``--wait-for-lock``: two patches finishing together queue for the
+    lock-file update instead of one failing). A stage whose
     lock entry were lost would only be re-run (and resume from its last checkpoint) by the final
     plain ``dvc repro``.
     """
@@ -164,7 +166,7 @@ def _train_in_parallel(patch_ids: list[str], jobs: int, workspace: Path) -> None
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def one(patch_id: str) -> int:
-        return subprocess.run([sys.executable, "-m", "dvc", "repro", "-s", f"train@{patch_id}"], cwd=workspace, env=environment).returncode
+        return subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", f"train@{patch_id}"], cwd=workspace, env=environment).returncode
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         codes = dict(zip(patch_ids, pool.map(one, patch_ids)))
