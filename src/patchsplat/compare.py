@@ -112,13 +112,11 @@ class Comparison:
 
 
 def _client(tracking_uri: str):
-    import logging
-
     from mlflow.tracking import MlflowClient
 
-    # A store's first use logs its schema set-up at INFO: noise above a comparison table.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    from patchsplat.tracking import quiet_store_logs
+
+    quiet_store_logs()
     return MlflowClient(tracking_uri=tracking_uri)
 
 

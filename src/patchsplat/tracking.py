@@ -134,20 +134,30 @@ class Tracker:
         mlflow.set_tags(values)
 
 
-def _experiment_id(config: TrackingConfig, workspace: Path) -> str:
+def tracking_enabled(config: TrackingConfig) -> bool:
+    """Runs are logged unless params.yaml turns tracking off or ``PATCHSPLAT_TRACKING=0`` (the tests) does."""
+    return config.enabled and os.environ.get("PATCHSPLAT_TRACKING", "1") != "0"
+
+
+def quiet_store_logs() -> None:
+    """MLflow's database set-up logs at INFO on a new store: noise in a training log or above a table."""
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+def experiment_id(config: TrackingConfig, workspace: Path) -> str:
     """The experiment's id, creating the store and the experiment the first time.
 
     Several processes (patches trained in parallel) may reach a new SQLite store at once; the
     loser of the table-creation race gets an OperationalError and simply tries again.
     """
-    import logging
     import time
 
     import mlflow
 
-    # MLflow's database set-up logs at INFO on a new store: noise in a training log.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    quiet_store_logs()
     mlflow.set_tracking_uri(tracking_uri(config, workspace))
     for attempt in range(5):
         try:
@@ -166,22 +176,22 @@ def _experiment_id(config: TrackingConfig, workspace: Path) -> str:
 
 def prepare_store(config: TrackingConfig, workspace: Path) -> None:
     """Create the tracking store and experiment now (before processes start logging in parallel)."""
-    if config.enabled and os.environ.get("PATCHSPLAT_TRACKING", "1") != "0":
-        _experiment_id(config, workspace)
+    if tracking_enabled(config):
+        experiment_id(config, workspace)
 
 
 @contextlib.contextmanager
 def tracked_run(config: TrackingConfig, workspace: Path, name: str, tags: dict[str, str] | None = None) -> Iterator[Tracker]:
     """An MLflow run for the duration of the block (nested under ``PATCHSPLAT_MLFLOW_PARENT_RUN_ID`` if set)."""
-    if not config.enabled or os.environ.get("PATCHSPLAT_TRACKING", "1") == "0":
+    if not tracking_enabled(config):
         yield Tracker()
         return
     import mlflow
 
-    experiment_id = _experiment_id(config, workspace)
+    experiment = experiment_id(config, workspace)
     parent = os.environ.get(ENV_PARENT_RUN_ID) or None
     all_tags = {**context_tags(workspace), "dvc.stage": name, **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(name), parent_run_id=parent, tags=all_tags) as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name(name), parent_run_id=parent, tags=all_tags) as run:
         yield Tracker(run)
 
 

@@ -12,14 +12,13 @@ plots, and ``dvc.lock``'s hashes of inputs and outputs as tags.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchsplat.config import Params
 from patchsplat.orchestrate.dvc_steps import lock_entries, pipeline_hash_tags, stage_hash_tags
 from patchsplat.tracking import (
-    ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, _experiment_id, context_tags, flat_numbers, flatten, tracking_uri,
+    ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, context_tags, experiment_id, flat_numbers, flatten, tracking_enabled, tracking_uri,
 )
 
 PIPELINE_KIND = "pipeline"
@@ -34,10 +33,6 @@ REPORT_ARTIFACTS = ("reports/validation.json", "reports/split.json", "reports/sp
 PATCH_ARTIFACTS = ("metrics.json", "heldout.png", "attempts.json")
 
 
-def tracking_enabled(params: Params) -> bool:
-    return params.tracking.enabled and os.environ.get("PATCHSPLAT_TRACKING", "1") != "0"
-
-
 @dataclass
 class PipelineRun:
     """A started parent run (``run_id`` None when tracking is off: every method is then a no-op)."""
@@ -46,22 +41,23 @@ class PipelineRun:
     params: Params
     run_id: str | None = None
     flow_run_id: str | None = None
+    experiment: str | None = None
     _client: object = field(default=None, repr=False)
 
     @classmethod
     def start(cls, workspace: Path, params: Params, flow_run_id: str | None, run_name: str,
               tags: dict[str, str] | None = None) -> "PipelineRun":
         run = cls(workspace, params, flow_run_id=flow_run_id)
-        if not tracking_enabled(params):
+        if not tracking_enabled(params.tracking):
             return run
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        experiment_id = _experiment_id(params.tracking, workspace)
+        run.experiment = experiment_id(params.tracking, workspace)
         run._client = MlflowClient(tracking_uri(params.tracking, workspace))
         all_tags = {**context_tags(workspace), "patchsplat.kind": PIPELINE_KIND, "workspace": str(workspace.resolve()),
                     **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}), **(tags or {})}
-        created = run._client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        created = run._client.create_run(run.experiment, run_name=run_name, tags=all_tags)
         run.run_id = created.info.run_id
         settings = flatten("", params.model_dump(mode="json", by_alias=True))
         batch = [Param(key, str(value)[:6000]) for key, value in settings.items()]
@@ -84,8 +80,7 @@ class PipelineRun:
         query = f"tags.mlflow.parentRunId = '{self.run_id}'"
         if stage:
             query += f" and tags.`dvc.stage` = '{stage}'"
-        experiment_ids = [self._client.get_run(self.run_id).info.experiment_id]
-        return self._client.search_runs(experiment_ids, filter_string=query, max_results=1000)
+        return self._client.search_runs([self.experiment], filter_string=query, max_results=1000)
 
     def tag_stage(self, stage: str) -> None:
         """After DVC has recorded a stage: its lock hashes on the stage's child run(s) of this run."""
