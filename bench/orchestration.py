@@ -24,32 +24,18 @@ from pathlib import Path
 from _common import WORK
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", "stages", "src", "flows"]
+sys.path.insert(0, str(ROOT / "tests"))
+from project_copy import copy_project, edit_params, small_demo  # noqa: E402 - the tests' own project copy
 
 
 def fresh_workspace(name: str, small: bool) -> Path:
-    from ruamel.yaml import YAML
-
+    """A new copy of the project under bench/.work (MLflow tracking as params.yaml has it: on)."""
     workspace = WORK / f"orchestration-{name}"
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
-    for item in PROJECT_FILES:
-        source = ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, workspace / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            (workspace / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, workspace / item)
+    copy_project(workspace)
     if small:
-        yaml = YAML(typ="rt")
-        params = yaml.load((workspace / "params.yaml").read_text())
-        params["scene"]["demo"].update({"num_cameras": 32, "width": 48, "height": 36, "num_points": 4000})
-        params["split"]["min_cameras"] = 4
-        params["train"].update({"steps": 20, "eval_every": 10, "checkpoint_every": 10})
-        params["train"]["strategy"].update({"refine_start_iter": 5, "refine_every": 5, "refine_stop_iter": 15})
-        with (workspace / "params.yaml").open("w") as handle:
-            yaml.dump(params, handle)
-    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
+        edit_params(workspace, small_demo)
     return workspace
 
 

@@ -16,47 +16,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # MLflow stays off in tests unless a test turns it on (tests/test_train.py checks the runs).
 os.environ.setdefault("PATCHSPLAT_TRACKING", "0")
 
+from project_copy import copy_project as project_copy
+from project_copy import edit_params, small_demo  # noqa: F401 - the tests import them from here
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore", "stages", "src", "flows"]
+def small_workspace(workspace: Path) -> Path:
+    """A copy of the project with the small demo and MLflow off (a test that checks runs turns it on)."""
 
+    def settings(params: dict) -> None:
+        small_demo(params)
+        params["tracking"]["enabled"] = False
 
-def edit_params(workspace: Path, edit: Callable[[dict], None]) -> None:
-    """Change a workspace's params.yaml in place, comments kept (as a user would in an editor)."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="rt")
-    path = workspace / "params.yaml"
-    document = yaml.load(path.read_text())
-    edit(document)
-    with path.open("w") as handle:
-        yaml.dump(document, handle)
-
-
-def small_demo(params: dict) -> None:
-    """The demo at a size where the whole pipeline runs in about a minute on 2 cores."""
-    params["scene"]["demo"].update({"num_cameras": 32, "width": 48, "height": 36, "num_points": 4000})
-    params["split"]["min_cameras"] = 4
-    params["train"].update({"steps": 20, "eval_every": 10, "checkpoint_every": 10})
-    params["train"]["strategy"].update({"refine_start_iter": 5, "refine_every": 5, "refine_stop_iter": 15})
-    params["tracking"]["enabled"] = False
-
-
-def copy_project(workspace: Path) -> Path:
-    """A fresh copy of this project (a git repository) where DVC pipelines can run without touching the checkout."""
-    import subprocess
-
-    for name in PROJECT_FILES:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, workspace / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, workspace / name)
-    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True)
-    edit_params(workspace, small_demo)
+    edit_params(project_copy(workspace), settings)
     return workspace
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_project, edit_params
+from conftest import edit_params, small_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ FAIL_P1 = ",".join(f"p1/nan_grad@3:{attempt}" for attempt in range(1, 7))  # eve
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, prefect_harness) -> Path:
-    workspace = copy_project(tmp_path_factory.mktemp("flow"))
+    workspace = small_workspace(tmp_path_factory.mktemp("flow"))
 
     def flow_settings(params):
         params["tracking"]["enabled"] = True

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import copy_project, edit_params
+from conftest import edit_params, small_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _ran_stages(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    return copy_project(tmp_path_factory.mktemp("workspace"))
+    return small_workspace(tmp_path_factory.mktemp("workspace"))
 
 
 def test_repro_then_nothing_to_do(workspace):
