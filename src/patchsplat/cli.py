@@ -193,6 +193,16 @@ def _run_flow(**arguments) -> dict:
     return run_pipeline(**arguments)
 
 
+def _show_comparison(tracking, run_ids: list[str], out: Path) -> Path:
+    """Print the comparison of these runs (from the workspace's tracking store) and write its PNG."""
+    from patchsplat import compare
+    from patchsplat.tracking import tracking_uri
+
+    comparison = compare.load_comparison(tracking_uri(tracking, Path(".")), tracking.experiment, run_ids)
+    compare.print_comparison(comparison)
+    return compare.write_comparison_png(comparison, out)
+
+
 @app.command("run")
 def run_command(
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The patchsplat workspace (params.yaml, dvc.yaml).")] = Path("."),
@@ -237,16 +247,13 @@ def compare_command(
     """Compare pipeline runs: the params that differ, metrics per patch and overall, and a PNG."""
 
     def run() -> None:
-        from patchsplat import compare
+        from patchsplat.compare import latest_pipeline_runs
         from patchsplat.config import TrackingConfig
         from patchsplat.tracking import tracking_uri
 
         tracking = load_params(params).tracking if params.exists() else TrackingConfig()
-        uri = tracking_uri(tracking, Path("."))
-        ids = list(run_ids or []) or compare.latest_pipeline_runs(uri, tracking.experiment, last)
-        comparison = compare.load_comparison(uri, tracking.experiment, ids)
-        compare.print_comparison(comparison)
-        console.print(f"comparison plot: {compare.write_comparison_png(comparison, out)}")
+        ids = list(run_ids or []) or latest_pipeline_runs(tracking_uri(tracking, Path(".")), tracking.experiment, last)
+        console.print(f"comparison plot: {_show_comparison(tracking, ids, out)}")
 
     guarded(run)
 
@@ -261,7 +268,6 @@ def sweep_command(
     """One pipeline run per value (the current value last, so the workspace ends as it was), then the comparison."""
 
     def run() -> None:
-        from patchsplat import compare
         from patchsplat.orchestrate.sweep import parse_values, run_sweep
         from patchsplat.tracking import tracking_uri
 
@@ -271,15 +277,12 @@ def sweep_command(
         if len(result.run_ids) == 0:
             raise InputError(result.key, "no run of the sweep was recorded in MLflow (is tracking enabled?)", kind="sweep_failed")
         tracking = load_params(DEFAULT_PARAMS).tracking
-        uri = tracking_uri(tracking, Path("."))
-        comparison = compare.load_comparison(uri, tracking.experiment, list(result.run_ids.values()))
-        compare.print_comparison(comparison)
-        png = compare.write_comparison_png(comparison, out or Path("comparisons") / f"sweep-{result.sweep_id}.png")
+        png = _show_comparison(tracking, list(result.run_ids.values()), out or Path("comparisons") / f"sweep-{result.sweep_id}.png")
         baseline = result.run_ids.get(str(result.values[-1]))
         if baseline:  # the plot beside the numbers in MLflow too, on the sweep's baseline run
             from mlflow.tracking import MlflowClient
 
-            MlflowClient(uri).log_artifact(baseline, str(png), "sweep")
+            MlflowClient(tracking_uri(tracking, Path("."))).log_artifact(baseline, str(png), "sweep")
         console.print(f"sweep {result.sweep_id}: {len(result.run_ids)} runs of {result.key}; comparison plot: {png}")
         if result.failures:
             raise InputError(result.key, f"{len(result.failures)} of {len(result.values)} values failed", kind="sweep_failed")
