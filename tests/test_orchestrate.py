@@ -128,3 +128,52 @@ def test_orchestration_settings_are_validated_once_with_one_line_errors():
     with pytest.raises(InputError, match="orchestration.patch_retries"):
         parse_params({"orchestration": {"patch_retries": -1}})
     assert parse_params({}).orchestration.max_concurrent_patches == 0
+
+
+def test_patches_failing_for_one_reason_are_named_together():
+    from patchsplat.orchestrate.flow import group_failures
+
+    camera = "data/patches/{}/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL"
+    ladder = "training failed after 6 attempts; last: nonfinite (attempts record: data/trained/p2.failed.json)"
+    reasons = {"p0": camera.format("p0"), "p1": camera.format("p1"), "p2": ladder, "p10": camera.format("p10")}
+    assert group_failures(reasons) == f"p0, p1, p10: {camera.format('<patch>')}; p2: {ladder}"
+    assert group_failures({"p3": camera.format("p3")}) == f"p3: {camera.format('p3')}"
+
+
+@pytest.mark.parametrize(
+    ("printed", "ladder_record", "runs"),
+    [
+        ("error: data/patches/p0/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL", False, 1),  # bad input: no retry
+        ("error: data/patches/p0: training failed after 6 attempts", True, 3),                  # the ladder ran out
+        ("Killed", False, 3),                                                                    # a crash
+    ],
+)
+def test_prefect_retries_a_patch_unless_its_input_is_bad(tmp_path, monkeypatch, prefect_harness, printed, ladder_record, runs):
+    """A retry resumes a crashed or exhausted training; for bad input it would only repeat the same one line."""
+    from prefect import flow
+
+    from patchsplat.orchestrate import flow as flow_module
+    from patchsplat.orchestrate.dvc_steps import StageOutcome
+
+    calls = []
+
+    def fake_stage(stage, workspace, environment, log):
+        calls.append(stage)
+        if stage.startswith("prepare@"):
+            return StageOutcome(stage, True, 0.0, 0)
+        if ladder_record:
+            (workspace / "data" / "trained").mkdir(parents=True, exist_ok=True)
+            (workspace / "data" / "trained" / "p0.failed.json").write_text("[]")
+        reported = printed.startswith("error: ")
+        return StageOutcome(stage, True, 0.0, 1, printed.removeprefix("error: "), reported=reported)
+
+    monkeypatch.setattr(flow_module, "run_dvc_stage", fake_stage)
+
+    @flow
+    def one_patch() -> tuple[bool, str]:
+        state = flow_module.patch_task.with_options(retries=2, retry_delay_seconds=0)("p0", str(tmp_path), {},
+                                                                                     return_state=True)
+        return state.is_failed(), state.message
+
+    assert one_patch() == (True, f"train@p0: {printed.removeprefix('error: ')}")
+    assert calls.count("train@p0") == runs

@@ -40,6 +40,8 @@ class StageOutcome:
     seconds: float
     returncode: int
     error: str | None = None  # the stage's own one-line error (or DVC's) when it failed
+    reported: bool = False    # the failure is the stage's own one-line report (bad input, a ladder run out),
+                              # not a crash, a lost worker or a DVC error
 
     @property
     def failed(self) -> bool:
@@ -81,7 +83,8 @@ def run_dvc_stage(stage: str, workspace: Path, environment: dict[str, str], log:
                 dvc_error = line[len("ERROR: "):]
         returncode = process.wait()
     error = (stage_error or dvc_error or f"dvc exited with status {returncode}") if returncode else None
-    return StageOutcome(stage, ran, time.perf_counter() - started, returncode, error)
+    return StageOutcome(stage, ran, time.perf_counter() - started, returncode, error,
+                        reported=bool(returncode and stage_error))
 
 
 def pipeline_up_to_date(workspace: Path, environment: dict[str, str]) -> bool:

@@ -22,7 +22,9 @@ need every patch) are not run.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,8 +43,44 @@ HEAD_STAGES = ("scene", "validate")
 TAIL_STAGES = ("merge", "mesh", "evaluate")
 
 
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect logs a task's final failure with ``exc_info=True`` even when the task returned a Failed
+    state instead of raising: the log then shows a bare "NoneType: None" line. Drop that empty traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
+
+
+def _failed(message: str, retryable: bool) -> State:
+    """A task's Failed state (see :class:`StageFailed` for ``retryable``)."""
+    return Failed(message=message, data=StageFailed(message, retryable))
+
+
+def worth_retrying(task, task_run, state: State) -> bool:
+    """Prefect's retry condition: retry a crash, a lost worker or a recovery ladder that ran out (a retry
+    resumes from the checkpoint, maybe with more memory free), never a stage's report of bad input,
+    which a retry would only repeat."""
+    return not isinstance(state.data, StageFailed) or state.data.retryable
+
+
 class StageFailed(RuntimeError):
-    """A stage (or a patch's training) failed; the message is its one-line reason."""
+    """A stage (or a patch's training) failed; the message is its one-line reason.
+
+    ``retryable``: whether running it again could end differently (a crash, a lost worker, a recovery
+    ladder that ran out) or would only repeat the stage's report of bad input.
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep ``retryable`` when a Dask worker sends the state back
+        return (StageFailed, (str(self), self.retryable))
 
 
 class PipelineFailed(InputError):
@@ -85,20 +123,20 @@ class FlowSummary:
 
 
 # Task caching is off: Prefect's cache keys never look at file contents; DVC decides what is up to date.
-@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> StageOutcome | State:
     """``dvc repro --single-item <stage>``, its output in the Prefect log."""
     logger = get_run_logger()
     outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
     if outcome.failed:
-        # A Failed state, not an exception: Prefect retries it all the same, without logging a
-        # traceback for what is the stage's own one-line report.
-        return Failed(message=f"{stage}: {outcome.error}")
+        # A Failed state, not an exception: Prefect retries it all the same (unless it is the stage's
+        # report of bad input), without logging a traceback for what is the stage's own one-line report.
+        return _failed(f"{stage}: {outcome.error}", retryable=not outcome.reported)
     logger.info("%s: %s in %.1f s", stage, "ran" if outcome.ran else "up to date", outcome.seconds)
     return outcome
 
 
-@task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE)
+@task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome] | State:
     """One patch: ``prepare@<id>`` then ``train@<id>``; every training attempt in the Prefect log."""
     from patchsplat.train.loop import failed_attempts_path
@@ -111,17 +149,31 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
     logger.info("patch %s on %s, process %d", patch_id, socket.gethostname(), os.getpid())
     outcomes = []
     for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
+        started = time.time()
         outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
         outcomes.append(outcome)
+        ladder_ran_out = False
         if outcome.ran and stage.startswith("train@"):
             out_dir = Path(workspace) / "data" / "trained" / patch_id
             record = failed_attempts_path(out_dir) if outcome.failed else out_dir / "attempts.json"
             if record.exists():
+                ladder_ran_out = outcome.failed and record.stat().st_mtime >= started
                 for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
                     (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
         if outcome.failed:
-            return Failed(message=f"{stage}: {outcome.error}")
+            return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported)
     return outcomes
+
+
+def group_failures(failed_patches: dict[str, str]) -> str:
+    """``p0: R0; p1: R1`` with patches failing for the same reason named once together: ``p0, p1: R``
+    (a scene problem, e.g. distorted cameras, fails every patch alike; its path is written with ``<patch>``)."""
+    groups: dict[str, list[str]] = {}
+    for patch_id, reason in failed_patches.items():
+        general = re.sub(rf"(?<![\w.-]){re.escape(patch_id)}(?![\w.-])", "<patch>", reason)
+        groups.setdefault(general, []).append(patch_id)
+    return "; ".join(f"{ids[0]}: {failed_patches[ids[0]]}" if len(ids) == 1 else f"{', '.join(ids)}: {reason}"
+                     for reason, ids in groups.items())
 
 
 def default_concurrency(patch_count: int) -> int:
@@ -223,8 +275,7 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
         summary.failed_patches = _train_patches(root, patch_ids, orchestration, environment, pipeline, summary)
         if summary.failed_patches:
             failure = (f"{len(summary.failed_patches)} of {len(patch_ids)} patches failed ("
-                       + "; ".join(f"{pid}: {reason}" for pid, reason in summary.failed_patches.items())
-                       + "); merge, mesh and evaluate were not run")
+                       + group_failures(summary.failed_patches) + "); merge, mesh and evaluate were not run")
         else:
             for stage in TAIL_STAGES:
                 _run_stage(stage, root, environment, pipeline, retries, delay, summary)
