@@ -264,3 +264,13 @@ def test_dvc_repro_right_after_init_on_cup77(tmp_path):
 
     assert planned_patch_ids(workspace) == ids
     print(f"cup77: init + dvc repro + status in {time.perf_counter() - started:.1f} s")
+
+
+def test_init_says_a_distorted_capture_will_be_undistorted(tmp_path):
+    fern = ROOT.parent / "shared" / "data" / "real" / "fern_llff8"
+    if not (fern / "sparse").is_dir():
+        pytest.skip(f"real test scene not available: {fern} does not exist (it lives outside the repository)")
+    completed = _init_cli(tmp_path, "fern", "--colmap", str(fern))
+    assert completed.returncode == 0, completed.stderr
+    assert "cameras with lens distortion (SIMPLE_RADIAL x1): the scene stage writes an undistorted copy" in completed.stdout
+    assert _safe_load(tmp_path / "fern" / "params.yaml")["scene"]["undistort"] == "auto"

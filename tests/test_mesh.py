@@ -419,3 +419,31 @@ def test_outputs_are_complete_or_absent(placed_scene, tmp_path, monkeypatch, sce
         extract_scene_mesh(root / "patches", root / "trained", out, config, progress=False)
     assert scene_snapshot(out) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mesh", "trained"]
+
+
+def test_grid_stops_where_no_camera_can_see(tmp_path):
+    """Voxels beyond depth_trunc of every camera are never fused: a far background does not stretch the grid."""
+    from patchsplat.mesh import patch_grid
+
+    rng = np.random.default_rng(0)
+    near = rng.uniform(-1, 1, (500, 3))
+    far = rng.uniform(-1, 1, (500, 3)) + [0.0, 0.0, 40.0]   # a forward-facing capture's background
+    points = np.concatenate([near, far])
+    cell = Cell(-np.inf, np.inf, -np.inf, np.inf)
+    cameras = np.array([[0.0, 0.0, -2.0], [0.5, 0.0, -2.0]])
+    unbounded = patch_grid(points, cell, 0.1, 0.2, np.eye(3))
+    bounded = patch_grid(points, cell, 0.1, 0.2, np.eye(3), cameras, depth_trunc=4.0)
+    assert unbounded.upper[2] > 40 and bounded.upper[2] <= -2.0 + 4.0 + 0.2 + 0.1
+    assert bounded.num_voxels < unbounded.num_voxels / 5
+    assert np.all(bounded.origin <= near.min(axis=0)) and np.all(bounded.upper[:2] >= near.max(axis=0)[:2])
+
+
+def test_a_depth_trunc_short_of_the_surface_is_explained(placed_scene, tmp_path):
+    root = placed_scene["root"]
+    with pytest.raises(InputError) as error:
+        extract_scene_mesh(root / "patches", root / "trained", tmp_path / "mesh",
+                           MeshConfig(voxels_per_scene=48, depth_trunc=0.05), progress=False)
+    message = error.value.one_line()
+    assert error.value.kind == "empty_mesh" and "beyond its depth_trunc of 0.05" in message
+    assert "set mesh.depth_trunc above that distance" in message
+    assert not (tmp_path / "mesh").exists()

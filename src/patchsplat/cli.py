@@ -334,6 +334,13 @@ def init_command(
         console.print(f"workspace {result.workspace} ready for the scene {result.colmap_path}", markup=False, soft_wrap=True)
         console.print(f"  {len(ids)} patches planned ({', '.join(ids)})", markup=False, soft_wrap=True)
         console.print(f"  dvc.yaml and stages/ from {result.source}", markup=False, soft_wrap=True)
+        from patchsplat.scene_source import distorted_camera_models
+
+        distorted = distorted_camera_models(result.colmap_path)
+        if distorted:
+            models = ", ".join(f"{name} x{count}" for name, count in sorted(distorted.items()))
+            console.print(f"  cameras with lens distortion ({models}): the scene stage writes an undistorted copy into "
+                          "data/scene (scene.undistort: auto)", markup=False, soft_wrap=True)
         console.print("  params.yaml holds the demo's CPU settings (train.steps 1000): for a real capture on a GPU, see "
                       "the comment above its train section", markup=False, soft_wrap=True)
         interpreter = Path(sys.executable)

@@ -62,6 +62,10 @@ class SceneConfig(_Section):
     colmap_path: Path | None = Field(
         None, description="A folder holding images/ and sparse/0 (or sparse/) when source is 'colmap'."
     )
+    undistort: Literal["auto", "never"] = Field(
+        "auto", description="With source 'colmap', cameras with lens distortion (COLMAP's default SIMPLE_RADIAL, "
+        "OPENCV, fisheye models...): 'auto' writes an undistorted copy (PINHOLE cameras, resampled images) into "
+        "data/scene, which the pipeline then reads; 'never' reads the folder as it is (training refuses such cameras).")
     demo: DemoSceneConfig = DemoSceneConfig()
 
     @model_validator(mode="after")

@@ -4,6 +4,12 @@
 - ``source: colmap`` the user's folder is NOT copied (captures are large): ``data/scene/scene.json``
   points at it and records a fingerprint of its model files and image listing, so a changed
   capture changes the stage's output and DVC reruns what depends on it.
+  Exception: training renders pinhole cameras only, and COLMAP's default camera model
+  (SIMPLE_RADIAL) has lens distortion. With ``undistort: auto`` such a model is undistorted
+  (``pycolmap.undistort_images``: PINHOLE cameras, resampled images) into
+  ``data/scene/undistorted`` and the pointer says the pipeline reads that copy. The model is read
+  and checked first (corrupt files, image names or links escaping ``images/``), so pycolmap never
+  sees what the validator would refuse.
 
 Downstream stages call :func:`resolve_scene_dir` and never care which of the two it was.
 """
@@ -18,6 +24,7 @@ from patchsplat.config import SceneConfig
 from patchsplat.errors import InputError
 
 SCENE_POINTER = "scene.json"
+UNDISTORTED_FOLDER = "undistorted"
 
 
 def _fingerprint(scene_root: Path) -> dict:
@@ -51,9 +58,94 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
     source = config.colmap_path.expanduser().resolve()
     if not source.is_dir():
         raise InputError(config.colmap_path, "scene.colmap_path is not a folder", kind="missing_file")
+    pointer = {"source": "colmap", "path": str(source), "fingerprint": _fingerprint(source)}
     with atomic_dir(scene_dir) as tmp:
-        write_json(tmp / SCENE_POINTER, {"source": "colmap", "path": str(source), "fingerprint": _fingerprint(source)})
+        distorted = distorted_camera_models(source) if config.undistort == "auto" else {}
+        if distorted:
+            from patchsplat.console import console
+            from patchsplat.scene_layout import locate_scene
+            from patchsplat.validate.undistort import undistort_scene
+
+            layout = locate_scene(source)
+            num_images = _check_before_undistorting(layout)
+            models = ", ".join(f"{name} x{count}" for name, count in sorted(distorted.items()))
+            console.print(f"scene: cameras with lens distortion ({models}); training renders pinhole cameras: "
+                          f"undistorting {num_images} images with pycolmap into {scene_dir / UNDISTORTED_FOLDER} "
+                          "(scene.undistort: auto)")
+            undistort_scene(layout, tmp / UNDISTORTED_FOLDER)
+            pointer["undistorted"] = {"folder": UNDISTORTED_FOLDER, "camera_models": distorted}
+        write_json(tmp / SCENE_POINTER, pointer)
     return scene_dir
+
+
+def camera_models(scene_root: Path) -> dict[int, str]:
+    """camera id -> COLMAP model name, read from the cameras file alone (cheap, whatever the model's size).
+
+    A file this cannot parse gives {}: the validation stage names what is wrong with it.
+    """
+    from patchsplat.scene_layout import locate_scene
+    from patchsplat.validate.bin_format import CorruptFile, camera_model_num_params, walk_cameras
+
+    layout = locate_scene(scene_root)
+    cameras_file = layout.model_file("cameras")
+    try:
+        if layout.model_format == "bin":
+            names = camera_model_num_params()
+            return {camera_id: names[entry.model_id][0] for camera_id, entry in walk_cameras(cameras_file).items()}
+        models = {}
+        for line in cameras_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            tokens = line.split()
+            if tokens and not tokens[0].startswith("#"):
+                models[int(tokens[0])] = tokens[1]
+        return models
+    except (CorruptFile, OSError, ValueError, IndexError):
+        return {}
+
+
+def distorted_camera_models(scene_root: Path) -> dict[str, int]:
+    """Model name -> camera count of the cameras an undistortion turns into PINHOLE ones ({} if none).
+
+    Spherical cameras cannot become pinhole ones: a model holding any is left as it is, for the
+    validation stage to report.
+    """
+    import pycolmap
+
+    from patchsplat.validate.checks import PINHOLE_MODELS
+
+    models = list(camera_models(scene_root).values())
+    if any(_is_spherical(pycolmap, name) for name in set(models)):
+        return {}
+    counts: dict[str, int] = {}
+    for name in models:
+        if name not in PINHOLE_MODELS:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _is_spherical(pycolmap, model_name: str) -> bool:
+    try:
+        return bool(pycolmap.Camera(model=model_name, width=2, height=1).is_spherical())
+    except Exception:  # noqa: BLE001 - an unknown model: not ours to judge here
+        return False
+
+
+def _check_before_undistorting(layout) -> int:
+    """Read the model as the validator does and refuse what pycolmap must not be given; the image count."""
+    from patchsplat.validate.image_files import name_escapes
+    from patchsplat.validate.model_io import ModelFileError, read_scene_model
+
+    try:
+        model = read_scene_model(layout)
+    except ModelFileError as error:
+        raise InputError(error.finding.file or layout.model_dir, error.finding.message, kind=error.finding.kind) from None
+    images_root = layout.images_dir.resolve()
+    for image in model.images:
+        # An undistortion reads every image and writes it under its name: a name or a link
+        # leading out of images/ would read (or write) elsewhere.
+        if not image.name or name_escapes(image.name) or not (layout.images_dir / image.name).resolve().is_relative_to(images_root):
+            raise InputError(layout.model_file("images"), f"image name {image.name!r} points outside {layout.images_dir}; "
+                             "not undistorting", kind="path_escape")
+    return len(model.images)
 
 
 def resolve_scene_dir(scene_dir: Path) -> Path:
@@ -62,7 +154,14 @@ def resolve_scene_dir(scene_dir: Path) -> Path:
     if not pointer.exists():
         return scene_dir
     try:
-        target = Path(json.loads(pointer.read_text(encoding="utf-8"))["path"])
+        content = json.loads(pointer.read_text(encoding="utf-8"))
+        target = Path(content["path"])
+        undistorted = content.get("undistorted")
+        if undistorted:
+            folder = str(undistorted["folder"])
+            if Path(folder).name != folder or folder in ("", ".", ".."):
+                raise ValueError(folder)
+            target = scene_dir / folder
     except (ValueError, KeyError, TypeError):
         raise InputError(pointer, "not a valid scene pointer (expected {\"path\": ...})", kind="corrupt_file") from None
     if not target.is_dir():

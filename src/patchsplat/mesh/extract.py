@@ -79,6 +79,20 @@ def join_pieces(pieces: list[PatchPiece], config: MeshConfig) -> tuple[np.ndarra
     return vertices, faces, colours, totals
 
 
+def _depth_hint(pieces: list[PatchPiece]) -> str:
+    """When the sparse points lie beyond depth_trunc (the camera spread is small next to the scene's
+    depth, as in a forward-facing capture), say by how much and what to set."""
+    far = [piece.record for piece in pieces
+           if piece.record.get("points_median_distance", 0.0) > piece.record["depth_trunc"]]
+    if not far:
+        return ""
+    far = [record for record in far if not record.get("skipped")] or far
+    record = max(far, key=lambda r: r["points_median_distance"] / r["depth_trunc"])
+    return (f"; patch {record['id']}'s sparse points lie a median {record['points_median_distance']:.3g} from its "
+            f"cameras, beyond its depth_trunc of {record['depth_trunc']:.3g} (default: 2 x the patch's scene scale, from its camera spread): "
+            "set mesh.depth_trunc above that distance and a mesh.voxel_size to match")
+
+
 def to_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> trimesh.Trimesh:
     rgba = np.concatenate([np.round(np.clip(colours, 0, 1) * 255), np.full((len(colours), 1), 255)], axis=1)
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=rgba.astype(np.uint8), process=False)
@@ -110,7 +124,7 @@ def extract_scene_mesh(patches_dir: Path, trained_dir: Path, out_dir: Path, conf
             bar.remove_task(task)
     if not any(len(piece.faces) for piece in pieces):
         raise InputError(trained_dir, "no surface was extracted from any patch (no fused depth crosses a surface: "
-                         "check mesh.min_alpha and mesh.depth_trunc)", kind="empty_mesh")
+                         f"check mesh.min_alpha and mesh.depth_trunc){_depth_hint(pieces)}", kind="empty_mesh")
 
     joined = time.perf_counter()
     vertices, faces, colours, totals = join_pieces(pieces, config)

@@ -162,7 +162,16 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
                        inputs.world_to_aligned, record)
     points_aligned = np.asarray(inputs.points_world, np.float64) @ inputs.world_to_aligned.T
     margin = settings.sdf_trunc + BORDER_VOXELS * settings.voxel_size
-    grid = patch_grid(points_aligned, inputs.cell, settings.voxel_size, margin, inputs.world_to_aligned)
+    cameras_aligned = np.array([camera.centre for camera in inputs.cameras], np.float64).reshape(-1, 3) @ inputs.world_to_aligned.T
+    if len(cameras_aligned) and len(points_aligned):
+        from scipy.spatial import cKDTree
+
+        # How far the surface is: for the hint when depth_trunc (from the camera spread) falls short of it.
+        distances = cKDTree(cameras_aligned).query(points_aligned[np.all(np.isfinite(points_aligned), axis=1)])[0]
+        if len(distances):
+            record["points_median_distance"] = float(np.median(distances))
+    grid = patch_grid(points_aligned, inputs.cell, settings.voxel_size, margin, inputs.world_to_aligned,
+                      cameras_aligned, settings.depth_trunc)
     if grid is None:
         record.update(skipped="no sparse points in the core cell", vertices_before_crop=0, faces_before_crop=0,
                       vertices=0, faces=0, seconds={})

@@ -69,7 +69,8 @@ def lattice_box(lower: np.ndarray, upper: np.ndarray, voxel_size: float, world_t
 
 
 def patch_grid(
-    points_aligned: np.ndarray, cell: Cell, voxel_size: float, margin: float, world_to_aligned: np.ndarray
+    points_aligned: np.ndarray, cell: Cell, voxel_size: float, margin: float, world_to_aligned: np.ndarray,
+    cameras_aligned: np.ndarray | None = None, depth_trunc: float | None = None,
 ) -> VoxelGrid | None:
     """The grid a patch fuses into: its core cell (the part of the mesh it keeps) grown by ``margin``,
     cut in x/y to the points' robust box (for the cell's infinite sides) and spanning the points'
@@ -78,6 +79,11 @@ def patch_grid(
     ``points_aligned`` (N, 3) are the patch's sparse points in the aligned frame. Returns None when
     no point lies in the grown cell (nothing to mesh there). ``margin`` should cover the truncation
     band and a couple of voxels, so the surface just inside the cell's border is complete.
+
+    With ``cameras_aligned`` (M, 3) and ``depth_trunc``, the box is also cut to the cameras' box grown
+    by ``depth_trunc`` + ``margin``: no depth beyond ``depth_trunc`` is fused, so voxels farther from
+    every camera would stay empty (a forward-facing capture's far background would otherwise
+    stretch the grid many times past the part that is meshed).
     """
     points_aligned = points_aligned[np.all(np.isfinite(points_aligned), axis=1)]
     grown = Cell(cell.x_min - margin, cell.x_max + margin, cell.y_min - margin, cell.y_max + margin)
@@ -89,6 +95,10 @@ def patch_grid(
     lower, upper = low - grow, high + grow
     lower[:2] = np.maximum(lower[:2], [grown.x_min, grown.y_min])
     upper[:2] = np.minimum(upper[:2], [grown.x_max, grown.y_max])
+    if cameras_aligned is not None and depth_trunc is not None and len(cameras_aligned):
+        reach = depth_trunc + margin
+        lower = np.maximum(lower, cameras_aligned.min(axis=0) - reach)
+        upper = np.minimum(upper, cameras_aligned.max(axis=0) + reach)
     if np.any(upper <= lower):
         return None
     return lattice_box(lower, upper, voxel_size, world_to_aligned)

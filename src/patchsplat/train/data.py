@@ -78,7 +78,8 @@ class PatchViews:
                 raise InputError(
                     patch_dir / "sparse" / "0" / "cameras.bin",
                     f"camera {camera.camera_id} is {camera.model}; training needs undistorted (PINHOLE) cameras: "
-                    "run `patchsplat validate SCENE --undistort OUT_DIR` and use OUT_DIR",
+                    "set scene.undistort: auto in params.yaml (the default), or run "
+                    "`patchsplat validate SCENE --undistort OUT_DIR` and use OUT_DIR",
                     kind="unsupported_camera_model",
                 )
             # A camera maps world x to R x + t; in canonical coordinates c = s (x - centre) that is
