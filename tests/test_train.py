@@ -271,7 +271,7 @@ def test_the_motivating_patch_trains_with_the_defaults(tmp_path):
 
 def test_image_names_that_leave_the_folder_are_refused(tmp_path):
     from patchsplat.errors import InputError
-    from patchsplat.train.data import safe_image_path
+    from patchsplat.validate.image_files import safe_image_path
 
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)

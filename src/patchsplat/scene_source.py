@@ -131,20 +131,20 @@ def _is_spherical(pycolmap, model_name: str) -> bool:
 
 def _check_before_undistorting(layout) -> int:
     """Read the model as the validator does and refuse what pycolmap must not be given; the image count."""
-    from patchsplat.validate.image_files import name_escapes
+    from patchsplat.validate.image_files import safe_image_path
     from patchsplat.validate.model_io import ModelFileError, read_scene_model
 
     try:
         model = read_scene_model(layout)
     except ModelFileError as error:
         raise InputError(error.finding.file or layout.model_dir, error.finding.message, kind=error.finding.kind) from None
-    images_root = layout.images_dir.resolve()
     for image in model.images:
         # An undistortion reads every image and writes it under its name: a name or a link
         # leading out of images/ would read (or write) elsewhere.
-        if not image.name or name_escapes(image.name) or not (layout.images_dir / image.name).resolve().is_relative_to(images_root):
-            raise InputError(layout.model_file("images"), f"image name {image.name!r} points outside {layout.images_dir}; "
-                             "not undistorting", kind="path_escape")
+        if not image.name:
+            raise InputError(layout.model_file("images"), f"image {image.image_id} has an empty name; not undistorting",
+                             kind="bad_image_name")
+        safe_image_path(layout.images_dir, image.name)
     return len(model.images)
 
 

@@ -19,7 +19,8 @@ from patchsplat.colmap_arrays import ModelArrays, parse_cameras, read_model_arra
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame, canonical_frame
 from patchsplat.split import heldout_names
-from patchsplat.train.data import PINHOLE_MODELS, _intrinsics_matrix, load_image_file, safe_image_path
+from patchsplat.train.data import PINHOLE_MODELS, _intrinsics_matrix, load_image_file
+from patchsplat.validate.image_files import safe_image_path
 
 
 @dataclass(frozen=True)

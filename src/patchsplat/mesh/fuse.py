@@ -145,6 +145,17 @@ def fuse_views(inputs: PatchInputs, grid: VoxelGrid, settings: PatchSettings, co
     return volume, {"render": render_seconds, "fuse": fuse_seconds, "pixels_fused": pixels_fused}
 
 
+def _point_distance(points_aligned: np.ndarray, cameras_aligned: np.ndarray) -> dict:
+    """``points_median_distance``: how far the sparse points lie from their nearest camera, recorded for
+    a patch that gave no surface (the mesh stage's hint when depth_trunc falls short of it)."""
+    points_aligned = points_aligned[np.all(np.isfinite(points_aligned), axis=1)]
+    if len(points_aligned) == 0 or len(cameras_aligned) == 0:
+        return {}
+    from scipy.spatial import cKDTree
+
+    return {"points_median_distance": float(np.median(cKDTree(cameras_aligned).query(points_aligned)[0]))}
+
+
 def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig, device: torch.device,
                on_view: Callable[[], None] | None = None) -> PatchPiece:
     """Fuse, march and crop one patch (see the module docstring). An empty piece when the patch
@@ -163,18 +174,12 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
     points_aligned = np.asarray(inputs.points_world, np.float64) @ inputs.world_to_aligned.T
     margin = settings.sdf_trunc + BORDER_VOXELS * settings.voxel_size
     cameras_aligned = np.array([camera.centre for camera in inputs.cameras], np.float64).reshape(-1, 3) @ inputs.world_to_aligned.T
-    if len(cameras_aligned) and len(points_aligned):
-        from scipy.spatial import cKDTree
-
-        # How far the surface is: for the hint when depth_trunc (from the camera spread) falls short of it.
-        distances = cKDTree(cameras_aligned).query(points_aligned[np.all(np.isfinite(points_aligned), axis=1)])[0]
-        if len(distances):
-            record["points_median_distance"] = float(np.median(distances))
     grid = patch_grid(points_aligned, inputs.cell, settings.voxel_size, margin, inputs.world_to_aligned,
                       cameras_aligned, settings.depth_trunc)
     if grid is None:
-        record.update(skipped="no sparse points in the core cell", vertices_before_crop=0, faces_before_crop=0,
-                      vertices=0, faces=0, seconds={})
+        record.update(skipped="no sparse points in the core cell",
+                      vertices_before_crop=0, faces_before_crop=0, vertices=0, faces=0, seconds={},
+                      **_point_distance(points_aligned, cameras_aligned))
         return empty
     if grid.num_voxels > MAX_VOXELS:
         raise InputError(
@@ -202,4 +207,6 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
         seconds={"render": fusion["render"], "fuse": fusion["fuse"], "marching_cubes": marched - started,
                  "crop_and_colour": cropped - marched},
     )
+    if len(kept_faces) == 0:
+        record.update(_point_distance(points_aligned, cameras_aligned))
     return PatchPiece(grid.aligned_to_world(kept_vertices), kept_faces, kept_colours, inputs.world_to_aligned, record)

@@ -43,6 +43,21 @@ HEAD_STAGES = ("scene", "validate")
 TAIL_STAGES = ("merge", "mesh", "evaluate")
 
 
+class StageFailed(RuntimeError):
+    """A stage (or a patch's training) failed; the message is its one-line reason.
+
+    ``retryable``: whether running it again could end differently (a crash, a lost worker, a recovery
+    ladder that ran out) or would only repeat the stage's report of bad input.
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep ``retryable`` when a Dask worker sends the state back
+        return (StageFailed, (str(self), self.retryable))
+
+
 class _NoEmptyTraceback(logging.Filter):
     """Prefect logs a task's final failure with ``exc_info=True`` even when the task returned a Failed
     state instead of raising: the log then shows a bare "NoneType: None" line. Drop that empty traceback."""
@@ -66,21 +81,6 @@ def worth_retrying(task, task_run, state: State) -> bool:
     resumes from the checkpoint, maybe with more memory free), never a stage's report of bad input,
     which a retry would only repeat."""
     return not isinstance(state.data, StageFailed) or state.data.retryable
-
-
-class StageFailed(RuntimeError):
-    """A stage (or a patch's training) failed; the message is its one-line reason.
-
-    ``retryable``: whether running it again could end differently (a crash, a lost worker, a recovery
-    ladder that ran out) or would only repeat the stage's report of bad input.
-    """
-
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-    def __reduce__(self):  # keep ``retryable`` when a Dask worker sends the state back
-        return (StageFailed, (str(self), self.retryable))
 
 
 class PipelineFailed(InputError):

@@ -20,6 +20,7 @@ from PIL import Image
 from patchsplat.colmap_arrays import read_model_arrays, parse_cameras
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame
+from patchsplat.validate.image_files import safe_image_path
 
 PINHOLE_MODELS = {"PINHOLE", "SIMPLE_PINHOLE"}
 
@@ -43,18 +44,6 @@ def _intrinsics_matrix(model: str, params: tuple[float, ...]) -> np.ndarray:
     else:
         focal_x, focal_y, centre_x, centre_y = params[:4]
     return np.array([[focal_x, 0.0, centre_x], [0.0, focal_y, centre_y], [0.0, 0.0, 1.0]])
-
-
-def safe_image_path(images_dir: Path, name: str) -> Path:
-    """``images_dir / name``, refusing names that would leave the folder: the validator's name rule
-    (absolute, drive letters, any '..') plus symbolic links that resolve outside it."""
-    from patchsplat.validate.image_files import name_escapes
-
-    candidate = (images_dir / name).resolve()
-    root = images_dir.resolve()
-    if name_escapes(name) or not candidate.is_relative_to(root):
-        raise InputError(images_dir / name, "image name escapes the images folder", kind="path_escape")
-    return candidate
 
 
 class PatchViews:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from patchsplat.config import ValidateConfig
+from patchsplat.errors import InputError
 from patchsplat.validate.findings import Finding, finding_for_items
 from patchsplat.validate.model_io import ImageRecord, SceneModel
 
@@ -29,6 +30,16 @@ def name_escapes(name: str) -> bool:
         return True
     parts = name.replace("\\", "/").split("/")
     return ".." in parts
+
+
+def safe_image_path(images_dir: Path, name: str) -> Path:
+    """``images_dir / name``, refusing names that would leave the folder: the name rule above
+    (absolute, drive letters, any '..') plus symbolic links that resolve outside it."""
+    candidate = (images_dir / name).resolve()
+    root = images_dir.resolve()
+    if name_escapes(name) or not candidate.is_relative_to(root):
+        raise InputError(images_dir / name, "image name escapes the images folder", kind="path_escape")
+    return candidate
 
 
 def check_image_names(model: SceneModel, config: ValidateConfig) -> tuple[list[Finding], list[ImageRecord]]:
