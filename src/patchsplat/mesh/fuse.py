@@ -177,7 +177,7 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
     grid = patch_grid(points_aligned, inputs.cell, settings.voxel_size, margin, inputs.world_to_aligned,
                       cameras_aligned, settings.depth_trunc)
     if grid is None:
-        record.update(skipped="no sparse points in the core cell",
+        record.update(skipped="no sparse points in the core cell within depth_trunc of its cameras",
                       vertices_before_crop=0, faces_before_crop=0, vertices=0, faces=0, seconds={},
                       **_point_distance(points_aligned, cameras_aligned))
         return empty
