@@ -35,18 +35,22 @@ def scene_patch(scene: Path | None) -> Path:
         if scene is None:
             scene = root / "scene"
             generate_demo_scene(with_overrides(None), scene, progress=False)
-        split_scene(scene, root / "patches", SplitConfig(rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
+        split_scene(scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
     return root / "patches" / "p0"
 
 
-def recipe(steps: int, strategy: str, backend: str):
-    from patchsplat.config import TrainConfig, deep_merge
+def recipe(patch: Path, steps: int, strategy: str, backend: str):
+    from patchsplat.config import TrainConfig
+    from patchsplat.profiles import PatchFacts, resolve_train
 
-    # gsplat's simple_trainer defaults (the TrainConfig defaults are that recipe).
-    return TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(), {
-        "steps": steps, "backend": backend, "eval_every": steps, "checkpoint_every": steps,
-        "strategy": {"kind": strategy, "refine_stop_iter": int(steps * 0.8)},
-    }))
+    # gsplat's simple_trainer recipe (the `full` profile) run for `steps` as simple_trainer's --max_steps does it:
+    # its schedule's step counts as they are, not stretched (only refine_stop within the run).
+    written = TrainConfig.model_validate({
+        "steps": steps, "backend": backend, "eval_every": steps, "checkpoint_every": steps, "resolution_factor": 1,
+        "sh_degree_interval": 1000,
+        "strategy": {"kind": strategy, "refine_start_iter": 500, "refine_every": 100, "reset_every": 3000,
+                     "refine_stop_iter": int(steps * 0.8)}})
+    return resolve_train(written, PatchFacts.of_patch(patch), profile="full").config
 
 
 def reference_train(patch: Path, prepared: Path, config, device) -> dict:
@@ -142,7 +146,7 @@ def main() -> None:
     from patchsplat.train.loop import train_patch
 
     patch = scene_patch(args.scene)
-    config = recipe(args.steps, args.strategy, backend)
+    config = recipe(patch, args.steps, args.strategy, backend)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
         prepare_patch(patch, prepared, config)
