@@ -27,6 +27,12 @@ _SKIPPED = re.compile(r"^Stage '([^']+)' (didn't change|is cached)")
 # DVC's advice after a stage (git add dvc.lock, autostage, dvc push): noise in a flow's log.
 _HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
           "Use `dvc push`")
+# DVC's report of a stage command that failed: "failed to run: python stages/train.py p0, exited with 130".
+_EXITED = re.compile(r"exited with (-?\d+)\s*$")
+# A stage stopped by SIGINT/SIGTERM: it exited 130/143 (patchsplat.console.guarded) or died of the signal.
+_SIGNAL_STATUSES = {130, 143, -2, -15}
+# DVC's own report of a SIGINT outside a stage's command.
+_DVC_INTERRUPTED = "ERROR: interrupted by the user"
 # MLflow tag keys allow letters, digits, '_', '-', '.', ' ' and '/'.
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -42,6 +48,7 @@ class StageOutcome:
     error: str | None = None  # the stage's own one-line error (or DVC's) when it failed
     reported: bool = False    # the failure is the stage's own one-line report (bad input, a ladder run out),
                               # not a crash, a lost worker or a DVC error
+    interrupted: bool = False # stopped by Ctrl-C/SIGTERM (its checkpoints kept): never worth a retry
 
     @property
     def failed(self) -> bool:
@@ -54,6 +61,9 @@ def stage_environment(extra: dict[str, str] | None = None, threads: int | None =
     environment = dict(os.environ)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DVC_NO_ANALYTICS"] = "1"
+    # A stage's output goes to a pipe (DVC passes it on to the flow's log), where Python would buffer
+    # it in 8 kB blocks: progress lines would arrive minutes late, all at once.
+    environment["PYTHONUNBUFFERED"] = "1"
     environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads is not None:
         environment["OMP_NUM_THREADS"] = environment["MKL_NUM_THREADS"] = str(threads)
@@ -62,35 +72,71 @@ def stage_environment(extra: dict[str, str] | None = None, threads: int | None =
 
 
 def run_dvc_stage(stage: str, workspace: Path, environment: dict[str, str], log: Callable[[str], None]) -> StageOutcome:
-    """Reproduce one stage (not its upstream) and pass every line it prints to ``log``."""
+    """Reproduce one stage (not its upstream) and pass every line it prints to ``log``.
+
+    The ``dvc`` process is a registered child (:mod:`patchsplat.orchestrate.interrupts`): on Ctrl-C it
+    gets SIGINT from there, the stage stops (training after saving a checkpoint) and the outcome says
+    ``interrupted``; once interrupted, no stage starts.
+    """
+    from patchsplat.orchestrate import interrupts
+
     started = time.perf_counter()
     command = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
     ran = False
     stage_error = dvc_error = None
-    with subprocess.Popen(command, cwd=workspace, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", bufsize=1) as process:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip()
-            if not line or line.lstrip().startswith(_HINTS):
-                continue
-            log(line)
-            if _RAN.match(line):
-                ran = True
-            elif line.startswith("error: "):  # a stage's one-line InputError (patchsplat.console.fail)
-                stage_error = line[len("error: "):]
-            elif line.startswith("ERROR: "):
-                dvc_error = line[len("ERROR: "):]
-        returncode = process.wait()
-    error = (stage_error or dvc_error or f"dvc exited with status {returncode}") if returncode else None
+    stage_status: int | None = None
+    in_traceback = False
+    try:
+        with interrupts.child(command, stage, cwd=workspace, env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1) as process:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.rstrip()
+                if not line or line.lstrip().startswith(_HINTS):
+                    continue
+                if _RAN.match(line):
+                    ran = True
+                elif line.startswith("error: "):  # a stage's one-line InputError (patchsplat.console.fail)
+                    stage_error = line[len("error: "):]
+                elif line.startswith("ERROR: "):
+                    dvc_error = line[len("ERROR: "):]
+                    if (exited := _EXITED.search(line)) is not None:
+                        stage_status = int(exited.group(1))
+                if interrupts.interrupted.is_set():
+                    # What an interrupt makes DVC and a stage caught mid-import print is noise next to the
+                    # closing line that says what stopped: DVC's "failed to reproduce", a traceback ending
+                    # in KeyboardInterrupt.
+                    if line.startswith("Traceback (most recent call last)"):
+                        in_traceback = True
+                    if in_traceback:
+                        in_traceback = line[:1].isspace() or line.startswith(("Traceback", "During handling",
+                                                                              "The above exception"))
+                        continue
+                    if line.startswith("ERROR: ") or line == "KeyboardInterrupt":
+                        continue
+                log(line)
+            returncode = process.wait()
+    except interrupts.NotStarted:
+        return StageOutcome(stage, False, 0.0, 128 + 2, "not started: interrupted", interrupted=True)
+    interrupted = bool(returncode) and (interrupts.interrupted.is_set() or stage_status in _SIGNAL_STATUSES
+                                        or (dvc_error or "").startswith(_DVC_INTERRUPTED[len("ERROR: "):]))
+    if interrupted:
+        error = "interrupted"
+    else:
+        error = (stage_error or dvc_error or f"dvc exited with status {returncode}") if returncode else None
     return StageOutcome(stage, ran, time.perf_counter() - started, returncode, error,
-                        reported=bool(returncode and stage_error))
+                        reported=bool(returncode and stage_error and not interrupted), interrupted=interrupted)
 
 
 def pipeline_up_to_date(workspace: Path, environment: dict[str, str]) -> bool:
     """``dvc status`` reports nothing: every stage's inputs and outputs match ``dvc.lock``."""
-    completed = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=workspace, env=environment,
-                               capture_output=True, text=True)
+    from patchsplat.orchestrate import interrupts
+
+    try:
+        completed = interrupts.run_child([sys.executable, "-m", "dvc", "status", "--json"], "dvc status",
+                                         cwd=workspace, env=environment, capture_output=True, text=True)
+    except interrupts.NotStarted:
+        return False
     if completed.returncode != 0:
         return False
     try:

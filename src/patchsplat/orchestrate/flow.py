@@ -32,10 +32,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 
 from patchsplat.config import OrchestrationConfig, load_params
+from patchsplat.console import Interrupted
 from patchsplat.errors import InputError
+from patchsplat.orchestrate import interrupts
 from patchsplat.orchestrate.dvc_steps import StageOutcome, pipeline_up_to_date, run_dvc_stage, stage_environment
 from patchsplat.orchestrate.pipeline_run import PipelineRun
 
@@ -50,12 +52,38 @@ class StageFailed(RuntimeError):
     ladder that ran out) or would only repeat the stage's report of bad input.
     """
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    def __init__(self, message: str, retryable: bool = True, outcomes: list[dict] | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.outcomes = outcomes or []  # what the task's stages did before it failed (StageOutcome dicts)
 
-    def __reduce__(self):  # keep ``retryable`` when a Dask worker sends the state back
-        return (StageFailed, (str(self), self.retryable))
+    def __reduce__(self):  # keep ``retryable`` and the outcomes when a Dask worker sends the state back
+        return (type(self), (str(self), self.retryable, self.outcomes))
+
+
+class FlowInterrupted(StageFailed):
+    """Ctrl-C or SIGTERM stopped the run (see :mod:`patchsplat.orchestrate.interrupts`)."""
+
+    def __init__(self, message: str = "interrupted", retryable: bool = False, outcomes: list[dict] | None = None) -> None:
+        super().__init__(message, False, outcomes)
+
+
+def _interrupted(stage: str, outcomes: list[StageOutcome]) -> State:
+    """A task stopped by an interrupt ends Cancelled: a final state Prefect never retries (a retry would
+    restart the very work the user just stopped; the next run resumes it from its checkpoint)."""
+    message = f"{stage}: interrupted"
+    return Cancelled(message=message, data=FlowInterrupted(message, outcomes=[asdict(outcome) for outcome in outcomes]))
+
+
+def _outcomes_of(state: State) -> list[dict]:
+    """The StageOutcome dicts a failed or interrupted task carried back."""
+    data = state.data
+    if not isinstance(data, StageFailed):  # by now Prefect keeps it wrapped in a result record
+        try:
+            data = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - a crashed task carried nothing back
+            return []
+    return list(data.outcomes) if isinstance(data, StageFailed) else []
 
 
 class _NoEmptyTraceback(logging.Filter):
@@ -71,9 +99,9 @@ class _NoEmptyTraceback(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 
 
-def _failed(message: str, retryable: bool) -> State:
+def _failed(message: str, retryable: bool, outcomes: list[StageOutcome] | None = None) -> State:
     """A task's Failed state (see :class:`StageFailed` for ``retryable``)."""
-    return Failed(message=message, data=StageFailed(message, retryable))
+    return Failed(message=message, data=StageFailed(message, retryable, [asdict(outcome) for outcome in outcomes or []]))
 
 
 def worth_retrying(task, task_run, state: State) -> bool:
@@ -102,17 +130,24 @@ def run_pipeline(**arguments) -> dict:
         summary = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001 - a crashed run has no result to show
         pass
+    if state.is_cancelled() or interrupts.interrupted.is_set():
+        # Not a failure to report (a sweep would go on to its next value): the user stopped it.
+        stopped = interrupts.stopped_stages() or [f"train@{patch_id}" for patch_id in
+                                                  (summary or {}).get("interrupted_patches", [])]
+        raise Interrupted(interrupts.describe(stopped, "patchsplat run"), 128 + (interrupts.signal_number() or 2))
     raise PipelineFailed(state.message or f"flow run ended {state.name}", summary if isinstance(summary, dict) else None)
 
 
 @dataclass
 class FlowSummary:
-    """What a flow run did, stage by stage (``outcome``: succeeded | failed | up_to_date)."""
+    """What a flow run did, stage by stage (``outcome``: succeeded | failed | interrupted | up_to_date)."""
 
     outcome: str
     workspace: str
     stages: list[dict] = field(default_factory=list)      # StageOutcome as dicts, in run order
     failed_patches: dict[str, str] = field(default_factory=dict)   # patch id -> reason
+    patch_ids: list[str] = field(default_factory=list)
+    interrupted_patches: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
     flow_run_id: str | None = None
     seconds: float = 0.0
@@ -128,10 +163,12 @@ def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> Stage
     """``dvc repro --single-item <stage>``, its output in the Prefect log."""
     logger = get_run_logger()
     outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
+    if outcome.interrupted:
+        return _interrupted(stage, [outcome])
     if outcome.failed:
         # A Failed state, not an exception: Prefect retries it all the same (unless it is the stage's
         # report of bad input), without logging a traceback for what is the stage's own one-line report.
-        return _failed(f"{stage}: {outcome.error}", retryable=not outcome.reported)
+        return _failed(f"{stage}: {outcome.error}", retryable=not outcome.reported, outcomes=[outcome])
     logger.info("%s: %s in %.1f s", stage, "ran" if outcome.ran else "up to date", outcome.seconds)
     return outcome
 
@@ -144,6 +181,9 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
 
     import socket
 
+    if interrupts.interrupted.is_set():  # its turn came after Ctrl-C
+        return _interrupted(f"prepare@{patch_id}", [StageOutcome(f"prepare@{patch_id}", False, 0.0, 130, "not started",
+                                                                  interrupted=True)])
     logger = get_run_logger()
     # Where it ran: with a Dask cluster, a worker process on some machine.
     logger.info("patch %s on %s, process %d", patch_id, socket.gethostname(), os.getpid())
@@ -152,6 +192,8 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
         started = time.time()
         outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
         outcomes.append(outcome)
+        if outcome.interrupted:
+            return _interrupted(stage, outcomes)
         ladder_ran_out = False
         if outcome.ran and stage.startswith("train@"):
             out_dir = Path(workspace) / "data" / "trained" / patch_id
@@ -161,7 +203,8 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
                 for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
                     (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
         if outcome.failed:
-            return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported)
+            return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported,
+                           outcomes=outcomes)
     return outcomes
 
 
@@ -205,9 +248,14 @@ def patch_task_runner(config: OrchestrationConfig, concurrency: int):
 
 def _run_stage(stage: str, workspace: Path, environment: dict, pipeline: PipelineRun, retries: int, delay: float,
                summary: FlowSummary) -> None:
+    if interrupts.interrupted.is_set():
+        raise FlowInterrupted()
     state = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace), environment,
                                                                                return_state=True)
     if not state.is_completed():
+        summary.stages.extend(_outcomes_of(state))
+        if state.is_cancelled():
+            raise FlowInterrupted()
         raise StageFailed(state.message or f"{stage}: {state.name}")
     summary.stages.append(asdict(state.result()))
     pipeline.tag_stage(stage)
@@ -253,7 +301,7 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
     flow_run_id = str(flow_run.id) if flow_run.id else None
     summary = FlowSummary("succeeded", str(root), flow_run_id=flow_run_id)
 
-    if not always_record and pipeline_up_to_date(root, stage_environment()):
+    if not always_record and pipeline_up_to_date(root, stage_environment()) and not interrupts.interrupted.is_set():
         logger.info("nothing to do: every stage is up to date (dvc status is clean)")
         summary.outcome, summary.seconds = "up_to_date", time.perf_counter() - started
         print_flow_summary(summary)
@@ -265,14 +313,17 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
     environment = stage_environment(pipeline.child_environment())
     retries, delay = orchestration.stage_retries, orchestration.retry_delay_seconds
     patch_ids: list[str] = list(params.patch_overrides)
+    summary.patch_ids = patch_ids
     failure: str | None = None
-    finished = False  # False in `finally` means an unexpected error (or an interrupt) is on its way out
+    finished = False  # False in `finally` means an unexpected error is on its way out
     try:
         for stage in HEAD_STAGES:
             _run_stage(stage, root, environment, pipeline, retries, delay, summary)
-        patch_ids = _sync_patch_ids(root)
+        patch_ids = summary.patch_ids = _sync_patch_ids(root)
         _run_stage("split", root, environment, pipeline, retries, delay, summary)
         summary.failed_patches = _train_patches(root, patch_ids, orchestration, environment, pipeline, summary)
+        if interrupts.interrupted.is_set() or summary.interrupted_patches:
+            raise FlowInterrupted()
         if summary.failed_patches:
             failure = (f"{len(summary.failed_patches)} of {len(patch_ids)} patches failed ("
                        + group_failures(summary.failed_patches) + "); merge, mesh and evaluate were not run")
@@ -280,6 +331,10 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
             for stage in TAIL_STAGES:
                 _run_stage(stage, root, environment, pipeline, retries, delay, summary)
         finished = True
+    except FlowInterrupted:
+        # Ctrl-C/SIGTERM: the stages that ran were stopped (checkpoints kept); `patchsplat run` (the
+        # caller, patchsplat.orchestrate.interrupts) ends with the line saying so.
+        failure, finished = "interrupted", True
     except StageFailed as error:
         failure, finished = str(error), True
     except InputError as error:
@@ -287,7 +342,7 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
     finally:
         if not finished:
             failure = "interrupted by an unexpected error (see the traceback)"
-        summary.outcome = "failed" if failure else "succeeded"
+        summary.outcome = "interrupted" if failure == "interrupted" else "failed" if failure else "succeeded"
         if summary.failed_patches:
             pipeline.tag({f"failed.{pid}": reason for pid, reason in summary.failed_patches.items()})
         if failure:
@@ -295,6 +350,9 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
         pipeline.finish(summary.outcome, patch_ids)
         summary.seconds = time.perf_counter() - started
         print_flow_summary(summary)
+    if summary.outcome == "interrupted":
+        # Cancelled, like its interrupted tasks: stopped by the user, not failed.
+        return Cancelled(message=f"{root / 'dvc.yaml'}: interrupted", data=asdict(summary))
     if failure:
         # A Failed state rather than an exception: the run ends Failed with this one line as its
         # message, without Prefect logging a traceback for what is a reported outcome, not a bug.
@@ -333,10 +391,18 @@ def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationC
                 for outcome in future.result():
                     summary.stages.append(asdict(outcome))
                 continue
+            outcomes = _outcomes_of(state)
+            summary.stages.extend(outcomes)
+            if state.is_cancelled():  # stopped by Ctrl-C/SIGTERM, or not started because of it
+                summary.interrupted_patches.append(patch_id)
+                continue
             # The task's own one-line reason (or Prefect's, for a crashed worker)
             failed[patch_id] = (state.message or state.name).removeprefix(f"train@{patch_id}: ")
-            summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
-                                   "error": failed[patch_id]})
+            if outcomes:  # the last is the stage that failed
+                outcomes[-1]["error"] = failed[patch_id]
+            else:  # a crashed worker: nothing came back
+                summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
+                                       "error": failed[patch_id]})
             logger.error("patch %s failed: %s", patch_id, failed[patch_id])
     finally:
         runner.__exit__(None, None, None)

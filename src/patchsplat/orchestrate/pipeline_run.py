@@ -99,7 +99,8 @@ class PipelineRun:
                 self._client.set_tag(self.run_id, key, str(value)[:4000])
 
     def finish(self, outcome: str, patch_ids: list[str]) -> None:
-        """Record the workspace's metrics, reports and lock hashes; close the run (FAILED unless it succeeded)."""
+        """Record the workspace's metrics, reports and lock hashes; close the run (FINISHED, KILLED when
+        interrupted, else FAILED)."""
         if not self.run_id:
             return
         import time
@@ -125,7 +126,9 @@ class PipelineRun:
                 if file.exists():
                     self._client.log_artifact(self.run_id, str(file), f"patches/{patch_id}")
         self.tag({**pipeline_hash_tags(self.workspace), "patchsplat.outcome": outcome})
-        self._client.set_terminated(self.run_id, "FINISHED" if outcome == "succeeded" else "FAILED")
+        # KILLED for a run stopped by Ctrl-C/SIGTERM: MLflow's status for a run ended by the user.
+        status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
+        self._client.set_terminated(self.run_id, status)
 
 
 def _read_json(path: Path) -> dict:
