@@ -397,7 +397,8 @@ def main() -> None:
                 f"{100 * quality['chamfer'] / quality['side']:.2f}%" if quality else "-",
             ])
         print_table(
-            f"2-3. Mesh extraction (default mesh settings: {rows[0][1]['result']['device']}, voxel = scene scale / 256)",
+            f"2-3. Mesh extraction (default mesh settings: {rows[0][1]['result']['device']}, voxel and depth_trunc "
+            "from the observed point depths, views at each patch's training resolution)",
             ["scene", "patches", "views", "grid voxels", "allocated", "total s", "render / fuse / MC s",
              "peak MB (above imports)", "faces", "Chamfer / side"], table,
         )

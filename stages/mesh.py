@@ -1,6 +1,7 @@
 """DVC stage ``mesh``: the scene mesh from the trained patches (data/mesh: mesh.ply, mesh.glb, mesh.json).
 
-Reads the ``mesh`` section of params.yaml, data/patches and data/trained.
+Reads the ``mesh`` section of params.yaml, data/patches and data/trained (splats, and the resolution
+each patch was trained at from its metrics.json).
 """
 
 from pathlib import Path

@@ -281,6 +281,56 @@ def test_per_view_psnr_is_what_the_render_and_photo_give_by_hand(evaluated):
     assert report["psnr"] == pytest.approx(np.mean([row["psnr"] for row in report["images"]["per_view"]]))
 
 
+def test_the_report_and_grid_say_full_resolution_when_no_training_metrics_are_given(evaluated):
+    report = evaluated["report"]
+    assert report["resolution_factor"] == 1 and report["resolution"] == "64x48 (full resolution)"
+    assert report["images"]["resolution"]["about"] == ["64x48 (full resolution)", "full resolution: no trained patches given"]
+    assert all((row["width"], row["height"]) == (64, 48) for row in report["images"]["per_view"])
+
+
+def _evaluate_with_trained(evaluated, tmp_path, monkeypatch, factors: dict[str, int], config=FAST) -> tuple[dict, list[str]]:
+    """Evaluate the fixture's scene with data/trained-like metrics giving these training factors; returns the
+    report and the titles the comparison grid was drawn with."""
+    trained = tmp_path / "trained"
+    for patch_id, factor in factors.items():
+        write_json(trained / patch_id / "metrics.json", {"resolution_factor": factor, "heldout_psnr": 20.0})
+    titles = []
+    real_grid = report_module.comparison_grid_png
+    monkeypatch.setattr(report_module, "comparison_grid_png", lambda rows, title="": titles.append(title) or real_grid(rows, title))
+    root = evaluated["root"]
+    report = evaluate_scene(evaluated["scene"], root / "merged.ply", None, root / "patches", tmp_path / "evaluation.json",
+                            tmp_path / "grid.png", config, progress=False, trained_dir=trained)
+    return report, titles
+
+
+def test_views_are_evaluated_at_the_coarsest_training_resolution(evaluated, tmp_path, monkeypatch):
+    """Patches trained at 1/2 and 1/1: every held-out view is rendered at 32x24 and scored against its photo
+    box-downscaled to 32x24, as training scores its views; the report and the grid title say so."""
+    report, titles = _evaluate_with_trained(evaluated, tmp_path, monkeypatch, {"p0": 2, "p1": 1})
+    assert report["resolution_factor"] == 2 and report["resolution"] == "32x24 (1/2 of 64x48)"
+    resolution = report["images"]["resolution"]
+    assert resolution["trained_factors"] == {"p0": 2, "p1": 1} and "coarsest" in resolution["about"][1]
+    assert any("rendered at 32x24 (1/2 of 64x48)" in line for line in report["images"]["definitions"])
+    assert titles == ["held-out views at 32x24 (1/2 of 64x48): " + f"mean PSNR {report['psnr']:.2f} dB"]
+    cameras, splats = evaluated["cameras"], evaluated["splats"]
+    for row in report["images"]["per_view"]:
+        assert (row["width"], row["height"]) == (32, 24)
+        camera = cameras.by_name[row["view"]]
+        render, _, _ = render_world(splats, camera, cameras.frame, resolution_factor=2, backend="torch")
+        photo = load_image(camera, 32, 24).astype(np.float64)
+        assert row["psnr"] == pytest.approx(10 * np.log10(1.0 / np.mean((render.astype(np.float64) - photo) ** 2)), abs=0.01)
+
+
+def test_an_explicit_evaluation_factor_wins_and_bad_metrics_are_named(evaluated, tmp_path, monkeypatch):
+    report, titles = _evaluate_with_trained(evaluated, tmp_path, monkeypatch, {"p0": 4},
+                                            FAST.model_copy(update={"resolution_factor": 1}))
+    assert report["resolution_factor"] == 1 and report["images"]["resolution"]["about"][1] == "evaluate.resolution_factor"
+    assert titles[0].startswith("held-out views at 64x48 (full resolution)")
+    (tmp_path / "trained" / "p0" / "metrics.json").write_text('{"resolution_factor": "half"}')
+    with pytest.raises(InputError, match="metrics.json: resolution_factor: expected a positive integer"):
+        _evaluate_with_trained(evaluated, tmp_path, monkeypatch, {})
+
+
 def test_per_patch_table_follows_the_core_cells_in_the_aligned_frame(evaluated):
     per_patch = evaluated["report"]["images"]["per_patch"]
     assert per_patch["p0"]["views"] == ["img001.png"] and per_patch["p1"]["views"] == ["img009.png"]

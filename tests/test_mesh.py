@@ -204,7 +204,7 @@ SMALL_SCENE = {"num_cameras": 24, "width": 64, "height": 48, "num_points": 3000,
                "num_spheres": 2}
 # Enough training for the expected depth to settle at this size (about 6 s on one CPU thread).
 TRAIN_STEPS = 200
-FAST_MESH = {"voxels_per_scene": 128}
+FAST_MESH: dict = {}  # the default settings: voxel and truncations from the observed point depths
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,8 @@ def trained_scene(demo_scene) -> Path:
     from patchsplat.train.loop import train_patch
 
     root = demo_scene.parent / "trained-1x1"
-    split_scene(demo_scene, root / "patches", SplitConfig(rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
+    split_scene(demo_scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=1, min_cameras=1), ValidateConfig(),
+                progress=False)
     config = TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(), {
         "steps": TRAIN_STEPS, "eval_every": TRAIN_STEPS, "checkpoint_every": TRAIN_STEPS, "backend": "torch",
         "sh_degree": 1, "scales_lr": 0.02, "opacities_lr": 0.2,
@@ -275,7 +276,8 @@ def placed_scene(demo_scene) -> dict:
     from patchsplat.colmap_arrays import read_model_arrays
 
     root = demo_scene.parent / "placed-1x2"
-    split_scene(demo_scene, root / "patches", SplitConfig(rows=1, cols=2, min_cameras=1), ValidateConfig(), progress=False)
+    split_scene(demo_scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=2, min_cameras=1), ValidateConfig(),
+                progress=False)
     blob_centre = None
     for patch_dir in sorted((root / "patches").glob("p*")):
         arrays = read_model_arrays(patch_dir / "sparse" / "0")
@@ -338,8 +340,13 @@ def test_outputs_load_back_with_colours_and_the_record_is_complete(trained_scene
     assert record["views_held_out"] == len(patch["heldout_image_names"]) > 0
     cameras = SceneCameras(trained_scene / "patches" / "p0" / "sparse" / "0", trained_scene / "patches")
     assert record["voxel_size"] == pytest.approx(1.0 / cameras.frame.scale / 64)
+    assert record["why"]["voxel_size"].startswith("mesh.voxels_per_scene")
     assert record["sdf_trunc"] == pytest.approx(5 * record["voxel_size"])
-    assert record["depth_trunc"] == pytest.approx(2.0 / cameras.frame.scale)
+    views = record["depth_trunc_views"]
+    assert views["min"] <= views["median"] <= views["max"] == pytest.approx(record["depth_trunc"])
+    assert record["why"]["depth_trunc"].startswith("per view, p98")
+    assert record["resolution_factor"] == 2 and record["why"]["resolution"] == "mesh.resolution_factor"
+    assert record["fusion_resolution"] == "32x24 (1/2 of 64x48)"
     assert record["faces"] <= record["faces_before_crop"]
     assert summary["totals"]["views_fused"] == record["views_fused"]
     assert summary["tsdf_implementation"] and summary["device"] == "cpu"
@@ -351,7 +358,7 @@ def test_pieces_tile_the_cells_and_the_floating_blob_is_removed(placed_scene, tm
     pieces, cells = [], []
     for patch_dir in sorted((root / "patches").glob("p*")):
         inputs = load_patch(patch_dir, root / "trained" / patch_dir.name / "splats.ply")
-        piece = mesh_patch(inputs, patch_settings(inputs.scene_scale, config), config, torch.device("cpu"))
+        piece = mesh_patch(inputs, patch_settings(inputs, config), config, torch.device("cpu"))
         centroids = (piece.vertices[piece.faces].mean(axis=1) @ inputs.world_to_aligned.T)[:, :2]
         assert inputs.cell.contains(centroids).all()           # nothing outside its own cell
         assert piece.record["faces"] < piece.record["faces_before_crop"]

@@ -4,11 +4,14 @@ Training works per patch in a canonical frame; merging, meshing and evaluation w
 the scene in its world frame. :func:`render_world` renders world-frame splats from a
 world-frame camera by moving both into a normalised frame first (so the rasterizer's
 near plane and numerics do not depend on the capture's units) and returns depths back
-in world units.
+in world units. Meshing and evaluation render at the resolution a patch was trained at:
+:func:`trained_resolution_factor` reads it, :meth:`Camera.scaled` and :func:`describe_resolution`
+give the size and say it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,14 @@ class Camera:
     def centre(self) -> np.ndarray:
         return -self.rotation.T @ self.translation
 
+    def scaled(self, resolution_factor: int) -> tuple[np.ndarray, int, int]:
+        """(K, width, height) at ``resolution_factor``: the size training uses (``size // factor``, as
+        patchsplat.train.data does), K scaled to it."""
+        width, height = max(1, self.width // resolution_factor), max(1, self.height // resolution_factor)
+        K = self.K.copy()
+        K[:2] *= np.array([[width / self.width], [height / self.height]])
+        return K, width, height
+
 
 class SceneCameras:
     """The registered cameras of a COLMAP model, sorted by image name, with the scene-wide held-out set."""
@@ -62,6 +73,35 @@ class SceneCameras:
         self.frame = canonical_frame(np.stack([camera.centre for camera in cameras]), arrays.xyz)
 
 
+def describe_resolution(cameras: list[Camera], resolution_factor: int) -> str:
+    """``"200x150 (1/4 of 800x600)"`` (``"800x600 (full resolution)"`` at factor 1), one entry per distinct
+    camera size, for reports that must say what resolution their numbers are at."""
+    sizes = sorted({(camera.width, camera.height) for camera in cameras}, reverse=True)
+    parts = []
+    for width, height in sizes[:3]:
+        scaled = f"{max(1, width // resolution_factor)}x{max(1, height // resolution_factor)}"
+        parts.append(f"{scaled} (full resolution)" if resolution_factor == 1 else f"{scaled} (1/{resolution_factor} of {width}x{height})")
+    more = f" and {len(sizes) - 3} more sizes" if len(sizes) > 3 else ""
+    return ", ".join(parts) + more
+
+
+def trained_resolution_factor(metrics_path: Path) -> int | None:
+    """The integer downscale a patch was trained at (``resolution_factor`` in the metrics.json training
+    writes, after any recovery rung raised it); None when the file does not exist. InputError naming the
+    file for an unreadable one or a value that is not a positive integer."""
+    metrics_path = Path(metrics_path)
+    if not metrics_path.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(metrics_path, f"not a readable training metrics file ({type(error).__name__})", kind="corrupt_file") from None
+    value = metrics.get("resolution_factor") if isinstance(metrics, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(metrics_path, f"resolution_factor: expected a positive integer, got {value!r}", kind="corrupt_file")
+    return value
+
+
 def load_image(camera: Camera, width: int | None = None, height: int | None = None) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]; resized (box filter) when a size is given."""
     return load_image_file(camera.image_path, width, height)
@@ -77,9 +117,7 @@ def render_world(
     from patchsplat.render import rasterize
 
     device = device or torch.device("cpu")
-    width, height = camera.width // resolution_factor, camera.height // resolution_factor
-    K = camera.K.copy()
-    K[:2] *= np.array([[width / camera.width], [height / camera.height]])
+    K, width, height = camera.scaled(resolution_factor)
     viewmat = np.eye(4)
     viewmat[:3, :3] = camera.rotation
     viewmat[:3, 3] = frame.scale * (camera.rotation @ frame.centre + camera.translation)

@@ -6,7 +6,8 @@ Contract:
 * :func:`view_metrics` takes NCHW tensors in [0, 1] and goes through :mod:`patchsplat.metrics` in
   strict mode (renders are clamped to [0, 1] before, as gsplat's evaluation does), so an HWC array,
   a 0-255 image or a shape mismatch raises ``ValueError`` instead of producing a plausible number.
-* :func:`evaluate_views` renders every given camera at its full resolution and scores it.
+* :func:`evaluate_views` renders every given camera at ``resolution_factor`` (each side divided by it,
+  as training does) and scores it against its photo downscaled the same way (box filter, as training).
 * :func:`mean_of` averages per-view values and refuses to average an infinite PSNR into a number.
 """
 
@@ -75,7 +76,7 @@ class ViewResult:
     patch: str | None
     metrics: dict
     coverage: float              # mean accumulated opacity of the render (1 = no see-through pixels)
-    width: int
+    width: int                   # the evaluated size (the camera's divided by the resolution factor)
     height: int
     seconds: float
     truth: np.ndarray | None = field(default=None, repr=False)
@@ -92,8 +93,10 @@ def evaluate_views(
     backend: str = "auto",
     device: torch.device | None = None,
     advance: Callable[[], None] | None = None,
+    resolution_factor: int = 1,
 ) -> list[ViewResult]:
-    """Render world-frame ``splats`` at each camera (its full resolution) and score it against its photo.
+    """Render world-frame ``splats`` at each camera, downscaled by ``resolution_factor``, and score it against
+    its photo downscaled to the same size (box filter, as :func:`patchsplat.train.data.load_image_file`).
 
     ``patch_of`` maps view names to patch ids (missing -> None); images of the views named in
     ``keep_images`` are kept on the result for the comparison grid. ``advance`` is called after each view.
@@ -101,14 +104,16 @@ def evaluate_views(
     results = []
     for camera in cameras:
         start = time.perf_counter()
-        render, _, alpha = render_world(splats, camera, frame, backend=backend, device=device)
-        truth = load_image(camera, camera.width, camera.height)
+        render, _, alpha = render_world(splats, camera, frame, resolution_factor=resolution_factor, backend=backend,
+                                        device=device)
+        height, width = render.shape[:2]
+        truth = load_image(camera, width, height)
         # render_world clamps to [0, 1] already; clip again so float noise cannot trip the strict check.
         render = np.clip(render, 0.0, 1.0).astype(np.float32)
         metrics = view_metrics(hwc_to_nchw(render), hwc_to_nchw(truth), lpips)
         keep = camera.name in keep_images
         results.append(ViewResult(
-            camera.name, patch_of.get(camera.name), metrics, float(alpha.mean()), camera.width, camera.height,
+            camera.name, patch_of.get(camera.name), metrics, float(alpha.mean()), width, height,
             time.perf_counter() - start, truth if keep else None, render if keep else None,
         ))
         if advance is not None:

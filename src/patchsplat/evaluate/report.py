@@ -6,8 +6,9 @@ built and checked for NaN/Inf before the PNG is written). A failure therefore le
 report and grid as they were and no partial file.
 
 ``evaluation.json`` keeps DVC-friendly numbers at the top level (``psnr``, ``ssim``, ``lpips``,
-``chamfer``, ``fscore``, ...; always the same keys, None where a metric does not apply) and the
-tables below them (``images.per_view``, ``images.per_patch``, ``mesh``).
+``chamfer``, ``fscore``, ``resolution_factor``, ...; always the same keys, None where a metric does not
+apply), ``resolution`` (the size the images were scored at, in words) and the tables below them
+(``images.per_view``, ``images.per_patch``, ``mesh``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from patchsplat.evaluate.images import ViewResult, evaluate_views, mean_of
 from patchsplat.evaluate.mesh import GROUND_TRUTH_KEYS, PROXY_KEYS, evaluate_mesh
 from patchsplat.evaluate.patches import assign_to_cells, read_patch_cells
 from patchsplat.evaluate.perceptual import LPIPS_NET, lpips_metric
+from patchsplat.evaluate.resolution import evaluation_resolution
 from patchsplat.render import select_backend
 from patchsplat.scene_layout import locate_scene
-from patchsplat.scene_views import SceneCameras
+from patchsplat.scene_views import SceneCameras, describe_resolution
 from patchsplat.splat_io import read_splats_ply
 
 METRIC_NAMES = ("psnr", "ssim", "lpips", "l1")
@@ -113,15 +115,18 @@ def evaluate_scene(
     grid_png: Path,
     config: EvaluateConfig,
     progress: bool = True,
+    trained_dir: Path | None = None,
 ) -> dict:
     """Evaluate the merged splats on the scene's held-out views and the mesh; write ``out_json`` and ``grid_png``.
 
     ``scene_dir`` is a COLMAP folder (``images/`` and ``sparse/``); ``merged_ply`` the merged splats in
     the world frame (INRIA PLY); ``mesh_ply`` the mesh in the world frame (None or missing: mesh
-    metrics None with a status); ``patches_dir`` the split (for the per-patch table; None: skipped).
-    Held-out views are every 8th image of the scene sorted by name, rendered at the camera's full
-    resolution. Returns the report written to ``out_json`` (its ``images.per_view`` is the per-view
-    table). Raises :class:`InputError` for missing or unreadable inputs, leaving earlier outputs intact.
+    metrics None with a status); ``patches_dir`` the split (for the per-patch table; None: skipped);
+    ``trained_dir`` the trained patches, whose metrics.json say the resolution they were trained at.
+    Held-out views are every 8th image of the scene sorted by name, rendered at the resolution of
+    :mod:`.resolution` (``evaluate.resolution_factor``, else the coarsest training resolution, else
+    full) and scored against their photos downscaled the same way. Returns the report written to
+    ``out_json`` (its ``images.per_view`` is the per-view table). Raises :class:`InputError` for missing or unreadable inputs, leaving earlier outputs intact.
     """
     started = time.perf_counter()
     layout = locate_scene(Path(scene_dir))
@@ -132,6 +137,8 @@ def evaluate_scene(
         raise InputError(layout.model_dir, "no registered images, so no held-out view to evaluate", kind="missing_images")
     splats = _load_splats(merged_ply)
     patch_of, patch_ids, assignment_status = _patch_assignment(patches_dir, heldout)
+    resolution = evaluation_resolution(config, Path(trained_dir) if trained_dir is not None else None)
+    resolution_text = describe_resolution(heldout, resolution.factor)
     lpips_function, lpips_status = lpips_metric(config.lpips)
     grid_names = choose_grid_views([camera.name for camera in heldout], config.grid_views)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -145,7 +152,8 @@ def evaluate_scene(
                   disable=not progress, transient=True, console=console) as bar:
         task = bar.add_task("views", total=len(heldout))
         views = evaluate_views(splats, heldout, scene.frame, patch_of, lpips_function, set(grid_names),
-                               backend=backend, device=device, advance=lambda: bar.advance(task))
+                               backend=backend, device=device, advance=lambda: bar.advance(task),
+                               resolution_factor=resolution.factor)
     render_seconds = time.perf_counter() - render_start
 
     mesh_start = time.perf_counter()
@@ -160,6 +168,8 @@ def evaluate_scene(
         "lpips_status": lpips_status,
         "num_views": len(views),
         "num_gaussians": int(len(splats["means"])),
+        "resolution_factor": resolution.factor,
+        "resolution": resolution_text,
         **{key: mesh[key] for key in GROUND_TRUTH_KEYS},
         "fscore_threshold": mesh["threshold"],
         **{key: mesh[key] for key in PROXY_KEYS},
@@ -167,6 +177,9 @@ def evaluate_scene(
         "mesh_status": mesh["status"],
         "images": {
             "render_backend": backend,
+            # The prose (what size, why) is a list, like the definitions below, so `dvc metrics show` skips it.
+            "resolution": {"factor": resolution.factor, "trained_factors": resolution.trained or None,
+                           "about": [resolution_text, resolution.source]},
             "l1": overall["l1"],
             "per_patch": _per_patch_table(views, patch_ids) if patch_ids else None,
             "per_view": _per_view_table(views),
@@ -175,7 +188,8 @@ def evaluate_scene(
             # Prose lives in lists: `dvc metrics show` skips lists, so the metrics table stays numeric.
             "definitions": [
                 "held-out views: every 8th image of the whole scene sorted by name (no patch trained on them), "
-                "rendered at each camera's full resolution, renders clamped to [0, 1]",
+                f"rendered at {resolution_text} ({resolution.source}), photos downscaled to that size with a box "
+                "filter as training does, renders clamped to [0, 1]",
                 "psnr: 10 log10(1 / MSE), MSE over all pixels and RGB channels of images in [0, 1]; overall and "
                 "per-patch values are means over views",
                 "ssim: Wang et al. 2004, Gaussian window 11 / sigma 1.5, valid region; mean over views",
@@ -195,7 +209,8 @@ def evaluate_scene(
     json.dumps(report, allow_nan=False)
     by_name = {view.name: view for view in views}
     rows = [_grid_row(by_name[name]) for name in grid_names]
-    title = "held-out views" + (f": mean PSNR {overall['psnr']:.2f} dB" if overall["psnr"] is not None else "")
+    title = f"held-out views at {resolution_text}"
+    title += f": mean PSNR {overall['psnr']:.2f} dB" if overall["psnr"] is not None else ""
     png = comparison_grid_png(rows, title)
     with atomic_file(grid_png, suffix=".png") as tmp:
         tmp.write_bytes(png)
@@ -212,7 +227,8 @@ def _number(value: float | None, digits: int = 4) -> str:
 def print_summary(report: dict) -> None:
     """The per-view and per-patch tables, the overall line and the mesh line, on the shared console."""
     images = report["images"]
-    table = Table(title=f"Held-out views ({report['num_views']}, {report['num_gaussians']:,} Gaussians, {images['render_backend']} renderer)")
+    table = Table(title=f"Held-out views ({report['num_views']}, {report['num_gaussians']:,} Gaussians, "
+                        f"{images['render_backend']} renderer) at {report['resolution']}")
     for column in ("view", "patch", "PSNR (dB)", "SSIM", "LPIPS", "coverage"):
         table.add_column(column, justify="left" if column in ("view", "patch") else "right")
     for row in images["per_view"]:

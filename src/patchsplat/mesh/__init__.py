@@ -5,7 +5,8 @@ Public interface::
     from patchsplat.mesh import extract_scene_mesh
     summary = extract_scene_mesh(patches_dir, trained_dir, out_dir, config)   # writes mesh.ply/.glb/.json
 
-and the pieces, for other callers and tests: :class:`VoxelGrid` / :func:`lattice_box` (the grid),
+and the pieces, for other callers and tests: :mod:`.defaults` (voxel size, depth truncation and memory
+budget from the observed point depths), :class:`VoxelGrid` / :func:`lattice_box` (the grid),
 :class:`TsdfVolume` (fusion), :func:`extract_surface` (marching cubes), :func:`crop_to_cell`,
 :func:`weld_seams`, :func:`remove_small_components` (mesh arrays).
 """

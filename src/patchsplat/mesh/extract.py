@@ -6,9 +6,10 @@ an earlier ``out_dir`` survives a failure):
 
     out_dir/mesh.ply    binary PLY, world frame, per-vertex RGBA colours (uint8)
     out_dir/mesh.glb    the same mesh as glTF binary (vertex colours in COLOR_0)
-    out_dir/mesh.json   per patch: views fused, voxel size, truncations, grid, vertices/faces before and
-                        after the crop, timings; totals; seams welded; components removed; the TSDF
-                        implementation and device
+    out_dir/mesh.json   per patch: views fused, fusion resolution, voxel size, truncations, grid, what
+                        was chosen and why (``why``; ``coarsened`` when the memory budget made the voxel
+                        coarser), vertices/faces before and after the crop, timings; totals; seams
+                        welded; components removed; the TSDF implementation and device
 
 Steps: per patch (:mod:`.fuse`) render the training views, fuse, marching cubes, crop to the core
 cell; then concatenate, weld the near-duplicate vertices the pieces share along cell borders, and
@@ -89,8 +90,8 @@ def _depth_hint(pieces: list[PatchPiece]) -> str:
     far = [record for record in far if not record.get("skipped")] or far
     record = max(far, key=lambda r: r["points_median_distance"] / r["depth_trunc"])
     return (f"; patch {record['id']}'s sparse points lie a median {record['points_median_distance']:.3g} from its "
-            f"cameras, beyond its depth_trunc of {record['depth_trunc']:.3g} (default: 2 x the patch's scene scale, from its camera spread): "
-            "set mesh.depth_trunc above that distance and a mesh.voxel_size to match")
+            f"cameras, beyond its depth_trunc of {record['depth_trunc']:.3g} ({record['why']['depth_trunc']}): "
+            "set mesh.depth_trunc above that distance, or unset it to have it chosen from the observed point depths")
 
 
 def to_trimesh(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> trimesh.Trimesh:
@@ -118,8 +119,11 @@ def extract_scene_mesh(patches_dir: Path, trained_dir: Path, out_dir: Path, conf
         for patch_dir in list_patches(patches_dir):
             inputs = load_patch(patch_dir, trained_dir / patch_dir.name / "splats.ply")
             task = bar.add_task(f"meshing {inputs.patch_id}", total=len(inputs.cameras))
-            piece = mesh_patch(inputs, patch_settings(inputs.scene_scale, config), config, device,
-                               on_view=lambda task=task: bar.advance(task))
+            chosen = time.perf_counter()
+            settings = patch_settings(inputs, config)
+            chosen = time.perf_counter() - chosen
+            piece = mesh_patch(inputs, settings, config, device, on_view=lambda task=task: bar.advance(task))
+            piece.record["seconds"]["settings"] = chosen
             pieces.append(piece)
             bar.remove_task(task)
     if not any(len(piece.faces) for piece in pieces):
