@@ -32,7 +32,7 @@ def split(scene_dir: str, out_dir: str, rows: int, cols: int) -> dict:
     from patchsplat.config import SplitConfig, ValidateConfig
     from patchsplat.split import split_scene
 
-    result = split_scene(Path(scene_dir), Path(out_dir), SplitConfig(rows=rows, cols=cols), ValidateConfig(), progress=False)
+    result = split_scene(Path(scene_dir), Path(out_dir), SplitConfig(mode="grid", rows=rows, cols=cols), ValidateConfig(), progress=False)
     return {"patches": result.summary["num_patches"],
             "points_written": sum(p["num_points"] for p in result.summary["patches"])}
 

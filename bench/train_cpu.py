@@ -27,7 +27,7 @@ def demo_patch(name: str, **knobs) -> Path:
     root = WORK / f"train-{name}"
     if not (root / "patches" / "p0" / "patch.json").exists():
         generate_demo_scene(with_overrides(None, **knobs), root / "scene", progress=False)
-        split_scene(root / "scene", root / "patches", SplitConfig(), ValidateConfig(), progress=False)
+        split_scene(root / "scene", root / "patches", SplitConfig(mode="grid", rows=2, cols=2), ValidateConfig(), progress=False)
     return root / "patches" / "p0"
 
 

@@ -1,7 +1,7 @@
 """DVC stage ``split``: cut the scene into patches (data/patches) and compare them (reports/split.json).
 
 Reads the ``split`` section of params.yaml (and validate.robust_percentile / nn_sample for the
-statistics). Refuses to run when the patch ids it would make differ from params.yaml's
+statistics; train.profile / max_image_size / resolution_factor for what one patch trains in auto mode). Refuses to run when the patch ids it would make differ from params.yaml's
 patch_overrides keys: `patchsplat repro` re-syncs them.
 """
 
@@ -12,6 +12,7 @@ from patchsplat.atomic import atomic_file
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.patch_ids import check_patch_ids
+from patchsplat.profiles import split_budget
 from patchsplat.scene_source import resolve_scene_dir
 from patchsplat.split import LAYOUT_FILE, SPLIT_FILE, split_scene
 from patchsplat.split.report import print_split_table
@@ -29,6 +30,7 @@ def main() -> None:
         result = split_scene(
             resolve_scene_dir(SCENE_DIR), PATCHES_DIR, params.split, params.validate_,
             check_ids=lambda ids: check_patch_ids(ids, Path("params.yaml")),
+            budget=split_budget(params.train, params.split.megapixels_per_patch),
         )
         print_split_table(result.summary)
         for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):

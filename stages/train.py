@@ -1,6 +1,7 @@
 """DVC stage ``train@<patch id>``: train one patch (data/trained/<id>), resuming an interrupted run.
 
-Reads ``train`` and ``patch_overrides.<patch id>`` of params.yaml (and ``tracking``).
+Reads ``train`` and ``patch_overrides.<patch id>`` of params.yaml (and ``tracking``); settings left
+null come from the training profile for this patch and this machine (patchsplat.profiles).
 """
 
 import sys
@@ -17,13 +18,14 @@ def main() -> None:
         raise InputError("stages/train.py", "usage: python stages/train.py PATCH_ID")
     patch_id = sys.argv[1]
     params = load_params()
+    patch_dir = Path("data/patches") / patch_id
     train_patch_stage(
         patch_id,
-        patch_dir=Path("data/patches") / patch_id,
+        patch_dir=patch_dir,
         prepared_dir=Path("data/prepared") / patch_id,
         out_dir=Path("data/trained") / patch_id,
         checkpoint_dir=Path("data/checkpoints") / patch_id,
-        config=params.train_settings(patch_id),
+        settings=params.resolved_train(patch_id, patch_dir),
         tracking=params.tracking,
         resume=True,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from patchsplat.workspace_init import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CUP77 = ROOT.parent / "shared" / "data" / "real" / "cup77"
 PATCHSPLAT = Path(sys.executable).parent / "patchsplat"
 
 
@@ -153,22 +151,29 @@ def test_dvc_yaml_is_the_projects_without_library_deps():
             k: v for k, v in result[name].items() if k not in ("do", "deps")}
 
 
-def test_params_yaml_changes_only_the_scene_and_the_ids():
+def test_params_yaml_leaves_the_demos_choices_behind():
+    """A capture's params: the scene switched to it, the demo's generator and 2 x 2 grid gone (the split
+    decides from the capture), training left to the profile as in the template, everything else as is."""
     template = (ROOT / "params.yaml").read_text(encoding="utf-8")
     scene = Path("/captures/my scene: #1")
     written = workspace_params_yaml(template, scene, ["p0", "p1", "p7"])
     original, result = YAML(typ="safe").load(template), YAML(typ="safe").load(written)
     assert result["scene"]["source"] == "colmap" and result["scene"]["colmap_path"] == str(scene)
+    assert "demo" not in result["scene"] and result["split"]["mode"] == "auto"
     assert list(result["patch_overrides"]) == ["p0", "p1", "p7"]
     for section in original:
-        if section not in ("scene", "patch_overrides"):
+        if section not in ("scene", "split", "patch_overrides"):
             assert result[section] == original[section], section
-    assert {k: v for k, v in result["scene"].items() if k not in ("source", "colmap_path")} == {
-        k: v for k, v in original["scene"].items() if k not in ("source", "colmap_path")}
-    # Comments and layout survive: only the two scene lines and the ids differ from the template.
-    changed = [line for line in written.splitlines() if line not in template.splitlines()]
-    assert len(changed) == 3 and "p7: {}" in changed[-1], changed
+    assert {k: v for k, v in result["split"].items() if k != "mode"} == {k: v for k, v in original["split"].items() if k != "mode"}
+    # No demo-tuned training setting: every profile-controlled one is left to the profile.
+    from patchsplat.config import TrainConfig
+
+    assert result["train"]["profile"] == "auto" and result["train"]["steps"] is None
+    assert {k: v for k, v in result["train"].items() if k != "recovery"} == {
+        k: v for k, v in TrainConfig().model_dump(mode="json").items() if k != "recovery"}
+    # Comments and layout survive.
     assert "# demo (the built-in procedural scene) | colmap (your folder, below)" in written
+    assert "\n\nvalidate:\n" in written and "auto (one patch for an object" in written
 
 
 def test_init_writes_a_workspace_for_the_scene(tmp_path, make_scene):
@@ -224,48 +229,6 @@ def test_cli_init_makes_a_committed_git_and_dvc_repository(tmp_path, make_scene)
 
 
 @pytest.mark.slow
-def test_dvc_repro_right_after_init_on_cup77(tmp_path):
-    """The real scene: init, shrink the run (30 steps, quarter resolution), `dvc repro`, `dvc status` clean."""
-    if not (CUP77 / "sparse").is_dir():
-        pytest.skip(f"real test scene not available: {CUP77} does not exist (it lives outside the repository)")
-    started = time.perf_counter()
-    completed = _init_cli(tmp_path, "cup", "--colmap", str(CUP77))
-    assert completed.returncode == 0, completed.stderr
-    workspace = tmp_path / "cup"
-
-    yaml = YAML(typ="rt")
-    params = yaml.load((workspace / "params.yaml").read_text())
-    params["train"].update({"steps": 30, "resolution_factor": 4})
-    params["mesh"].update({"resolution_factor": 4, "voxels_per_scene": 64})
-    params["evaluate"].update({"mesh_samples": 20000})
-    with (workspace / "params.yaml").open("w") as handle:
-        yaml.dump(params, handle)
-
-    def dvc(*args: str) -> subprocess.CompletedProcess:
-        run = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=_environment(), capture_output=True, text=True, check=False)
-        assert run.returncode == 0, f"dvc {' '.join(args)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-        return run
-
-    dvc("repro")
-    ids = list(_safe_load(workspace / "params.yaml")["patch_overrides"])
-    assert ids == ["p0", "p1", "p2", "p3"]
-    for path in ["reports/validation.json", "reports/split.json", "data/merged/splats.ply", "data/mesh/mesh.ply",
-                 "reports/evaluation.json", "reports/evaluation_grid.png",
-                 *(f"data/trained/{patch_id}/splats.ply" for patch_id in ids)]:
-        assert (workspace / path).is_file(), path
-    assert _safe_load(workspace / "data" / "scene" / "scene.json")["path"] == str(CUP77.resolve())
-    evaluation = _safe_load(workspace / "reports" / "evaluation.json")
-    assert evaluation["num_views"] == 10 and evaluation["psnr"] is not None
-
-    status = dvc("status")
-    assert "up to date" in status.stdout, status.stdout
-    # `patchsplat repro` would find the same ids: nothing to re-sync.
-    from patchsplat.patch_ids import planned_patch_ids
-
-    assert planned_patch_ids(workspace) == ids
-    print(f"cup77: init + dvc repro + status in {time.perf_counter() - started:.1f} s")
-
-
 def test_init_says_a_distorted_capture_will_be_undistorted(tmp_path):
     fern = ROOT.parent / "shared" / "data" / "real" / "fern_llff8"
     if not (fern / "sparse").is_dir():

@@ -28,7 +28,7 @@ def trained(tmp_path_factory) -> Path:
     """A small demo split into 1 x 2 patches, each trained briefly."""
     root = tmp_path_factory.mktemp("merge")
     generate_demo_scene(with_overrides(None, num_cameras=40, width=64, height=48, num_points=6000), root / "scene", progress=False)
-    split_scene(root / "scene", root / "patches", SplitConfig(rows=1, cols=2, min_cameras=1), ValidateConfig(), progress=False)
+    split_scene(root / "scene", root / "patches", SplitConfig(mode="grid", rows=1, cols=2, min_cameras=1), ValidateConfig(), progress=False)
     config = TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(), {
         "steps": 300, "scales_lr": 0.02, "opacities_lr": 0.2, "eval_every": 300, "checkpoint_every": 300, "backend": "torch",
         "strategy": {"refine_start_iter": 100, "refine_stop_iter": 250, "refine_every": 50},

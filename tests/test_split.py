@@ -39,7 +39,8 @@ def scenes(tmp_path_factory) -> dict[str, Path]:
 
 
 def _split(scene: Path, out: Path, **settings) -> dict:
-    split_scene(scene, out, SplitConfig(**settings), ValidateConfig(nn_sample=5000), progress=False)
+    """Split with these settings; grid mode unless ``mode`` says otherwise (the tests below give rows x cols)."""
+    split_scene(scene, out, SplitConfig(**{"mode": "grid", **settings}), ValidateConfig(nn_sample=5000), progress=False)
     return json.loads((out / SPLIT_FILE).read_text())
 
 
@@ -207,7 +208,7 @@ def test_cup77_splits_into_two_sensible_patches(tmp_path):
         (["--rows", "0"], "split.rows"),
         (["--overlap", "-0.5"], "split.overlap"),
         (["--mode", "hexagons"], "split.mode"),
-        (["--rows", "50", "--cols", "50"], "split.rows x split.cols"),
+        (["--mode", "grid", "--rows", "50", "--cols", "50"], "split.rows x split.cols"),
     ],
 )
 def test_bad_split_params_give_one_line_errors(scenes, tmp_path, arguments, named):
@@ -264,3 +265,68 @@ def test_fast_helpers_match_numpy():
     expected = np.histogram2d(xy[:, 0], xy[:, 1], bins=40, range=[[-3.0, 7.0], [-1.5, 2.5]])
     for mine, numpy_answer in zip(density_histogram(xy, 40, view), expected):
         assert np.array_equal(mine, numpy_answer)
+
+
+# ------------------------------------------------------------------------------------------- mode auto
+
+
+def test_auto_keeps_an_object_orbit_whole(make_scene, tmp_path):
+    scene = make_scene(num_images=16, num_points=400)      # cameras on a circle, all looking at the centre
+    summary = _split(scene, tmp_path / "patches", mode="auto", min_points=10)
+    assert summary["num_patches"] == 1
+    assert summary["decision"] == "16 cameras looking at one subject (their views converge): 1 patch"
+
+
+def test_auto_cuts_a_wide_capture_into_balanced_cells(scenes, tmp_path):
+    # 200 cameras over a 60 m plane at 48 x 36: 0.35 Mpx, made "too much for one patch" by a small capacity.
+    summary = _split(scenes["large"], tmp_path / "patches", mode="auto", megapixels_per_patch=0.1)
+    assert summary["num_patches"] == 4 and summary["decision"].endswith(": 2 x 2 cells"), summary["decision"]
+    assert "0.3 Mpx of images at 48x36" in summary["decision"]
+    cameras = [patch["num_core_cameras"] for patch in summary["patches"]]
+    points = [patch["num_core_points"] for patch in summary["patches"]]
+    # Cuts balance cameras and points together: neither is far from an equal share.
+    assert max(cameras) <= 2 * min(cameras) and max(points) <= 2 * min(points), (cameras, points)
+    assert sum(cameras) == 200
+
+
+def test_auto_never_makes_a_patch_without_points(scenes, tmp_path):
+    """A region with cameras but no points (sky, water) is merged into a neighbour before any model is written."""
+    from patchsplat.colmap_arrays import write_model_subset
+    from patchsplat.split.plan import plan_split
+
+    source = read_model_arrays(scenes["large"] / "sparse" / "0")
+    plan = plan_split(source, SplitConfig(mode="auto", megapixels_per_patch=0.1))
+    # Points only in one corner (a lake, the sky elsewhere), cameras everywhere.
+    low_x, low_y = np.percentile(plan.point_xy, 40, axis=0)
+    empty_side = (plan.point_xy[:, 0] > low_x) | (plan.point_xy[:, 1] > low_y)
+    scene = tmp_path / "scene"
+    write_model_subset(source, np.arange(len(source.image_ids)), np.flatnonzero(~empty_side), scene / "sparse" / "0")
+    (scene / "images").symlink_to(scenes["large"] / "images")
+    summary = _split(scene, tmp_path / "patches", mode="auto", megapixels_per_patch=0.1)
+    assert summary["num_patches"] < 4 and summary["notes"], summary["decision"]
+    assert all(patch["num_core_points"] >= 200 and patch["num_core_cameras"] >= 8 for patch in summary["patches"])
+    assert sum(patch["num_core_cameras"] for patch in summary["patches"]) == 200
+
+
+@pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real captured scenes not found at {REAL_DATA} (a user's clone has none)")
+@pytest.mark.parametrize(("scene", "patches", "why"), [
+    ("cup77", 1, "77 cameras looking at one subject"),
+    ("fern_llff8", 1, "20 cameras looking at one subject"),
+    ("tello_lab", 2, "90 cameras over"),
+])
+def test_auto_on_the_real_captures(scene, patches, why):
+    from patchsplat.scene_layout import locate_scene
+    from patchsplat.split.plan import plan_split
+
+    plan = plan_split(read_model_arrays(locate_scene(REAL_DATA / scene).model_dir), SplitConfig(mode="auto"))
+    assert len(plan.patches) == patches and plan.decision.startswith(why), plan.decision
+    assert all(patch.num_core_points >= 200 for patch in plan.patches)
+
+
+def test_auto_keeps_the_demo_whole(tmp_path):
+    """The demo (96 cameras of 160 x 120 over a plane: wide, but 1.8 Mpx) is one patch unless asked otherwise."""
+    from patchsplat.split.plan import plan_split
+
+    generate_demo_scene(with_overrides(None, render_images=False), tmp_path / "demo", progress=False)
+    plan = plan_split(read_model_arrays(tmp_path / "demo" / "sparse" / "0"), SplitConfig(mode="auto"))
+    assert len(plan.patches) == 1 and "1.8 Mpx of images at 160x120" in plan.decision, plan.decision

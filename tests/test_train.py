@@ -18,6 +18,7 @@ from plyfile import PlyData
 from patchsplat.config import SplitConfig, TrainConfig, ValidateConfig, deep_merge
 from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.prepare import prepare_patch
+from patchsplat.profiles import PatchFacts, resolve_train
 from patchsplat.splat_io import inria_property_names, read_splats_ply
 from patchsplat.split import split_scene
 from patchsplat.split import HOLD_OUT_EVERY
@@ -38,7 +39,7 @@ def patch(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train")
     scene = root / "scene"
     generate_demo_scene(with_overrides(None, num_cameras=24, width=64, height=48, num_points=3000), scene, progress=False)
-    split_scene(scene, root / "patches", SplitConfig(rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
+    split_scene(scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
     return root / "patches" / "p0"
 
 
@@ -205,6 +206,61 @@ def test_killed_training_resumes_to_the_same_splats(patch, tmp_path):
     assert (killed / "out" / "splats.ply").read_bytes() == (uninterrupted / "out" / "splats.ply").read_bytes()
 
 
+def test_a_log_without_a_terminal_gets_a_progress_line_with_an_eta(patch, tmp_path, monkeypatch):
+    """Under dvc or Prefect (no terminal) training says where it is, how fast and when it will end."""
+    import patchsplat.progress
+
+    monkeypatch.setattr(patchsplat.progress, "DEFAULT_INTERVAL_SECONDS", 0.0)   # every step, for the test
+    monkeypatch.setattr(patchsplat.progress, "on_terminal", lambda: False)
+    import patchsplat.train.loop as loop
+
+    monkeypatch.setattr(loop, "on_terminal", lambda: False)
+    messages = []
+    config = settings(steps=40, eval_every=20)
+    prepare_patch(patch, tmp_path / "prepared", config)
+    train_patch(patch, tmp_path / "prepared", tmp_path / "out", config, progress=True, log=messages.append)
+    lines = [m for m in messages if m.startswith("step ")]
+    assert lines and lines[-1].startswith("step 40/40 (100%)"), messages
+    middle = next(line for line in lines if line.startswith("step 20/40"))
+    assert "loss " in middle and " Gaussians" in middle and ("steps/s" in middle or "per step" in middle)
+    assert "ETA " in middle and "held-out PSNR" in middle, middle
+
+
+def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_resumes_exactly(patch, tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C): one line, exit status 130, a checkpoint of the step
+    it stopped at; resuming gives exactly the splats of an uninterrupted run."""
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  steps: 120\n  checkpoint_every: 10\n  backend: torch\n  seed: 3\n"
+                      "tracking:\n  enabled: false\n")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PATCHSPLAT_FAULTS": ""}
+
+    def train_command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "patchsplat.cli", "train", str(patch), "--out", str(out), "--params", str(params), *extra]
+
+    whole = subprocess.run(train_command(tmp_path / "whole"), env=environment, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    process = subprocess.Popen(train_command(tmp_path / "cut"), env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut.checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # training is under way (the first checkpoint is at step 10)
+    os.killpg(process.pid, signal.SIGINT)
+    started = time.time()
+    out, err = process.communicate(timeout=60)
+    assert time.time() - started < 5, "Ctrl-C must stop training within a step or so"
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    line = next(line for line in (out + err).splitlines() if "interrupted at step" in line)
+    step = int(line.split("interrupted at step ")[1].split()[0])
+    assert 10 <= step < 120 and "--resume" in line
+    assert torch.load(tmp_path / "cut.checkpoints" / "last.pt", weights_only=True)["state"]["step"] == step
+    resumed = subprocess.run(train_command(tmp_path / "cut", "--resume"), env=environment, capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"resuming from step {step}" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert (tmp_path / "cut" / "splats.ply").read_bytes() == (tmp_path / "whole" / "splats.ply").read_bytes()
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["attempts"] == 1   # not a recovery
+
+
 def test_resume_ignores_a_checkpoint_of_other_settings(patch, tmp_path):
     train(patch, tmp_path, settings(steps=20))
     messages = []
@@ -225,8 +281,8 @@ def test_mlflow_run_per_patch_with_params_step_metrics_and_artifacts(patch, tmp_
     config = settings()
     prepare_patch(patch, tmp_path / "prepared", config)
     train_patch_stage("p0", patch_dir=patch, prepared_dir=tmp_path / "prepared", out_dir=tmp_path / "out",
-                      checkpoint_dir=tmp_path / "checkpoints", config=config, tracking=TrackingConfig(), resume=False,
-                      workspace=tmp_path)
+                      checkpoint_dir=tmp_path / "checkpoints", settings=resolve_train(config, PatchFacts.of_patch(patch)),
+                      tracking=TrackingConfig(), resume=False, workspace=tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["patchsplat"], output_format="list")
     assert len(runs) == 1 and runs[0].info.run_name == "train-p0"
@@ -249,7 +305,7 @@ def test_the_motivating_patch_trains_with_the_defaults(tmp_path):
     scene = tmp_path / "scene"
     generate_demo_scene(with_overrides(None, num_cameras=64, width=64, height=48, num_points=8000,
                                        defects={"large_scale_region": 1.5}), scene, progress=False)
-    summary = split_scene(scene, tmp_path / "patches", SplitConfig(rows=2, cols=2, ground_axes="model", min_cameras=1),
+    summary = split_scene(scene, tmp_path / "patches", SplitConfig(mode="grid", rows=2, cols=2, ground_axes="model", min_cameras=1),
                           ValidateConfig(), progress=False).summary
     side = json.loads((scene / "manifest.json").read_text())["scene_extent"]["area_side"]
     rotation = np.asarray(summary["world_to_aligned"])

@@ -79,7 +79,7 @@ def split(
     scene_dir: Annotated[Path, typer.Argument(help="A COLMAP folder: images/ plus sparse/0 (or sparse/).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the patches into (replaced atomically).")] = Path("data/patches"),
     params: ParamsOption = DEFAULT_PARAMS,
-    mode: Annotated[Optional[str], typer.Option(help="Override split.mode (grid | max_cameras).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Override split.mode (auto | grid | max_cameras).")] = None,
     rows: Annotated[Optional[int], typer.Option(help="Override split.rows.")] = None,
     cols: Annotated[Optional[int], typer.Option(help="Override split.cols.")] = None,
     max_cameras: Annotated[Optional[int], typer.Option(help="Override split.max_cameras.")] = None,
@@ -100,7 +100,11 @@ def split(
         validate_config = settings.validate_ if settings else None
         from patchsplat.config import ValidateConfig
 
-        result = split_scene(scene_dir, out_dir, split_config, validate_config or ValidateConfig())
+        from patchsplat.config import TrainConfig
+        from patchsplat.profiles import split_budget
+
+        budget = split_budget(settings.train if settings else TrainConfig(), split_config.megapixels_per_patch)
+        result = split_scene(scene_dir, out_dir, split_config, validate_config or ValidateConfig(), budget=budget)
         print_split_table(result.summary)
         console.print(f"patches and layout.png written to {out_dir}")
 
@@ -115,6 +119,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of the same run, if any.")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Override train.steps.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Override train.backend (auto | torch | gsplat).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Override train.profile (auto | preview | full).")] = None,
     patch_id: Annotated[Optional[str], typer.Option("--patch-id", help="Apply params.yaml's patch_overrides of this id (default: the folder's name).")] = None,
 ) -> None:
     """Train one patch: splats (3DGS PLY), metrics, curve, held-out view, checkpoints; recovers from failures."""
@@ -127,13 +132,21 @@ def train(
         settings = load_params(params) if params.exists() or params != DEFAULT_PARAMS else Params()
         identifier = patch_id or patch_dir.name
         base = settings.train_settings(identifier) if identifier in settings.patch_overrides else settings.train
-        config = parse_section_overrides("train", base, steps=steps, backend=backend)
+        config = parse_section_overrides("train", base, steps=steps, backend=backend, profile=profile)
         out = out_dir or patch_dir / "trained"
         prepared = out.parent / f"{out.name}.prepared"
         prepare_patch(patch_dir, prepared, config, identifier)
-        train_patch_stage(identifier, patch_dir=patch_dir, prepared_dir=prepared, out_dir=out,
-                          checkpoint_dir=out.parent / f"{out.name}.checkpoints", config=config,
-                          tracking=settings.tracking, resume=resume)
+        from patchsplat.profiles import PatchFacts, resolve_train
+        from patchsplat.train.loop import TrainingInterrupted
+
+        try:
+            train_patch_stage(identifier, patch_dir=patch_dir, prepared_dir=prepared, out_dir=out,
+                              checkpoint_dir=out.parent / f"{out.name}.checkpoints",
+                              settings=resolve_train(config, PatchFacts.of_patch(patch_dir)),
+                              tracking=settings.tracking, resume=resume)
+        except TrainingInterrupted as interrupted:
+            raise TrainingInterrupted(f"{interrupted}; continue with the same command and --resume",
+                                      interrupted.exit_status - 128) from None
         console.print(f"outputs in {out}")
 
     guarded(run)
@@ -170,11 +183,19 @@ def repro_command(
     """
 
     def run() -> None:
-        from patchsplat.patch_ids import repro
+        from patchsplat.orchestrate import interrupts
+        from patchsplat.patch_ids import StageTimes, repro
 
         import os
 
-        result = repro(Path("."), tuple(ctx.args), jobs=jobs or os.cpu_count() or 1)
+        times = StageTimes()
+        try:
+            # Ctrl-C/SIGTERM: the dvc processes stop (training saves a checkpoint), one line naming the
+            # stages the interrupt stopped (they report it in `times`), exit 130/143.
+            result = interrupts.run(lambda: repro(Path("."), tuple(ctx.args), jobs=jobs or os.cpu_count() or 1, times=times),
+                                    "patchsplat repro", interrupted_stages=times.interrupted)
+        finally:
+            times.close()
         if result.changed:
             console.print(f"patch ids re-synced: {len(result.old_ids)} -> {len(result.new_ids)} patches")
         for path in result.removed_outputs:
@@ -188,8 +209,10 @@ def repro_command(
 def _run_flow(**arguments) -> dict:
     """The ``reconstruct`` flow; a failed run becomes the one-line error it carries."""
     from patchsplat.orchestrate.flow import run_pipeline
+    from patchsplat.orchestrate.prefect_api import start_temporary_server
 
     load_params(Path(arguments.get("workspace", ".")) / "params.yaml")  # bad params: one line before Prefect starts
+    start_temporary_server()  # where a Ctrl-C cannot kill it (see patchsplat.orchestrate.prefect_api)
     return run_pipeline(**arguments)
 
 
@@ -208,6 +231,7 @@ def run_command(
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="The patchsplat workspace (params.yaml, dvc.yaml).")] = Path("."),
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Patches trained at once (overrides orchestration.max_concurrent_patches; 0 = one per core/GPU).")] = None,
     dask: Annotated[Optional[str], typer.Option("--dask", help="Train patches on this Dask scheduler (tcp://host:8786), or 'local' for a local cluster.")] = None,
+    summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the run's summary (every stage's outcome and seconds) to this JSON file, for scripts.")] = None,
 ) -> None:
     """Run the pipeline as the Prefect flow `reconstruct` (DVC-consistent: a second run with nothing changed does nothing)."""
 
@@ -215,7 +239,30 @@ def run_command(
         arguments: dict = {"workspace": str(workspace), "max_concurrent_patches": jobs}
         if dask is not None:
             arguments.update(task_runner="dask", dask_address=None if dask == "local" else dask)
-        _run_flow(**arguments)
+        from patchsplat.atomic import write_json
+        from patchsplat.orchestrate import interrupts
+        from patchsplat.orchestrate.flow import PipelineFailed
+        from patchsplat.orchestrate.prefect_api import stop_temporary_server
+
+        def work() -> dict:
+            summary: dict | None = None
+            try:
+                summary = _run_flow(**arguments)
+                return summary
+            except PipelineFailed as failed:
+                summary = failed.summary
+                raise
+            finally:
+                stop_temporary_server()
+                if summary_json is not None and summary:
+                    write_json(summary_json, summary)
+
+        try:
+            # Ctrl-C/SIGTERM: running stages stop (training saves a checkpoint), one line, exit 130/143.
+            interrupts.run(work, "patchsplat run")
+        except interrupts.Interrupted:
+            stop_temporary_server(drain=False)  # when the flow did not wind down in time to stop it itself
+            raise
 
     guarded(run)
 
@@ -291,14 +338,17 @@ def sweep_command(
 
 
 @app.command("config")
-def show_config(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Validate params.yaml and print the effective settings, defaults included."""
+def show_config(
+    params: ParamsOption = DEFAULT_PARAMS,
+    patch: Annotated[Optional[str], typer.Option("--patch", help="Only this patch's training settings, each with where it came from.")] = None,
+) -> None:
+    """Validate params.yaml and print the effective settings: every section, then every training setting per
+    patch with where its value came from (default, profile, params.yaml, patch override)."""
 
     def run() -> None:
-        import yaml
+        from patchsplat.settings_report import print_settings
 
-        effective = load_params(params).model_dump(mode="json", by_alias=True)
-        console.print(yaml.safe_dump(effective, sort_keys=False), markup=False)
+        print_settings(load_params(params), params.resolve().parent, patch)
 
     guarded(run)
 
@@ -341,8 +391,12 @@ def init_command(
             models = ", ".join(f"{name} x{count}" for name, count in sorted(distorted.items()))
             console.print(f"  cameras with lens distortion ({models}): the scene stage writes an undistorted copy into "
                           "data/scene (scene.undistort: auto)", markup=False, soft_wrap=True)
-        console.print("  params.yaml holds the demo's CPU settings (train.steps 1000): for a real capture on a GPU, see "
-                      "the comment above its train section", markup=False, soft_wrap=True)
+        from patchsplat.profiles import machine_profile
+
+        console.print(f"  split: {result.split_decision}", markup=False, soft_wrap=True)
+        console.print(f"  training: profile auto ({machine_profile()} on this machine); every training setting left null in "
+                      "params.yaml follows it per patch: `patchsplat config` shows each value and why once the split has run",
+                      markup=False, soft_wrap=True)
         interpreter = Path(sys.executable)
         on_path = shutil.which("python")
         if on_path is None or Path(on_path).parent.resolve() != interpreter.parent.resolve():

@@ -98,11 +98,17 @@ class ValidateConfig(_Section):
 class SplitConfig(_Section):
     """How the scene is cut into overlapping patches (each trained on its own)."""
 
-    mode: Literal["grid", "max_cameras"] = Field(
-        "grid",
-        description="grid: rows x cols cells with equal camera counts per column and per cell (quantile splits); "
+    mode: Literal["auto", "grid", "max_cameras"] = Field(
+        "auto",
+        description="auto: one patch for a compact capture (an object orbit, a forward-facing scene), else as many "
+        "cells as the training images' megapixels need, balancing cameras and points (patchsplat.split.auto); "
+        "grid: rows x cols cells with equal camera counts per column and per cell (quantile splits); "
         "max_cameras: split the most crowded cell in two until every cell holds at most max_cameras cameras.",
     )
+    megapixels_per_patch: Optional[float] = Field(
+        None, gt=0.0, description="auto mode: training megapixels (images x pixels at the training resolution) one patch "
+        "holds. None: the training profile's (preview 3, full 400).")
+    auto_min_patch_cameras: int = Field(24, ge=1, description="auto mode: at most one cell per this many cameras.")
     rows: int = Field(2, ge=1, le=64, description="grid mode: cells per column.")
     cols: int = Field(2, ge=1, le=64, description="grid mode: columns.")
     max_cameras: int = Field(40, ge=2, description="max_cameras mode: most camera centres a core cell may hold.")
@@ -143,16 +149,22 @@ class SplitConfig(_Section):
 class StrategyConfig(_Section):
     """Densification: gsplat's MCMCStrategy (default) or DefaultStrategy, in canonical units.
 
-    Step counts are iterations; the defaults fit the default ``steps``. gsplat's own recipe
-    (30k steps) uses refine_start 500, refine_every 100, refine_stop 25k (MCMC) / 15k (default).
+    Step counts are iterations. Settings documented "None: the profile's" are chosen per patch by the
+    training profile (:mod:`patchsplat.profiles`: preview scales them with the patch's steps and
+    content; full is gsplat's recipe, refine 500..25k every 100 of 30k steps, cap 1M) unless written.
     """
 
     kind: Literal["mcmc", "default"] = Field("mcmc", description="mcmc: MCMCStrategy (relocation, a hard cap); default: clone/split/prune.")
-    cap_max: int = Field(60_000, ge=100, description="Most Gaussians a patch may hold (MCMC's cap; also the memory planner's).")
-    refine_start_iter: int = Field(300, ge=0)
-    refine_stop_iter: int = Field(2_000, ge=0)
-    refine_every: int = Field(100, ge=1)
+    cap_max: Optional[int] = Field(
+        None, ge=100, description="Most Gaussians a patch may hold (MCMC's cap; also the memory planner's). "
+        "None: the profile's (preview: from the patch's content, full: 1M).")
+    refine_start_iter: Optional[int] = Field(None, ge=0, description="None: the profile's.")
+    refine_stop_iter: Optional[int] = Field(None, ge=0, description="None: the profile's.")
+    refine_every: Optional[int] = Field(None, ge=1, description="None: the profile's.")
     # MCMC
+    growth_rate: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="MCMC: each refinement adds this fraction of the current count, up to cap_max "
+        "(gsplat: 5 %). None: the profile's (preview: enough to reach the cap by 60 % of the steps).")
     noise_lr: float = Field(5e5, ge=0.0, description="MCMC: scale of the noise injected into low-opacity Gaussians' positions.")
     min_opacity: float = Field(0.005, gt=0.0, lt=1.0, description="MCMC: below this a Gaussian is dead and relocated.")
     opacity_reg: float = Field(0.01, ge=0.0, description="MCMC: L1 penalty on opacities (gsplat's MCMC preset).")
@@ -160,7 +172,8 @@ class StrategyConfig(_Section):
     # Default
     grow_grad2d: float = Field(0.0002, gt=0.0, description="default: image-space gradient above which a Gaussian is cloned or split.")
     prune_opa: float = Field(0.005, gt=0.0, lt=1.0, description="default: opacity below which a Gaussian is pruned.")
-    reset_every: int = Field(3_000, ge=1, description="default: opacity reset period (the reset 1.5.3 forgets is done).")
+    reset_every: Optional[int] = Field(
+        None, ge=1, description="default: opacity reset period (the reset 1.5.3 forgets is done). None: the profile's.")
 
 
 class HealthConfig(_Section):
@@ -224,8 +237,9 @@ class TrainConfig(_Section):
 
     Lengths are in canonical units: each patch is moved and scaled so its cameras' centroid is
     the origin and its scene scale (1.1 x the largest camera distance from the centroid) is 1,
-    so these defaults do not depend on the capture's units or extent. Learning rates follow
-    gsplat's simple_trainer recipe in those units.
+    so these defaults do not depend on the capture's units or extent. Settings documented "None: the
+    profile's" are chosen per patch by ``profile`` (:mod:`patchsplat.profiles`) unless written here or
+    in the patch's override; the others' defaults are gsplat's simple_trainer recipe in these units.
     """
 
     init_scale: float = Field(
@@ -237,27 +251,38 @@ class TrainConfig(_Section):
     init_opacity: float = Field(0.1, gt=0.0, lt=1.0, description="Initial opacity of every Gaussian.")
     max_initial_points: int = Field(0, ge=0, description="Keep at most this many SfM points as initial Gaussians (0 = all; deterministic subsample).")
 
+    profile: Literal["auto", "preview", "full"] = Field(
+        "auto", description="Where the settings left None come from (patchsplat.profiles): preview (sized for a CPU), "
+        "full (gsplat's recipe, for a GPU), auto (full on a CUDA machine, else preview).")
     seed: int = Field(0, ge=0, description="Initial rotations, view order and the strategies' randomness follow from it.")
-    steps: int = Field(2_000, ge=1, description="Optimisation steps (one image each).")
+    steps: Optional[int] = Field(
+        None, ge=1, description="Optimisation steps (one image each). None: the profile's (preview: 8 per training "
+        "image in [500, 1500]; full: 30k x max(1, images / 300)).")
     backend: Literal["auto", "torch", "gsplat"] = Field(
         "auto", description="Rasterizer: gsplat's CUDA kernels on a GPU, patchsplat's pure-torch one otherwise (auto picks)."
     )
     sh_degree: int = Field(3, ge=0, le=4, description="Final spherical-harmonics degree of the colours.")
-    sh_degree_interval: int = Field(1_000, ge=1, description="One SH band is added every this many steps.")
+    sh_degree_interval: Optional[int] = Field(None, ge=1, description="One SH band is added every this many steps. None: the profile's.")
     ssim_lambda: float = Field(0.2, ge=0.0, le=1.0, description="loss = (1 - this) L1 + this (1 - SSIM).")
     means_lr: float = Field(1.6e-4, gt=0.0, description="Decays exponentially to means_lr_final_factor x this by the last step.")
     means_lr_final_factor: float = Field(0.01, gt=0.0, le=1.0)
-    scales_lr: float = Field(5e-3, gt=0.0)
-    opacities_lr: float = Field(5e-2, gt=0.0)
+    scales_lr: Optional[float] = Field(None, gt=0.0, description="None: the profile's (full: 5e-3; preview: 4x that).")
+    opacities_lr: Optional[float] = Field(None, gt=0.0, description="None: the profile's (full: 5e-2; preview: 4x that).")
     quats_lr: float = Field(1e-3, gt=0.0)
     sh0_lr: float = Field(2.5e-3, gt=0.0)
     shN_lr: float = Field(2.5e-3 / 20, gt=0.0)
-    resolution_factor: int = Field(1, ge=1, le=64, description="Train on images downscaled by this factor (the memory planner may raise it).")
+    max_image_size: Optional[int] = Field(
+        None, ge=16, description="Longest image side trained on, in pixels: images are downscaled by the smallest integer "
+        "factor that fits. None: the profile's (preview 400, full 1600).")
+    resolution_factor: Optional[int] = Field(
+        None, ge=1, le=64, description="Train on images downscaled by this factor (the memory planner may raise it). "
+        "None: from max_image_size.")
     image_cache: int = Field(64, ge=1, description="Decoded images kept in memory (least recently used evicted); on the CPU.")
     memory_budget_gb: float = Field(16.0, gt=0.0, description="Peak memory training may use; the resolution and cap are chosen to fit.")
     bf16: bool = Field(False, description="bf16 autocast outside the rasterizer; the loss is always computed in fp32.")
-    eval_every: int = Field(500, ge=1, description="Held-out PSNR/SSIM every this many steps (and at the end).")
-    checkpoint_every: int = Field(500, ge=1, description="Atomic checkpoint every this many steps (and at milestones and the end).")
+    eval_every: Optional[int] = Field(None, ge=1, description="Held-out PSNR/SSIM every this many steps (and at the end). None: the profile's.")
+    checkpoint_every: Optional[int] = Field(
+        None, ge=1, description="Atomic checkpoint every this many steps (and at milestones and the end). None: the profile's.")
     milestones: list[int] = Field(default_factory=list, description="Extra steps at which a checkpoint is kept for good.")
     strategy: StrategyConfig = StrategyConfig()
     health: HealthConfig = HealthConfig()
@@ -272,21 +297,45 @@ class MergeConfig(_Section):
 
 class MeshConfig(_Section):
     """Mesh extraction: per patch, TSDF fusion of rendered expected depth and colour from the training views,
-    marching cubes, crop to the core cell; then one mesh without small floating pieces."""
+    marching cubes, crop to the core cell; then one mesh without small floating pieces.
+
+    Left unset, the voxel size, depth truncation and grid come from where the surfaces are: the depths of
+    the SfM points each training view observes (src/patchsplat/mesh/defaults.py has the rules and the
+    measurements behind them), so an object orbit, a room seen from inside, a forward-facing capture and
+    a drone flight all mesh without manual settings. mesh.json says, per patch, what was chosen and why.
+    """
 
     voxel_size: Optional[float] = Field(
-        None, gt=0.0, description="TSDF voxel in world units; None: the patch's scene scale / voxels_per_scene."
+        None, gt=0.0, description="TSDF voxel in world units, used as given (a grid over memory_budget_gb is then refused). "
+        "None: voxel_pixels pixels' footprint at the patch's median observed point depth, at the fusion resolution, "
+        "coarsened if the grid would not fit memory_budget_gb."
     )
-    voxels_per_scene: int = Field(256, ge=16, le=4096, description="Used when voxel_size is None.")
+    voxel_pixels: float = Field(
+        2.0, gt=0.0, le=64.0, description="Automatic voxel = the footprint of this many pixels of the rendered depth at "
+        "the median depth of the points the training views observe (smaller: finer mesh, more memory and time). "
+        "Default 2 (measured in mesh/defaults.py).")
+    voxels_per_scene: Optional[int] = Field(
+        None, ge=16, le=4096, description="The rule before surface-based defaults, kept for existing params files: "
+        "voxel = the patch's scene scale (its camera spread) / this, coarsened like the automatic voxel if the grid "
+        "would not fit. None (default): the automatic voxel. voxel_size wins over it.")
     sdf_trunc_voxels: float = Field(5.0, gt=0.0, description="Truncation distance in voxels (2DGS/PGSR: 5).")
     depth_trunc: Optional[float] = Field(
-        None, gt=0.0, description="Ignore depths beyond this (world units); None: 2 x the patch's scene scale."
+        None, gt=0.0, description="Ignore rendered depths beyond this (world units), every view. None: per training view, "
+        "the 98th percentile of the depths of the SfM points it observes (or of all the patch's views, if larger) x 1.5 "
+        "(mesh/defaults.py)."
     )
+    memory_budget_gb: float = Field(
+        2.0, ge=0.01, description="Most memory one patch's TSDF grid may take while it is fused and marched (GiB, "
+        "36 bytes a voxel, measured). An automatic voxel whose grid would exceed it is coarsened until it fits "
+        "(mesh.json and the stage's output say so); an explicit voxel_size that does not fit is refused.")
     min_alpha: float = Field(0.5, gt=0.0, le=1.0, description="Pixels with accumulated opacity below this are not fused.")
     min_component_fraction: float = Field(
         0.02, ge=0.0, lt=1.0, description="Connected pieces with fewer faces than this fraction of the largest are removed."
     )
-    resolution_factor: int = Field(1, ge=1, le=16, description="Render the views at this downscale for fusion.")
+    resolution_factor: Optional[int] = Field(
+        None, ge=1, le=64, description="Render the views at this integer downscale for fusion. None: the factor each patch "
+        "was trained at (resolution_factor in data/trained/pN/metrics.json; 1 when there is none), so meshing never "
+        "renders more pixels than training did.")
 
 
 class EvaluateConfig(_Section):
@@ -298,6 +347,11 @@ class EvaluateConfig(_Section):
     mesh_samples: int = Field(200_000, ge=1000, description="Points sampled on each mesh for Chamfer distance and F-score.")
     grid_views: int = Field(6, ge=1, description="Held-out views shown in the comparison grid PNG.")
     lpips: bool = Field(True, description="Report LPIPS if its network weights are available offline (else: unavailable).")
+    resolution_factor: Optional[int] = Field(
+        None, ge=1, le=64, description="Render the held-out views and downscale their photos (box filter, as training "
+        "does) by this integer factor. None: the largest factor any patch was trained at (data/trained/pN/metrics.json; "
+        "1 when there is none): one resolution for every view, never more pixels than training used. The report and "
+        "the grid say the resolution.")
 
 
 class TrackingConfig(_Section):
@@ -350,8 +404,15 @@ class Params(_Section):
     )
 
     def train_settings(self, patch_id: str) -> TrainConfig:
-        """The effective training settings of one patch: ``train`` with its override applied."""
+        """``train`` with the patch's override applied; settings left to the profile stay None (see resolved_train)."""
         return TrainConfig.model_validate(deep_merge(self.train.model_dump(), self.patch_overrides.get(patch_id) or {}))
+
+    def resolved_train(self, patch_id: str, patch_dir: Path, profile: str | None = None):
+        """The settings one patch trains with: defaults < profile < ``train`` < its override
+        (a :class:`patchsplat.profiles.ResolvedTrain`: the config, the profile, where each value came from)."""
+        from patchsplat.profiles import PatchFacts, resolve_train
+
+        return resolve_train(self.train, PatchFacts.of_patch(patch_dir), self.patch_overrides.get(patch_id), patch_id, profile)
 
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, populate_by_name=True)
 

@@ -33,8 +33,8 @@ def _split(workspace: Path) -> str | None:
     if report is None:
         return None
     flagged = report.get("flagged", {})
-    return f"{report.get('num_patches', '?')} patches ({report.get('mode', '?')})" + (
-        f"; stand out: {', '.join(sorted(flagged))}" if flagged else "")
+    decision = report.get("decision") or f"{report.get('num_patches', '?')} patches ({report.get('mode', '?')})"
+    return decision + (f"; stand out: {', '.join(sorted(flagged))}" if flagged else "")
 
 
 def _training(workspace: Path) -> str | None:

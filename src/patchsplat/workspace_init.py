@@ -12,8 +12,10 @@ What is written to DIR:
   anything there (``dvc repro --force`` does).
 * ``stages/``: the stage scripts, unchanged.
 * ``params.yaml``: the project's, with ``scene.source: colmap`` and ``scene.colmap_path`` the absolute
-  path of PATH, and ``patch_overrides`` keyed by the patch ids the split will make of this scene
-  (so a plain ``dvc repro`` works straight away).
+  path of PATH, without the demo scene's generator settings, ``split.mode: auto`` (the demo's own
+  2 x 2 grid is not a capture's), training settings left to the profile as in the project's file,
+  and ``patch_overrides`` keyed by the patch ids the split will make of this scene (so a plain
+  ``dvc repro`` works straight away).
 * ``.gitignore`` (the pipeline's outputs, MLflow's store, a venv), ``.dvcignore``, a git repository
   with DVC initialised and one commit (``dvc exp run`` needs a commit).
 
@@ -71,6 +73,7 @@ class InitResult:
     colmap_path: Path
     patch_ids: list[str]
     source: str          # "patchsplat 0.1.0, source /path at commit abc1234 (...)"
+    split_decision: str  # what the split will make of the scene and why, in one line
 
 
 def project_root() -> Path:
@@ -189,6 +192,14 @@ def workspace_params_yaml(template: str, colmap_path: Path, patch_ids: list[str]
     scene = document["scene"]
     scene["source"] = "colmap"
     scene["colmap_path"] = str(colmap_path)
+    # The demo's own choices are not a capture's: its scene generator goes, and the split decides
+    # from the capture (split.mode auto); training settings left null follow the profile either way.
+    if scene.pop("demo", None) is not None and "validate" in document:
+        document.yaml_set_comment_before_after_key("validate", before="\n")  # the blank line went with the demo block
+    split = document.get("split")
+    if split is not None:
+        split["mode"] = "auto"
+        split.yaml_add_eol_comment("# auto (one patch for an object or a forward-facing scene, else cells by content) | grid | max_cameras", "mode")
     overrides = document.get("patch_overrides") or CommentedMap()
     if patch_ids is not None and list(overrides) != list(patch_ids):
         synced = CommentedMap()
@@ -200,8 +211,8 @@ def workspace_params_yaml(template: str, colmap_path: Path, patch_ids: list[str]
     return _dump(yaml, document)
 
 
-def planned_ids(workspace: Path, colmap_path: Path) -> list[str]:
-    """The patch ids the split stage will make of ``colmap_path`` with the workspace's params."""
+def planned_ids(workspace: Path, colmap_path: Path) -> tuple[list[str], str]:
+    """The patch ids the split stage will make of ``colmap_path`` with the workspace's params, and why."""
     from patchsplat.colmap_arrays import read_model_arrays
     from patchsplat.config import load_params
     from patchsplat.scene_layout import locate_scene
@@ -209,8 +220,11 @@ def planned_ids(workspace: Path, colmap_path: Path) -> list[str]:
 
     params = load_params(workspace / "params.yaml")
     layout = locate_scene(colmap_path)
-    plan = plan_split(read_model_arrays(layout.model_dir), params.split, params.validate_.robust_percentile, str(layout.model_dir))
-    return [patch.patch_id for patch in plan.patches]
+    from patchsplat.profiles import split_budget
+
+    plan = plan_split(read_model_arrays(layout.model_dir), params.split, params.validate_.robust_percentile, str(layout.model_dir),
+                      split_budget(params.train, params.split.megapixels_per_patch))
+    return [patch.patch_id for patch in plan.patches], plan.decision or f"{len(plan.patches)} patches"
 
 
 def _run(command: list[str], cwd: Path, what: str) -> str:
@@ -265,7 +279,7 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
         params_path = building / "params.yaml"
         params_path.write_text(workspace_params_yaml(params_template, colmap_path), encoding="utf-8")
         # The ids the split will make (the split settings are the template's): a plain `dvc repro` works.
-        patch_ids = planned_ids(building, colmap_path)
+        patch_ids, decision = planned_ids(building, colmap_path)
         params_path.write_text(workspace_params_yaml(params_template, colmap_path, patch_ids), encoding="utf-8")
         from patchsplat.config import load_params
         from patchsplat.patch_ids import params_patch_ids
@@ -292,7 +306,7 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
             except OSError:
                 break
         raise
-    return InitResult(target, colmap_path, patch_ids, source)
+    return InitResult(target, colmap_path, patch_ids, source, decision)
 
 
 def _umask() -> int:

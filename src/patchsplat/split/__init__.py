@@ -25,6 +25,7 @@ from patchsplat.colmap_arrays import ModelArrays, read_model_arrays, write_model
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.errors import InputError
 from patchsplat.split.compare import flag_outlier_patches
+from patchsplat.split.auto import SplitBudget
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
 
 __all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "PATCH_FILE", "SPLIT_FILE"]
@@ -131,10 +132,12 @@ def split_scene(
     stats_config: ValidateConfig,
     progress: bool = True,
     check_ids: Callable[[list[str]], None] | None = None,
+    budget: SplitBudget | None = None,
 ) -> SplitResult:
     """Split the COLMAP scene in ``scene_dir`` into patches written to ``out_dir`` (complete or absent).
 
-    ``check_ids`` sees the planned patch ids before anything is written and may raise to stop.
+    ``check_ids`` sees the planned patch ids before anything is written and may raise to stop;
+    ``budget`` is what one patch trains (``mode: auto``; see :func:`patchsplat.profiles.split_budget`).
     """
     from rich.progress import Progress
 
@@ -143,7 +146,7 @@ def split_scene(
 
     layout = locate_scene(scene_dir)
     arrays = read_model_arrays(layout.model_dir)
-    plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(layout.model_dir))
+    plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(layout.model_dir), budget=budget)
     if check_ids is not None:
         check_ids([patch.patch_id for patch in plan.patches])
     warnings = _small_patch_problems(plan, config)
@@ -205,6 +208,7 @@ def split_scene(
         summary = {
             "scene": str(scene_dir),
             "mode": config.mode,
+            "decision": plan.decision or f"{config.mode} mode: {len(plan.patches)} patches",
             "num_patches": len(plan.patches),
             "patch_ids": [p.patch_id for p in plan.patches],
             "up_method": plan.up_method,

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from patchsplat.colmap_arrays import ModelArrays
-from patchsplat.config import SplitConfig
+from patchsplat.config import SplitConfig, TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.split.alignment import estimate_up, ground_rotation
+from patchsplat.split.auto import SplitBudget, balanced_grid_cells, decide, grid_shape
 from patchsplat.split.partition import (
+    WHOLE_PLANE,
     Cell,
     adaptive_cells,
     content_bounds,
@@ -47,6 +49,7 @@ class SplitPlan:
     core_of_point: np.ndarray          # (N,) same for points; -1 for non-finite points
     point_xy: np.ndarray               # (N, 2) points on the ground (aligned frame); NaN for non-finite points
     notes: list[str] = field(default_factory=list)   # merges and other decisions, for the report
+    decision: str = ""                 # auto mode: what was decided and why, in one line
 
 
 def _core_index(cells: list[Cell], xy: np.ndarray) -> np.ndarray:
@@ -56,12 +59,19 @@ def _core_index(cells: list[Cell], xy: np.ndarray) -> np.ndarray:
     return owner
 
 
+def _small_cells(cells: list[Cell], camera_xy: np.ndarray, point_xy: np.ndarray, config: SplitConfig) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Indices of the cells with too few cameras or points in their core, and the counts per cell."""
+    camera_counts = np.bincount(_core_index(cells, camera_xy), minlength=len(cells))
+    owners = _core_index(cells, point_xy)
+    point_counts = np.bincount(owners[owners >= 0], minlength=len(cells))
+    small = [i for i in range(len(cells)) if camera_counts[i] < config.min_cameras or point_counts[i] < config.min_points]
+    return small, camera_counts, point_counts
+
+
 def _merge_small(cells: list[Cell], camera_xy: np.ndarray, point_xy: np.ndarray, config: SplitConfig, notes: list[str]) -> list[Cell]:
     """Merge each small cell into the neighbour sharing a full side with it (smallest such neighbour first)."""
     while True:
-        camera_counts = np.bincount(_core_index(cells, camera_xy), minlength=len(cells))
-        point_counts = np.bincount(np.maximum(_core_index(cells, point_xy), 0), minlength=len(cells))
-        small = [i for i in range(len(cells)) if camera_counts[i] < config.min_cameras or point_counts[i] < config.min_points]
+        small, camera_counts, point_counts = _small_cells(cells, camera_xy, point_xy, config)
         merged = False
         for index in small:
             neighbours = [j for j in range(len(cells)) if j != index and shared_edge(cells[index], cells[j])]
@@ -95,8 +105,10 @@ def _ground_xy(xyz: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     return out[:, :2]
 
 
-def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: float = 1.0, source: str = "split") -> SplitPlan:
-    """Partition the scene into patches. ``source`` names the input in error messages."""
+def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: float = 1.0, source: str = "split",
+               budget: SplitBudget | None = None) -> SplitPlan:
+    """Partition the scene into patches. ``source`` names the input in error messages; ``budget`` is what one
+    patch trains (auto mode; default: the training profile's on this machine, see patchsplat.profiles.split_budget)."""
     num_images, num_points = len(arrays.image_ids), len(arrays.point_ids)
     if num_images < 2:
         raise InputError(source, f"{num_images} registered images: nothing to split", kind="too_small")
@@ -112,7 +124,11 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
         point_xy[finite] = _ground_xy(arrays.xyz[finite], rotation)
     bounds = content_bounds(camera_xy, point_xy, robust_percentile)
 
-    if config.mode == "grid":
+    notes: list[str] = []
+    decision = ""
+    if config.mode == "auto":
+        cells, decision = _auto_cells(arrays, camera_xy, point_xy, config, budget, notes)
+    elif config.mode == "grid":
         if num_images < config.rows * config.cols:
             raise InputError(
                 "params.yaml", f"split.rows x split.cols = {config.rows * config.cols} cells but the scene has only "
@@ -122,8 +138,7 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
     else:
         cells = adaptive_cells(camera_xy, config.max_cameras)
 
-    notes: list[str] = []
-    if config.small_patch == "merge":
+    if config.small_patch == "merge" and config.mode != "auto":
         cells = _merge_small(cells, camera_xy, point_xy, config, notes)
     cells = sort_cells(cells, bounds)
 
@@ -182,4 +197,26 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
                 cameras_dropped_by_cap=dropped,
             )
         )
-    return SplitPlan(rotation, up_method, bounds, patches, core_of_camera, core_of_point, point_xy, notes)
+    return SplitPlan(rotation, up_method, bounds, patches, core_of_camera, core_of_point, point_xy, notes, decision)
+
+
+def _auto_cells(arrays: ModelArrays, camera_xy: np.ndarray, point_xy: np.ndarray, config: SplitConfig,
+                budget: SplitBudget | None, notes: list[str]) -> tuple[list[Cell], str]:
+    """auto mode (patchsplat.split.auto): the cells, and the one-line decision. A small cell is merged into a
+    neighbour; when one has none to merge with, the grid is made with one cell fewer."""
+    from patchsplat.profiles import split_budget
+
+    budget = budget or split_budget(TrainConfig(), config.megapixels_per_patch)
+    decision = decide(arrays, camera_xy, budget, config.auto_min_patch_cameras)
+    wanted = decision.rows * decision.cols
+    rows, cols = decision.rows, decision.cols
+    while True:
+        cells = balanced_grid_cells(camera_xy, point_xy, rows, cols) if rows * cols > 1 else [WHOLE_PLANE]
+        cells = _merge_small(cells, camera_xy, point_xy, config, notes)
+        if len(cells) == 1 or not _small_cells(cells, camera_xy, point_xy, config)[0]:
+            break
+        rows, cols = grid_shape(rows * cols - 1, camera_xy)
+        notes.append(f"a small cell had no neighbour to merge with: cut into {rows} x {cols} cells instead")
+    if len(cells) != wanted:
+        return cells, f"{decision.reason}, merged into {len(cells)} patch{'es' if len(cells) > 1 else ''} (small cells)"
+    return cells, decision.reason

@@ -25,6 +25,8 @@ def print_split_table(summary: dict) -> None:
             style="bold red" if row["flags"] else None,
         )
     console.print(table)
+    if summary.get("decision"):
+        console.print(f"split: {summary['decision']}", markup=False)
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for note in summary["notes"]:

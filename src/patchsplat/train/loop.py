@@ -37,6 +37,8 @@ import torch
 from patchsplat.atomic import atomic_dir, atomic_file, write_json
 from patchsplat.config import RecoveryStep, TrainConfig
 from patchsplat.errors import InputError
+from patchsplat.profiles import PatchFacts, is_resolved, resolve_train
+from patchsplat.progress import ProgressLine, on_terminal
 from patchsplat.train import health
 from patchsplat.train.data import PatchViews, View, load_frame
 from patchsplat.train.health import HealthMonitor, TrainingFailure
@@ -59,6 +61,48 @@ class PatchTrainingFailed(InputError):
 
 class RasterizerError(RuntimeError):
     """The rasterizer raised (e.g. gsplat's CUDA 'invalid configuration argument')."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a step, whose state was checkpointed first.
+
+    A KeyboardInterrupt, so whatever runs the stage stops as for Ctrl-C; its message is the one line
+    to show, and ``exit_status`` is the shell's for that signal (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signal_number
+
+
+class StopRequest:
+    """While active (main thread only), SIGINT and SIGTERM ask training to stop at the end of the current
+    step rather than in the middle of it: the step's state is then consistent and can be checkpointed,
+    so the resumed run continues exactly where this one stopped. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signal_number: int, frame) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 @dataclass(frozen=True)
@@ -159,6 +203,8 @@ class _Run:
         self.curve: list[dict] = []
         self.attempts: list[Attempt] = []
         self.views: PatchViews | None = None
+        self.latest_psnr: float | None = None
+        self.stop = StopRequest()
 
     # ------------------------------------------------------------------ set-up
     def load_views(self, resolution_factor: int) -> PatchViews:
@@ -174,7 +220,7 @@ class _Run:
             strategy = CpuSafeMCMCStrategy(
                 cap_max=cap_max, noise_lr=settings.noise_lr, refine_start_iter=settings.refine_start_iter,
                 refine_stop_iter=settings.refine_stop_iter, refine_every=settings.refine_every,
-                min_opacity=settings.min_opacity,
+                min_opacity=settings.min_opacity, growth_rate=settings.growth_rate,
             )
         else:
             strategy = FixedDefaultStrategy(
@@ -301,8 +347,13 @@ class _Run:
         memory = PeakMemory(self.device)
         last_good = state.snapshot()
         self.last_good = last_good
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not self.progress, transient=True) as bar:
+        line = ProgressLine("step", config.steps, self.log, start=state.step, enabled=self.progress and not on_terminal())
+        self.state = state  # what an interrupt checkpoints
+        # Set-up above may be interrupted at once (the last checkpoint still holds); from here on a signal
+        # stops after the current step, whose state is then checkpointed.
+        with self.stop, Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                                 disable=not (self.progress and on_terminal()), transient=True) as bar:
             task = bar.add_task(f"training (attempt {attempt.number})", total=config.steps, completed=state.step, status="")
             while state.step < config.steps:
                 step = state.step
@@ -350,9 +401,24 @@ class _Run:
                     self.save_checkpoint(state, settings, keep=state.step in config.milestones)
                 bar.update(task, completed=state.step, status=f"loss {record['loss']:.4f}" +
                            (f"  PSNR {record['heldout_psnr']:.2f}" if "heldout_psnr" in record else ""))
+                line.update(state.step, force="heldout_psnr" in record, **self.progress_fields(record, state))
+                if self.stop.signal_number is not None:
+                    self.save_checkpoint(state, settings, keep=False)
+                    where = f" ({self.checkpoint_dir})" if self.checkpoint_dir is not None else " (no checkpoint folder: not saved)"
+                    raise TrainingInterrupted(f"training interrupted at step {state.step} of {config.steps}: checkpoint "
+                                              f"saved{where}", self.stop.signal_number)
         self.final_sh_degree = min((config.steps - 1) // config.sh_degree_interval, config.sh_degree)
         self.peak_memory = memory.peak_bytes()
         return state
+
+    def progress_fields(self, record: dict, state: TrainingState) -> dict[str, str]:
+        """The progress line's fields: loss, Gaussians and the latest held-out PSNR."""
+        if "heldout_psnr" in record:
+            self.latest_psnr = record["heldout_psnr"]
+        fields = {"loss": f"loss {record['loss']:.4f}", "gaussians": f"{state.params['means'].shape[0]:,} Gaussians"}
+        if self.latest_psnr is not None:
+            fields["psnr"] = f"held-out PSNR {self.latest_psnr:.2f} dB"
+        return fields
 
     def _enforce_cap(self, state: TrainingState, cap_max: int, strategy) -> None:
         from gsplat.strategy.ops import remove
@@ -382,12 +448,20 @@ def train_patch(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_metrics: Callable[[dict, int], None] | None = None,
+    profile: str | None = None,
+    origins: dict[str, str] | None = None,
 ) -> dict:
-    """Train one patch; returns the metrics written to ``out_dir/metrics.json``. See the module docstring."""
+    """Train one patch; returns the metrics written to ``out_dir/metrics.json``. See the module docstring.
+
+    Settings left None are resolved by the profile (patchsplat.profiles) for this patch;
+    ``profile`` and ``origins`` (where each setting came from, see resolve_train) are recorded in settings.json."""
     patch_dir, prepared_dir, out_dir = Path(patch_dir), Path(prepared_dir), Path(out_dir)
     if faults is None:
         # A "p1/" prefix in PATCHSPLAT_FAULTS targets the patch whose folder is named p1.
         faults = Fault.parse_many(os.environ.get("PATCHSPLAT_FAULTS", ""), patch_dir.name)
+    if not is_resolved(config):  # a library call with settings left to the profile
+        resolved = resolve_train(config, PatchFacts.of_patch(patch_dir))
+        config, profile, origins = resolved.config, resolved.profile, resolved.origins
     run = _Run(patch_dir, prepared_dir, checkpoint_dir, config, faults, progress, log, on_metrics)
     first_view = run.load_views(config.resolution_factor).all_views[0]
     plan = plan_memory(config.memory_budget_gb, config.strategy.cap_max, first_view.width * config.resolution_factor,
@@ -411,8 +485,11 @@ def train_patch(
     started = time.perf_counter()
     first_step = start["step"] if start else 0
     while True:
-        attempt = Attempt(number=len(run.attempts) + 1, settings=asdict(settings), start_step=start["step"] if start else 0)
-        run.attempts.append(attempt)
+        if run.attempts and run.attempts[-1].outcome == "running":
+            attempt = run.attempts[-1]  # resuming an interrupted attempt: the same attempt goes on
+        else:
+            attempt = Attempt(number=len(run.attempts) + 1, settings=asdict(settings), start_step=start["step"] if start else 0)
+            run.attempts.append(attempt)
         strategy = run.make_strategy(settings.cap_max)
         try:
             state = run.run_attempt(attempt, settings, start, strategy)
@@ -448,7 +525,8 @@ def train_patch(
                 torch.cuda.empty_cache()
 
     seconds = time.perf_counter() - started
-    return _write_outputs(run, state, settings, plan, out_dir, seconds, config.steps - first_step)
+    return _write_outputs(run, state, settings, plan, out_dir, seconds, config.steps - first_step,
+                          {"profile": profile, "origins": origins or {}})
 
 
 def failed_attempts_path(out_dir: Path) -> Path:
@@ -461,7 +539,7 @@ def _write_attempts(out_dir: Path, attempts: list[Attempt]) -> None:
 
 
 def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
-                   seconds: float, steps_run: int) -> dict:
+                   seconds: float, steps_run: int, provenance: dict) -> dict:
     from patchsplat.splat_io import transform_splats, write_splats_ply
     from patchsplat.train.report import heldout_figure, write_curve
 
@@ -492,10 +570,11 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
             "backend": run.backend,
             "device": str(run.device),
             "attempts": len(run.attempts),
-            "recovered": len(run.attempts) > 1,
+            "recovered": any(attempt.outcome == "failed" for attempt in run.attempts),
         }
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),
+                                           **provenance,
                                            "canonical_frame": run.frame.to_dict()})
         write_json(tmp / "attempts.json", [asdict(attempt) for attempt in run.attempts])
         write_curve(tmp / "curve.csv", run.curve)

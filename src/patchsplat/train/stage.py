@@ -6,7 +6,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from patchsplat.config import TrackingConfig, TrainConfig
+from patchsplat.config import TrackingConfig
+from patchsplat.profiles import ResolvedTrain
 from patchsplat.console import console
 from patchsplat.tracking import flatten, tracked_run
 from patchsplat.train.loop import failed_attempts_path, train_patch
@@ -56,17 +57,29 @@ def _tag_attempts(tracker, attempts_file: Path) -> None:
     tracker.tags({f"attempt.{index}": line[:4000] for index, line in enumerate(lines, start=1)})
 
 
+def describe_profile(settings: ResolvedTrain) -> str:
+    """One line: the profile and the settings it chose that matter most for time and quality."""
+    config = settings.config
+    chosen = [f"{config.steps} steps", f"images at 1/{config.resolution_factor}", f"cap {config.strategy.cap_max:,} Gaussians"]
+    return (f"profile {settings.profile}: " + ", ".join(chosen) +
+            " (every setting and where it came from: settings.json, or `patchsplat config --patch ID`)")
+
+
 def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out_dir: Path, checkpoint_dir: Path,
-                      config: TrainConfig, tracking: TrackingConfig, resume: bool, workspace: Path = Path(".")) -> dict:
-    with tracked_run(tracking, workspace, f"train@{patch_id}", tags={"patch": patch_id, "stage": "train"}) as tracker:
+                      settings: ResolvedTrain, tracking: TrackingConfig, resume: bool, workspace: Path = Path(".")) -> dict:
+    config = settings.config
+    with tracked_run(tracking, workspace, f"train@{patch_id}", tags={"patch": patch_id, "stage": "train",
+                                                                     "profile": settings.profile}) as tracker:
         tracker.params(flatten("train", config.model_dump(mode="json")))
 
         def log(message: str) -> None:
             console.print(f"[{patch_id}] {message}", markup=False, highlight=False)
 
+        log(describe_profile(settings))
         try:
             metrics = train_patch(patch_dir, prepared_dir, out_dir, config, checkpoint_dir=checkpoint_dir, resume=resume,
-                                  log=log, on_metrics=lambda record, step: tracker.metrics(record, step))
+                                  log=log, on_metrics=lambda record, step: tracker.metrics(record, step),
+                                  profile=settings.profile, origins=settings.origins)
         except Exception:
             tracker.tags({"outcome": "failed"})
             tracker.artifact(failed_attempts_path(out_dir))

@@ -237,9 +237,20 @@ class CpuSafeMCMCStrategy(MCMCStrategy):
         with cpu_fallback_ops():
             return super()._relocate_gs(params, optimizers, binoms)
 
+    growth_rate: float = 0.05
+    """Each refinement adds this fraction of the current count (gsplat's fixed 5 %), up to ``cap_max``."""
+
+    @torch.no_grad()
     def _add_new_gs(self, params, optimizers, binoms: Tensor) -> int:
-        with cpu_fallback_ops():
-            return super()._add_new_gs(params, optimizers, binoms)
+        # Upstream's body with its hard-coded 1.05 as ``1 + growth_rate``: a short CPU run (a few thousand
+        # steps) must grow from a capture's sparse points to its cap in a few dozen refinements.
+        current = len(params["means"])
+        added = max(0, min(self.cap_max, int((1.0 + self.growth_rate) * current)) - current)
+        if added > 0:
+            with cpu_fallback_ops():
+                gsplat_ops.sample_add(params=params, optimizers=optimizers, state={}, n=added, binoms=binoms,
+                                      min_opacity=self.min_opacity)
+        return added
 
 
 def opacity_reset_due(step: int, reset_every: int) -> bool:
