@@ -188,24 +188,35 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
     # Where it ran: with a Dask cluster, a worker process on some machine.
     logger.info("patch %s on %s, process %d", patch_id, socket.gethostname(), os.getpid())
     outcomes = []
+    out_dir = Path(workspace) / "data" / "trained" / patch_id
     for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
-        started = time.time()
+        failed_record_before = _file_signature(failed_attempts_path(out_dir))
         outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
         outcomes.append(outcome)
         if outcome.interrupted:
             return _interrupted(stage, outcomes)
         ladder_ran_out = False
         if outcome.ran and stage.startswith("train@"):
-            out_dir = Path(workspace) / "data" / "trained" / patch_id
             record = failed_attempts_path(out_dir) if outcome.failed else out_dir / "attempts.json"
             if record.exists():
-                ladder_ran_out = outcome.failed and record.stat().st_mtime >= started
+                # Written by this attempt, not left by an earlier run (compared by identity, not by clock:
+                # file times come from a coarser clock than time.time() and can read a few ms earlier).
+                ladder_ran_out = outcome.failed and _file_signature(record) != failed_record_before
                 for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
                     (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
         if outcome.failed:
             return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported,
                            outcomes=outcomes)
     return outcomes
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, modification time in ns, size) of ``path``, None if absent: changes whenever it is rewritten."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def group_failures(failed_patches: dict[str, str]) -> str:
