@@ -6,10 +6,18 @@ parses the binary files pycolmap (or COLMAP) wrote with vectorised numpy instead
 ``images.bin`` per image (images are few), ``points3D.bin`` in one pass, using the
 fact that COLMAP writes points sorted by id and that every point's track length is
 the number of image observations that reference it. Both assumptions are verified;
-if either fails (a hand-edited file), the arrays are taken from pycolmap instead.
+if either fails (a hand-edited file), the points are taken from the validator's
+bounded record walk instead.
 
-Text models are converted to binary in a temporary folder first (pycolmap), so the
-result does not depend on the model's format.
+Every read is guarded like the validation stage (:mod:`patchsplat.validate.model_guard`):
+the cameras and images files are walked record by record first (the validator's
+:mod:`~patchsplat.validate.bin_format`, the one implementation of the layouts), so a
+damaged file is a one-line :class:`InputError` naming it, never a traceback or an
+allocation sized by a garbage count.
+
+Text models are read by pycolmap (errors mapped to file and line as the validator
+does) and converted to binary in a temporary folder, so the result does not depend
+on the model's format.
 
 :func:`write_model_subset` writes a sub-model (some images, some points) the same way,
 vectorised: pycolmap's only bulk way to cut a model (``crop`` + de-registering frames)
@@ -104,43 +112,18 @@ def quaternion_to_matrix(quaternions_wxyz: np.ndarray) -> np.ndarray:
     )
 
 
-def _parse_images(path: Path) -> tuple[list, np.ndarray, np.ndarray]:
-    """Image headers, and every observation's (image index, x, y, point3D id).
+def _observations(images_file: Path, walk) -> tuple[np.ndarray, np.ndarray]:
+    """Every 2D point's (x, y, point3D id) record and the index of its image, from the walked ``images.bin``.
 
-    Headers are walked in Python (images are few); the 2D-point blocks between them are
-    copied out as one byte array and viewed as records (a structured concatenate is ~5x slower).
+    The walk (:func:`patchsplat.validate.bin_format.walk_images`) has checked every count against
+    the file's length; the 2D-point blocks are copied out as one byte array and viewed as records
+    (a structured concatenate is ~5x slower).
     """
-    buffer = np.fromfile(path, dtype=np.uint8)
-    data = memoryview(buffer)
-    size = len(buffer)
-    try:
-        (num_images,) = struct.unpack_from("<Q", data, 0)
-        offset = 8
-        headers, block_ranges, counts = [], [], []
-        for _ in range(num_images):
-            image_id, qw, qx, qy, qz, tx, ty, tz, camera_id = struct.unpack_from("<I7dI", data, offset)
-            offset += 4 + 56 + 4
-            name_end = offset
-            while buffer[name_end] != 0:  # names are short: a Python scan is fine
-                name_end += 1
-            name = bytes(data[offset:name_end]).decode("utf-8")
-            offset = name_end + 1
-            (num_points2d,) = struct.unpack_from("<Q", data, offset)
-            offset += 8
-            if offset + 24 * num_points2d > size:
-                raise struct.error("truncated")
-            headers.append((image_id, name, camera_id, (qw, qx, qy, qz), (tx, ty, tz)))
-            block_ranges.append((offset, offset + 24 * num_points2d))
-            counts.append(num_points2d)
-            offset += 24 * num_points2d
-    except (struct.error, IndexError, UnicodeDecodeError):
-        raise InputError(path, "truncated or corrupt images file", kind="corrupt_file") from None
-    if offset != size:
-        raise InputError(path, f"{size - offset} unexpected bytes after the last image", kind="corrupt_file")
-    blocks = np.concatenate([buffer[begin:end] for begin, end in block_ranges]) if block_ranges else np.zeros(0, np.uint8)
-    all_obs = blocks.view(_OBSERVATION_DTYPE)
-    all_owner = np.repeat(np.arange(len(counts), dtype=np.int32), np.asarray(counts, dtype=np.int64))
-    return headers, all_obs, all_owner
+    buffer = np.fromfile(images_file, dtype=np.uint8)
+    blocks = [buffer[at : at + 24 * count] for at, count in zip(walk.points2D_at, walk.num_points2D)]
+    records = np.concatenate(blocks) if blocks else np.zeros(0, np.uint8)
+    owners = np.repeat(np.arange(len(blocks), dtype=np.int32), np.asarray(walk.num_points2D, dtype=np.int64))
+    return records.view(_OBSERVATION_DTYPE), owners
 
 
 def _shifted_words(buffer: np.ndarray) -> list[np.ndarray]:
@@ -167,9 +150,12 @@ def _gather_field(words: list[np.ndarray], starts: np.ndarray, field_offset: int
     return out
 
 
-def _parse_points_sorted(path: Path, point_ids: np.ndarray, track_lengths: np.ndarray):
-    """Vectorised parse of points3D.bin, assuming records sorted by id; None if the file says otherwise."""
-    buffer = np.fromfile(path, dtype=np.uint8)
+def _parse_points_sorted(buffer: np.ndarray, point_ids: np.ndarray, track_lengths: np.ndarray):
+    """Vectorised parse of points3D.bin, assuming records sorted by id; None if the file says otherwise.
+
+    The file's length must equal what the images' observations imply, and every record's id and
+    track length must sit where they say: then the whole record chain is proven, without a walk.
+    """
     record_sizes = _POINT_HEADER_BYTES + 8 * track_lengths.astype(np.int64)
     expected_size = 8 + int(record_sizes.sum())
     if len(buffer) != expected_size or len(buffer) < 8 or int(buffer[:8].view("<u8")[0]) != len(point_ids):
@@ -183,10 +169,89 @@ def _parse_points_sorted(path: Path, point_ids: np.ndarray, track_lengths: np.nd
         return None
     if not np.array_equal(_gather_field(words, starts, 43), track_lengths.astype(np.uint64)):
         return None
-    xyz = np.stack([_gather_field(words, starts, 8 + 8 * axis).view("<f8") for axis in range(3)], axis=1)
+    xyz = np.stack([_gather_field(words, starts, 8 + 8 * axis).view("<f8") for axis in range(3)], axis=1).reshape(-1, 3)
     rgb = buffer[starts[:, None] + 32 + np.arange(3)]
     error = _gather_field(words, starts, 35).view("<f8")
-    return xyz, rgb, error
+    return xyz, rgb, error, starts
+
+
+def _parse_points_walked(points_file: Path, shown: Path, buffer: np.ndarray, point_ids: np.ndarray, track_lengths: np.ndarray):
+    """Points of a file that is not sorted by id (hand-edited): walked by the validator's bounded walk,
+    then matched with the points the images observe."""
+    from patchsplat.validate import bin_format
+    from patchsplat.validate.model_guard import one_line_errors
+
+    with one_line_errors():
+        walked = bin_format.read_points(points_file)
+    order = np.argsort(walked.point_ids, kind="stable")
+    file_ids = walked.point_ids[order]
+    if len(file_ids) > 1 and (file_ids[1:] == file_ids[:-1]).any():
+        raise InputError(shown, "a 3D point id appears twice (corrupt file)", kind="corrupt_file")
+    position = np.minimum(np.searchsorted(file_ids, point_ids), max(len(file_ids) - 1, 0))
+    found = file_ids[position] == point_ids if len(file_ids) else np.zeros(len(point_ids), bool)
+    if not found.all():
+        missing = ", ".join(map(str, point_ids[~found][:10].tolist()))
+        raise InputError(shown, f"the images refer to 3D point ids ({missing}) that this file does not hold: points are "
+                         "missing from it or the model was edited", kind="inconsistent_model")
+    rows = order[position]
+    if not np.array_equal(walked.track_lengths[rows], track_lengths.astype(np.uint64)):
+        raise InputError(shown, f"the images refer to 3D points {int(track_lengths.sum())} times but the tracks of the points "
+                         f"hold {walked.total_track_length} observations: the model was edited", kind="inconsistent_model")
+    starts = walked.starts[rows]
+    rgb = buffer[starts[:, None] + 32 + np.arange(3)]
+    error = np.ascontiguousarray(buffer[starts[:, None] + 35 + np.arange(8)]).view("<f8").ravel()
+    return walked.xyz[rows], rgb, error, starts
+
+
+def _check_track_images(buffer: np.ndarray, starts: np.ndarray, track_lengths: np.ndarray, image_ids: np.ndarray, shown: Path) -> None:
+    """Every track element names an image of the model: pycolmap refuses a model whose tracks do not,
+    and the arrays (built from the images' side) would silently disagree with the file.
+
+    An element is 8 bytes, its image id the low 4. Elements of one point share an alignment,
+    (start + 51) % 4, so each alignment's ids are one gather from a 4-byte view of the buffer
+    shifted to it; ids are looked up in a table of the model's image ids (no sort). This reads
+    every track (memory-bound, ~0.05 s per million elements), the price of knowing they resolve.
+    """
+    known = _image_id_table(image_ids)
+    first_element = starts + _POINT_HEADER_BYTES
+    alignment = first_element % 4
+    # Indices fit in int32 for files under 8 GiB: half the memory traffic of int64.
+    index_type = np.int32 if len(buffer) < 4 * 2**31 else np.int64
+    for shift in range(4):
+        points = np.flatnonzero(alignment == shift)
+        if len(points) == 0:
+            continue
+        ids = buffer[shift : shift + 4 * ((len(buffer) - shift) // 4)].view("<u4")
+        lengths = track_lengths[points]
+        # Element k of a point is 4-byte word (first - shift) / 4 + 2 k of this view.
+        local_first = 2 * (np.cumsum(lengths) - lengths)
+        base = ((first_element[points] - shift) // 4 - local_first).astype(index_type)
+        word = np.repeat(base, lengths)
+        word += np.arange(0, 2 * len(word), 2, dtype=index_type)
+        element_images = ids[word]
+        if known is not None and int(element_images.max()) < len(known) and known[element_images].all():
+            continue  # the common case: two passes, no temporary masks
+        unknown = _unknown(element_images, known, image_ids)
+        if unknown.any():
+            listed = ", ".join(map(str, np.unique(element_images[unknown])[:10].tolist()))
+            raise InputError(shown, f"tracks refer to image ids {listed} that the images file does not define", kind="corrupt_file")
+
+
+def _unknown(ids: np.ndarray, known: np.ndarray | None, image_ids: np.ndarray) -> np.ndarray:
+    """Which ``ids`` are not image ids: a table lookup (its last entry is False and catches larger ids)."""
+    if known is None:
+        return ~np.isin(ids, image_ids)
+    return ~known[np.minimum(ids, len(known) - 1)]
+
+
+def _image_id_table(image_ids: np.ndarray) -> np.ndarray | None:
+    """Boolean table indexed by image id, True for the model's images; None if the ids are too sparse for one."""
+    largest = int(image_ids.max(initial=0))
+    if largest > 16 * len(image_ids) + 1_000_000:
+        return None
+    table = np.zeros(largest + 2, dtype=bool)
+    table[image_ids] = True
+    return table
 
 
 def _count_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,30 +268,35 @@ def _count_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return unique_ids, position[ids], counts[unique_ids]
 
 
-def _points_from_pycolmap(model_dir: Path, point_ids: np.ndarray):
-    import pycolmap
-
-    reconstruction = pycolmap.Reconstruction(str(model_dir))
-    xyz = np.empty((len(point_ids), 3))
-    rgb = np.empty((len(point_ids), 3), np.uint8)
-    error = np.empty(len(point_ids))
-    for index, point_id in enumerate(point_ids):
-        point = reconstruction.point3D(int(point_id))
-        xyz[index], rgb[index], error[index] = point.xyz, point.color, point.error
-    return xyz, rgb, error
-
-
 def read_model_arrays(model_dir: str | Path) -> ModelArrays:
-    """Read the model in ``model_dir`` (binary or text) into :class:`ModelArrays`."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "images.bin").exists() and (model_dir / "images.txt").exists():
-        import pycolmap
+    """Read the model in ``model_dir`` (binary or text) into :class:`ModelArrays`.
 
-        with tempfile.TemporaryDirectory(prefix="patchsplat-model-") as tmp:
-            pycolmap.Reconstruction(str(model_dir)).write_binary(tmp)
-            return read_model_arrays(tmp)
+    Guarded like the validation stage (:mod:`patchsplat.validate.model_guard`): a damaged,
+    inconsistent or unusable model is an :class:`InputError` naming the file, raised before any
+    vectorised read (or, for a text model, any unguarded pycolmap call).
+    """
+    from patchsplat.validate import model_guard
 
-    headers, observations, owners = _parse_images(model_dir / "images.bin")
+    layout = model_guard.model_layout(Path(model_dir))
+    files = model_guard.checked_files(layout)
+    if layout.model_format == "bin":
+        return _read_binary_model(files, shown=files)
+    # A text model is read by pycolmap (its errors mapped to file and line) and written as binary,
+    # so the result does not depend on the format; errors still name the text files.
+    with tempfile.TemporaryDirectory(prefix="patchsplat-model-") as tmp:
+        model_guard.text_model_as_binary(layout, files, Path(tmp))
+        binary = {stem: Path(tmp) / f"{stem}.bin" for stem in files if (Path(tmp) / f"{stem}.bin").exists()}
+        return _read_binary_model(binary, shown=files)
+
+
+def _read_binary_model(files: dict[str, Path], shown: dict[str, Path]) -> ModelArrays:
+    """Read binary ``files`` (stem -> path); ``shown`` are the paths errors name."""
+    from patchsplat.validate import model_guard
+
+    cameras, images = model_guard.walk_binary(files)
+    model_guard.check_cameras(cameras, shown["cameras"])
+    model_guard.check_images(images, cameras, shown["images"], shown["cameras"])
+    observations, owners = _observations(files["images"], images)
     valid = observations["point3D_id"] != _INVALID_POINT3D_ID
     if not valid.all():  # keypoints without a 3D point: drop them (a copy, avoided when all are valid)
         observations, owners = observations[valid], owners[valid]
@@ -234,16 +304,20 @@ def read_model_arrays(model_dir: str | Path) -> ModelArrays:
     obs_xy = observations.view("<f8").reshape(-1, 3)[:, :2]
     obs_point_id = observations["point3D_id"].view(np.int64)
     point_ids, obs_point, track_lengths = _count_ids(obs_point_id)
-    parsed = _parse_points_sorted(model_dir / "points3D.bin", point_ids, track_lengths)
+    buffer = np.fromfile(files["points3D"], dtype=np.uint8)  # bounded by the file's size
+    parsed = _parse_points_sorted(buffer, point_ids, track_lengths)
     if parsed is None:
-        parsed = _points_from_pycolmap(model_dir, point_ids)
-    xyz, rgb, error = parsed
+        parsed = _parse_points_walked(files["points3D"], shown["points3D"], buffer, point_ids, track_lengths)
+    xyz, rgb, error, starts = parsed
+    image_ids = np.array(images.image_ids, dtype=np.int64)
+    _check_track_images(buffer, starts, track_lengths, image_ids, shown["points3D"])
+    model_guard.check_points(xyz, point_ids, shown["points3D"])
     return ModelArrays(
-        image_ids=np.array([h[0] for h in headers], dtype=np.int64),
-        image_names=tuple(h[1] for h in headers),
-        camera_ids=np.array([h[2] for h in headers], dtype=np.int64),
-        quaternions_wxyz=np.array([h[3] for h in headers], dtype=np.float64).reshape(-1, 4),
-        translations=np.array([h[4] for h in headers], dtype=np.float64).reshape(-1, 3),
+        image_ids=image_ids,
+        image_names=images.names,
+        camera_ids=np.array(images.camera_ids, dtype=np.int64),
+        quaternions_wxyz=np.array([pose[:4] for pose in images.poses], dtype=np.float64).reshape(-1, 4),
+        translations=np.array([pose[4:] for pose in images.poses], dtype=np.float64).reshape(-1, 3),
         point_ids=point_ids,
         xyz=xyz,
         rgb=rgb,
@@ -252,7 +326,7 @@ def read_model_arrays(model_dir: str | Path) -> ModelArrays:
         obs_point=obs_point.astype(np.int32),
         obs_xy=obs_xy,
         obs_records=observations,
-        cameras_bin=(model_dir / "cameras.bin").read_bytes(),
+        cameras_bin=files["cameras"].read_bytes(),
     )
 
 
@@ -313,31 +387,22 @@ class CameraIntrinsics:
 
 
 def parse_cameras(cameras_bin: bytes) -> dict[int, CameraIntrinsics]:
-    """camera id -> its model, size and parameters, from the bytes of cameras.bin."""
+    """camera id -> its model, size and parameters, from the bytes of cameras.bin (walked by the validator's walk)."""
     from patchsplat.validate.bin_format import camera_model_num_params
 
     models = camera_model_num_params()
-    cameras = {}
-    for camera_id, record in _camera_records(cameras_bin).items():
-        _, model_id, width, height = struct.unpack_from("<IiQQ", record, 0)
-        name, count = models[model_id]
-        cameras[camera_id] = CameraIntrinsics(camera_id, name, width, height, struct.unpack_from(f"<{count}d", record, 24))
-    return cameras
+    return {
+        camera_id: CameraIntrinsics(camera_id, models[entry.model_id][0], entry.width, entry.height, entry.params)
+        for camera_id, entry in _camera_entries(cameras_bin).items()
+    }
 
 
-def _camera_records(cameras_bin: bytes) -> dict[int, bytes]:
-    """camera id -> its raw record in cameras.bin."""
-    from patchsplat.validate.bin_format import camera_model_num_params
+def _camera_entries(cameras_bin: bytes) -> dict:
+    from patchsplat.validate.bin_format import walk_camera_bytes
+    from patchsplat.validate.model_guard import one_line_errors
 
-    num_params = {model_id: count for model_id, (_, count) in camera_model_num_params().items()}
-    (count,) = struct.unpack_from("<Q", cameras_bin, 0)
-    records, offset = {}, 8
-    for _ in range(count):
-        camera_id, model_id, _, _ = struct.unpack_from("<IiQQ", cameras_bin, offset)
-        size = 24 + 8 * num_params[model_id]
-        records[camera_id] = cameras_bin[offset : offset + size]
-        offset += size
-    return records
+    with one_line_errors():
+        return walk_camera_bytes(cameras_bin, Path("cameras.bin"))
 
 
 def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_indices: np.ndarray, model_dir: Path) -> tuple[int, int]:
@@ -365,9 +430,9 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     point2d_index = np.arange(len(kept)) - first_of_image[kept_image]
 
     # cameras.bin: the records of the cameras the kept images use, unchanged.
-    records = _camera_records(arrays.cameras_bin)
+    records = _camera_entries(arrays.cameras_bin)
     camera_ids = sorted({int(arrays.camera_ids[i]) for i in image_indices})
-    (model_dir / "cameras.bin").write_bytes(struct.pack("<Q", len(camera_ids)) + b"".join(records[c] for c in camera_ids))
+    (model_dir / "cameras.bin").write_bytes(struct.pack("<Q", len(camera_ids)) + b"".join(records[c].record for c in camera_ids))
 
     # images.bin: each image's kept records (x, y and the unchanged point id) gathered as 8-byte
     # words (3x faster than gathering structured records) into one small reused block, which

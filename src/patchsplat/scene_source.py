@@ -7,9 +7,10 @@
   Exception: training renders pinhole cameras only, and COLMAP's default camera model
   (SIMPLE_RADIAL) has lens distortion. With ``undistort: auto`` such a model is undistorted
   (``pycolmap.undistort_images``: PINHOLE cameras, resampled images) into
-  ``data/scene/undistorted`` and the pointer says the pipeline reads that copy. The model is read
-  and checked first (corrupt files, image names or links escaping ``images/``), so pycolmap never
-  sees what the validator would refuse.
+  ``data/scene/undistorted`` and the pointer says the pipeline reads that copy. The model and the
+  images are checked first, as the validator does (corrupt files, image names or links escaping
+  ``images/``, every image decoded and of its camera's size), so pycolmap never sees what the
+  validator would refuse, and a refused scene leaves nothing behind.
 
 Downstream stages call :func:`resolve_scene_dir` and never care which of the two it was.
 """
@@ -59,15 +60,18 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
     if not source.is_dir():
         raise InputError(config.colmap_path, "scene.colmap_path is not a folder", kind="missing_file")
     pointer = {"source": "colmap", "path": str(source), "fingerprint": _fingerprint(source)}
+    distorted = distorted_camera_models(source) if config.undistort == "auto" else {}
+    if distorted:
+        from patchsplat.scene_layout import locate_scene
+
+        # Checked before anything is created: a refused scene leaves no folder behind.
+        layout = locate_scene(source)
+        num_images = _check_before_undistorting(layout)
     with atomic_dir(scene_dir) as tmp:
-        distorted = distorted_camera_models(source) if config.undistort == "auto" else {}
         if distorted:
             from patchsplat.console import console
-            from patchsplat.scene_layout import locate_scene
             from patchsplat.validate.undistort import undistort_scene
 
-            layout = locate_scene(source)
-            num_images = _check_before_undistorting(layout)
             models = ", ".join(f"{name} x{count}" for name, count in sorted(distorted.items()))
             console.print(f"scene: cameras with lens distortion ({models}); training renders pinhole cameras: "
                           f"undistorting {num_images} images with pycolmap into {scene_dir / UNDISTORTED_FOLDER} "
@@ -145,7 +149,22 @@ def _check_before_undistorting(layout) -> int:
             raise InputError(layout.model_file("images"), f"image {image.image_id} has an empty name; not undistorting",
                              kind="bad_image_name")
         safe_image_path(layout.images_dir, image.name)
+    _check_image_files(model)
     return len(model.images)
+
+
+def _check_image_files(model) -> None:
+    """Decode and size-check every image as the validator does: pycolmap's undistortion would stop
+    on a truncated or zero-byte file with a message naming no image, or resample a wrong-size one."""
+    from patchsplat.config import ValidateConfig
+    from patchsplat.validate.image_files import check_image_files
+
+    findings = check_image_files(model, list(model.images), ValidateConfig(), decode=True)
+    errors = [finding for finding in findings if finding.is_error]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more image problem(s))" if len(errors) > 1 else ""
+        raise InputError(first.file or model.layout.images_dir, first.message + more, kind=first.kind)
 
 
 def resolve_scene_dir(scene_dir: Path) -> Path:

@@ -89,11 +89,17 @@ class CameraEntry:
     model_id: int
     width: int
     height: int
+    params: tuple[float, ...] = ()
+    record: bytes = b""          # the raw record, copied unchanged into sub-models
 
 
 def walk_cameras(path: Path) -> dict[int, CameraEntry]:
     """Walk ``cameras.bin``: every model id known, every record complete, nothing left over."""
-    data = path.read_bytes()
+    return walk_camera_bytes(path.read_bytes(), path)
+
+
+def walk_camera_bytes(data: bytes, path: Path) -> dict[int, CameraEntry]:
+    """:func:`walk_cameras` on the file's bytes (``path`` names it in errors)."""
     count = _read_count(data, path, "cameras", _CAMERA_HEAD.size)
     models = camera_model_num_params()
     cameras: dict[int, CameraEntry] = {}
@@ -104,12 +110,14 @@ def walk_cameras(path: Path) -> dict[int, CameraEntry]:
         camera_id, model_id, width, height = _CAMERA_HEAD.unpack_from(data, offset)
         if model_id not in models:
             raise CorruptFile(path, f"camera record {index + 1} (id {camera_id}) has unknown camera model id {model_id} (corrupt file)")
-        offset += _CAMERA_HEAD.size + 8 * models[model_id][1]
+        start, num_params = offset, models[model_id][1]
+        offset += _CAMERA_HEAD.size + 8 * num_params
         if offset > len(data):
             raise CorruptFile(path, f"truncated in the parameters of camera {camera_id}")
         if camera_id in cameras:
             raise CorruptFile(path, f"camera id {camera_id} appears twice (corrupt file)")
-        cameras[camera_id] = CameraEntry(camera_id, model_id, width, height)
+        params = struct.unpack_from(f"<{num_params}d", data, start + _CAMERA_HEAD.size)
+        cameras[camera_id] = CameraEntry(camera_id, model_id, width, height, params, bytes(data[start:offset]))
     _check_consumed(path, offset, len(data), "cameras")
     return cameras
 
@@ -119,6 +127,9 @@ class ImagesWalk:
     image_ids: tuple[int, ...]
     camera_ids: tuple[int, ...]
     num_points2D: tuple[int, ...]
+    names: tuple[str, ...] = ()
+    poses: tuple[tuple[float, ...], ...] = ()   # qw qx qy qz tx ty tz (cam_from_world)
+    points2D_at: tuple[int, ...] = ()           # byte offset of each image's 2D points
 
 
 def walk_images(path: Path) -> ImagesWalk:
@@ -127,6 +138,9 @@ def walk_images(path: Path) -> ImagesWalk:
     image_ids: list[int] = []
     camera_ids: list[int] = []
     num_points: list[int] = []
+    names: list[str] = []
+    poses: list[tuple[float, ...]] = []
+    points_at: list[int] = []
     with _mapped(path) as data:
         size = len(data)
         count = _read_count(data, path, "images", min_record)
@@ -142,7 +156,7 @@ def walk_images(path: Path) -> ImagesWalk:
             if name_end < 0:
                 raise CorruptFile(path, f"truncated in the name of image {image_id}")
             try:
-                data[offset:name_end].decode("utf-8")
+                name = data[offset:name_end].decode("utf-8")
             except UnicodeDecodeError:
                 raise CorruptFile(path, f"the name of image {image_id} is not valid UTF-8 (corrupt file)") from None
             offset = name_end + 1
@@ -158,8 +172,11 @@ def walk_images(path: Path) -> ImagesWalk:
             image_ids.append(image_id)
             camera_ids.append(camera_id)
             num_points.append(points2d)
+            names.append(name)
+            poses.append(fields[1:8])
+            points_at.append(offset - _POINT2D_BYTES * points2d)
         _check_consumed(path, offset, size, "images")
-    return ImagesWalk(tuple(image_ids), tuple(camera_ids), tuple(num_points))
+    return ImagesWalk(tuple(image_ids), tuple(camera_ids), tuple(num_points), tuple(names), tuple(poses), tuple(points_at))
 
 
 def walk_rigs(path: Path) -> int:
@@ -217,6 +234,8 @@ class PointArrays:
     point_ids: np.ndarray        # (N,) int64
     xyz: np.ndarray              # (N, 3) float64
     total_track_length: int
+    starts: np.ndarray | None = None          # (N,) int64 byte offset of each record
+    track_lengths: np.ndarray | None = None   # (N,) uint64
 
 
 def read_points(path: Path) -> PointArrays:
@@ -257,7 +276,7 @@ def read_points(path: Path) -> PointArrays:
             point_ids, xyz, track_lengths = _gather_point_headers(buffer, offsets)
         finally:
             del buffer  # release the export so the mapping can close
-    return PointArrays(point_ids, xyz, int(track_lengths.sum()))
+    return PointArrays(point_ids, xyz, int(track_lengths.sum()), offsets.copy(), track_lengths)
 
 
 _GATHER_CHUNK = 1 << 18  # records per gather: bounds the temporary copy to ~13 MB
