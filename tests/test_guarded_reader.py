@@ -254,3 +254,20 @@ def test_a_good_scene_still_splits_and_undistorts(make_scene, tmp_path):
     completed = _run([sys.executable, str(REPO_ROOT / "stages" / "scene.py")], cwd=workspace)
     assert completed.returncode == 0, completed.stderr
     assert (workspace / "data" / "scene" / "undistorted" / "sparse" / "0" / "cameras.bin").is_file()
+
+
+def test_points_out_of_id_order_are_read_by_the_bounded_walk(make_scene):
+    """A hand-edited points3D.bin (records not sorted by id) is valid: it takes the walked path, same arrays."""
+    import numpy as np
+
+    from patchsplat.colmap_arrays import read_model_arrays
+
+    scene = make_scene()
+    expected = read_model_arrays(scene / "sparse" / "0")
+    path = model_file(scene, "points3D.bin")
+    data = path.read_bytes()
+    records = [data[8 + POINT_RECORD * i : 8 + POINT_RECORD * (i + 1)] for i in range((len(data) - 8) // POINT_RECORD)]
+    path.write_bytes(data[:8] + b"".join(reversed(records)))
+    arrays = read_model_arrays(scene / "sparse" / "0")
+    for name in ("point_ids", "xyz", "rgb", "error", "obs_point"):
+        assert np.array_equal(getattr(arrays, name), getattr(expected, name)), name
