@@ -38,6 +38,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(target: Path, always: bool = False) -> Iterator[None]:
+    """A write that fails without naming its file (a full disk: write() gives only "No space left on device")
+    fails naming ``target`` (and, with ``always``, one naming another file too), so the user's one error line
+    says which output could not be written."""
+    try:
+        yield
+    except OSError as error:
+        if (error.filename is not None and not always) or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(target)) from error
+
+
+@contextlib.contextmanager
 def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
@@ -46,12 +59,14 @@ def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    with _naming(target.parent, always=True):  # the folder refused it, not the temporary name the user never chose
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     _ordinary_permissions(tmp, directory=False)
     try:
-        yield tmp
+        with _naming(target):
+            yield tmp
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
@@ -77,10 +92,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _naming(target.parent, always=True):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     _ordinary_permissions(tmp, directory=True)
     try:
-        yield tmp
+        with _naming(target):
+            yield tmp
         old = None
         if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))

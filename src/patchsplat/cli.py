@@ -19,6 +19,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error (also PATCHSPLAT_DEBUG=1).")] = False,
+) -> None:
+    """COLMAP reconstruction -> validated patches -> Gaussian splats, mesh and evaluation."""
+    if debug:
+        import os
+
+        from patchsplat.console import DEBUG_ENV
+
+        # The environment, not a flag in memory: the stage processes run/repro start inherit it.
+        os.environ[DEBUG_ENV] = "1"
+
+
 ParamsOption = Annotated[Path, typer.Option("--params", help="The params.yaml to read settings from.")]
 
 

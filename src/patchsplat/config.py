@@ -9,19 +9,47 @@ from __future__ import annotations
 
 from pathlib import Path
 import re
+import typing
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from patchsplat.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+# A value echoed in an error line is cut to this many characters (the line must stay one readable line).
+MAX_ECHOED_CHARS = 80
+# A params file whose aliases (*name) would expand to more nodes than this is refused: a few lines of
+# nested aliases ("billion laughs") otherwise expand into gigabytes.
+MAX_EXPANDED_NODES = 100_000
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field's type is (or holds) an int or a float: Optional[int], list[int], ..."""
+    if annotation in (int, float):
+        return True
+    return any(_takes_number(arg) for arg in typing.get_args(annotation))
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(item, bool) for item in value))
+
+
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo in params.yaml must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    # Unknown keys are errors: a typo in params.yaml must not be silently ignored. No setting means
+    # anything at .inf or .nan (budgets, sizes, rates, thresholds), so non-finite floats are refused.
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `steps: true` as 1: a boolean where a number belongs is a mistake.
+        if _holds_bool(value) and _takes_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class DemoDefects(_Section):
@@ -414,7 +442,7 @@ class Params(_Section):
 
         return resolve_train(self.train, PatchFacts.of_patch(patch_dir), self.patch_overrides.get(patch_id), patch_id, profile)
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -426,15 +454,20 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_ECHOED_CHARS else f"{text[:MAX_ECHOED_CHARS]}... ({len(text)} characters)"
+
+
 def _format_validation_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     key = key.replace("validate_", "validate")
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):
-        message = f"{message} (got {first['input']!r})"
+        message = f"{message} (got {_echo(first['input'])})"
     more = f" (and {len(error.errors()) - 1} more problems)" if len(error.errors()) > 1 else ""
     return f"{key}: {message}{more}"
 
@@ -460,17 +493,88 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
     return params
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate ``params.yaml`` (safe YAML only)."""
-    path = Path(path)
+class ParamsLoader(yaml.SafeLoader):
+    """Safe YAML that also refuses a key written twice in one mapping (plain YAML keeps the last, so a second
+    ``train:`` section silently drops the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` keys may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the constructor itself refuses it
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_echo(key)} (first at line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded, counting up to just past ``limit``.
+    Each node's size is computed once (aliases share node objects), so this is quick even for a bomb."""
+    sizes: dict[int, int] = {}
+
+    def size(current: yaml.Node) -> int:
+        if id(current) in sizes:
+            return sizes[id(current)]
+        sizes[id(current)] = limit + 1  # a recursive alias counts as too large
+        total = 1
+        if isinstance(current, yaml.SequenceNode):
+            total += sum(size(child) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in current.value)
+        sizes[id(current)] = total = min(total, limit + 1)
+        return total
+
+    return size(node)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    loader = ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+            raise InputError(path, f"its aliases (*name) expand to more than {MAX_EXPANDED_NODES} values: refused",
+                             kind="bad_params")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _read_params_text(path: Path) -> str:
     if not path.exists():
         raise InputError(path, "params file not found", kind="missing_file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a params file", kind="bad_params")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})",
+                         kind="bad_params") from None
+    except OSError as error:
+        raise InputError(path, error.strerror or str(error), kind="bad_params") from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml`` (safe YAML only, no duplicate keys, aliases within reason)."""
+    path = Path(path)
+    text = _read_params_text(path)
+    try:
+        data = _parse_yaml(text, path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(path, f"not valid YAML{where}", kind="bad_params") from None
+        problem = getattr(error, "problem", None) or ""
+        detail = f": {problem}" if problem.startswith("duplicate key") else ""
+        raise InputError(path, f"not valid YAML{where}{detail}", kind="bad_params") from None
+    except RecursionError:
+        raise InputError(path, "nested too deeply", kind="bad_params") from None
     return parse_params(data, str(path))
 
 

@@ -1,15 +1,21 @@
-"""Shared terminal output, and the guard every command and stage runs under: an input error becomes one
-line, an interrupt (Ctrl-C, SIGTERM) one line and exit status 130/143, and a DVC stage ends with its time."""
+"""Shared terminal output, and the guard every command and stage runs under: an input error or a failed file
+operation (permission denied, disk full, read-only folder...) becomes one line, an unexpected error one line
+and a trace file (the traceback itself with ``--debug`` or PATCHSPLAT_DEBUG=1), an interrupt (Ctrl-C, SIGTERM)
+one line and exit status 130/143, and a DVC stage ends with its time."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from rich.console import Console
@@ -23,6 +29,13 @@ err_console = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 
 EXIT_INPUT_ERROR = 1
+# An unexpected (internal) error: one line and a trace file, or the traceback in debug mode.
+EXIT_INTERNAL_ERROR = 1
+# Set (to anything but "" or "0") by `patchsplat --debug`, or by the user: unexpected errors show their traceback.
+# An environment variable so the stage processes `patchsplat run/repro` start inherit it.
+DEBUG_ENV = "PATCHSPLAT_DEBUG"
+# An echoed value (an exception's message) is cut to this many characters: one line must stay readable.
+MAX_LINE_CHARS = 400
 # Where a stage process appends {"stage", "outcome", "seconds"} when it ends (a JSON line), if set:
 # `patchsplat repro` reads it for its closing time table and to name the stages an interrupt stopped.
 STAGE_TIMES_ENV = "PATCHSPLAT_STAGE_TIMES"
@@ -43,11 +56,58 @@ class Interrupted(KeyboardInterrupt):
         self.exit_now = exit_now
 
 
+def shorten(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters (a huge value must not become a huge error line)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 25] + f"... ({len(line)} characters)"
+
+
 def fail(error: InputError) -> None:
     """Print the one-line error and exit non-zero (no traceback)."""
     # soft_wrap: the message must stay on one line however narrow the terminal.
-    err_console.print(f"error: {error.one_line()}", markup=False, soft_wrap=True)
+    err_console.print(f"error: {shorten(error.one_line())}", markup=False, soft_wrap=True)
     sys.exit(EXIT_INPUT_ERROR)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def file_error(error: OSError) -> InputError | None:
+    """A failed file operation as the InputError to show ("<file>: No space left on device"), or None for an
+    OSError that names no file and is not one of the usual user-side causes (a bug: shown as unexpected).
+    Writers that know their target name it (patchsplat.atomic); a bare write() on a full disk cannot."""
+    # A failed rename names the destination: the source is usually a writer's temporary sibling.
+    where = error.filename2 if error.filename2 is not None else error.filename
+    problem = error.strerror or str(error)
+    if where is not None:
+        return InputError(os.fsdecode(where), problem, kind="file_error")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+        return InputError("writing outputs" if error.errno != errno.EIO else "reading or writing", problem, kind="file_error")
+    return None
+
+
+def _trace_file(exception: BaseException) -> Path | None:
+    """Write the full traceback to a file in the temp dir (never into the workspace, which may be the
+    read-only or full place that failed) and return its path; None when even that cannot be written."""
+    try:
+        handle, name = tempfile.mkstemp(prefix="patchsplat-trace-", suffix=".txt")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(f"patchsplat {' '.join(sys.argv)}\n")
+            out.write("".join(traceback.format_exception(type(exception), exception, exception.__traceback__)))
+        return Path(name)
+    except OSError:
+        return None
+
+
+def report_unexpected(exception: BaseException) -> None:
+    """One line naming the error and where its traceback went, then exit non-zero."""
+    summary = shorten(f"{type(exception).__name__}: {exception}", MAX_LINE_CHARS - 120)
+    trace = _trace_file(exception)
+    where = f"full trace in {trace}" if trace else "the trace could not be written"
+    err_console.print(f"error: unexpected {summary} ({where}; --debug or {DEBUG_ENV}=1 shows it)",
+                      markup=False, soft_wrap=True)
+    sys.exit(EXIT_INTERNAL_ERROR)
 
 
 _signal_received: int | None = None
@@ -111,10 +171,23 @@ class _Heartbeat:
                           markup=False, highlight=False)
 
 
+def _unexpected(error: BaseException) -> None:
+    """Exit with one line and a trace file, unless in debug mode or the exception is click's own (typer.Exit,
+    Abort, a usage error: click handles those itself), when the caller re-raises it."""
+    import click
+
+    if debug_enabled() or isinstance(error, (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)):
+        return
+    report_unexpected(error)
+
+
 def guarded(function: Callable[[], T], stage: str | None = None) -> T:
     """Run ``function`` (a command, or a stage's ``main``) so that:
 
-    * an :class:`InputError` becomes one line on stderr and exit status 1;
+    * an :class:`InputError` becomes one line on stderr and exit status 1, and so does an OSError naming a
+      file ("<file>: Permission denied", "No space left on device", "Read-only file system", ...);
+    * any other exception becomes one line naming it and a trace file, exit status 1; with ``--debug`` or
+      PATCHSPLAT_DEBUG=1 it propagates with its traceback instead;
     * Ctrl-C or SIGTERM becomes one line and exit status 130 or 143, no traceback: the line is the
       KeyboardInterrupt's message when it carries one (the training loop's ``TrainingInterrupted``
       says at which step its checkpoint was saved), else "<stage>: interrupted after 12.3 s";
@@ -154,6 +227,18 @@ def guarded(function: Callable[[], T], stage: str | None = None) -> T:
         sys.exit(status)
     except SystemExit as exit_:
         _record_stage(stage, "failed" if exit_.code else "ran", time.perf_counter() - started)
+        raise
+    except OSError as error:
+        _record_stage(stage, "failed", time.perf_counter() - started)
+        shown = file_error(error)
+        if shown is None or debug_enabled():
+            _unexpected(error)
+            raise
+        fail(shown)
+        raise AssertionError("unreachable") from None
+    except Exception as error:
+        _record_stage(stage, "failed", time.perf_counter() - started)
+        _unexpected(error)
         raise
     except BaseException:
         _record_stage(stage, "failed", time.perf_counter() - started)

@@ -12,7 +12,6 @@ Contract: :func:`merge_patches` reads ``patches_dir/split.json`` and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from patchsplat.errors import InputError
 from patchsplat.split import SPLIT_FILE
 from patchsplat.split.partition import Cell
 from patchsplat.splat_io import SPLAT_KEYS, read_splats_ply, write_splats_ply
+from patchsplat.reading import read_json
 
 
 def core_mask(means: torch.Tensor, core: Cell, world_to_aligned: np.ndarray) -> np.ndarray:
@@ -45,7 +45,7 @@ def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: M
     split_file = Path(patches_dir) / SPLIT_FILE
     if not split_file.exists():
         raise InputError(split_file, "not found: run the split first", kind="missing_file")
-    split = json.loads(split_file.read_text(encoding="utf-8"))
+    split = read_json(split_file, "split description")
     world_to_aligned = np.asarray(split["world_to_aligned"])
     pieces, rows = [], []
     for patch in split["patches"]:

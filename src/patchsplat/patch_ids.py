@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from patchsplat.errors import InputError
 
@@ -72,11 +73,26 @@ def _span(ids: list[str]) -> str:
     return "none" if not ids else (ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}")
 
 
+def _load_yaml(loader, path: Path) -> Any:
+    """``path`` read with the ruamel ``loader``; a damaged file (a hand edit, a crash mid-write by another
+    tool) is an InputError naming it and the line, not a traceback."""
+    from ruamel.yaml import YAMLError
+
+    try:
+        return loader.load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text (offset {error.start})", kind="corrupt_file") from None
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(path, f"not valid YAML{where}", kind="corrupt_file") from None
+
+
 def _per_patch_outputs(dvc_yaml: Path) -> list[str]:
     """Output path templates (with ``${key}``) of the foreach stages over the patch ids."""
     from ruamel.yaml import YAML
 
-    stages = (YAML(typ="safe").load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = (_load_yaml(YAML(typ="safe"), dvc_yaml) or {}).get("stages", {})
     templates = []
     for stage in stages.values():
         if isinstance(stage, dict) and str(stage.get("foreach", "")).strip() == "${patch_overrides}":
@@ -92,7 +108,7 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
     """Make ``params.yaml``'s patch_overrides keys equal ``new_ids``; remove what belonged to dropped ids."""
     params_path, lock_path, dvc_yaml = workspace / "params.yaml", workspace / "dvc.lock", workspace / "dvc.yaml"
     yaml = _round_trip_yaml()
-    document = yaml.load(params_path.read_text(encoding="utf-8"))
+    document = _load_yaml(yaml, params_path)
     overrides = document.get("patch_overrides") or {}
     old_ids = list(overrides)
     removed_outputs: list[str] = []
@@ -129,7 +145,7 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
                 removed_outputs.append(path.relative_to(workspace).as_posix())
 
     if lock_path.exists():
-        lock = yaml.load(lock_path.read_text(encoding="utf-8"))
+        lock = _load_yaml(yaml, lock_path)
         stages = lock.get("stages", {})
         for name in list(stages):
             stage, at, patch_id = name.partition("@")

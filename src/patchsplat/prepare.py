@@ -19,7 +19,6 @@ Contract: :func:`prepare_patch` reads ``patch_dir`` (``sparse/0`` and ``patch.js
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
+from patchsplat.reading import read_json
 
 # Queries are answered this many points at a time so memory stays bounded (k distances + indices per point).
 _KNN_CHUNK = 262_144
@@ -103,7 +103,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     patch_file = patch_dir / "patch.json"
     if not patch_file.exists():
         raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
-    patch = json.loads(patch_file.read_text(encoding="utf-8"))
+    patch = read_json(patch_file, "patch description")
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     point_indices = np.flatnonzero(finite)

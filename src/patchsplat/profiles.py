@@ -21,13 +21,13 @@ rates and a growth schedule that reach a useful model in a few thousand steps (s
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from patchsplat.config import TrainConfig, deep_merge
+from patchsplat.reading import read_json
 
 PROFILE_NAMES = ("preview", "full")
 
@@ -102,7 +102,7 @@ class PatchFacts:
 
         arrays = read_model_arrays(Path(patch_dir) / "sparse" / "0")
         cameras = parse_cameras(arrays.cameras_bin)
-        held_out = set(json.loads((Path(patch_dir) / "patch.json").read_text(encoding="utf-8")).get("heldout_image_names", []))
+        held_out = set(read_json(Path(patch_dir) / "patch.json", "patch description").get("heldout_image_names", []))
         train_images = sum(1 for name in arrays.image_names if name not in held_out)
         num_points = len(arrays.point_ids)
         return PatchFacts(

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.table import Table
 
 from patchsplat.console import console
+from patchsplat.errors import InputError
+from patchsplat.reading import read_json
 
 
-def _read(path: Path) -> dict | list | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def _read(path: Path) -> dict | None:
+    """A stage's report, None when the stage has not run; a damaged one is an InputError naming it."""
+    if not path.exists():
+        return None
+    report = read_json(path, "report")
+    if not isinstance(report, dict):
+        raise InputError(path, f"not a report (a JSON object expected, found {type(report).__name__}); "
+                         "rerun the stage that writes it", kind="corrupt_file")
+    return report
 
 
 def _number(value, digits: str = ".4g") -> str:
-    return "-" if value is None else format(value, digits)
+    if value is None:
+        return "-"
+    # A hand-edited or foreign report may hold anything: show it rather than fail on its format.
+    return format(value, digits) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def _validation(workspace: Path) -> str | None:
@@ -45,13 +56,13 @@ def _training(workspace: Path) -> str | None:
     for path in runs:
         metrics = _read(path)
         recovered = " (recovered)" if metrics.get("recovered") else ""
-        parts.append(f"{path.parent.name} {metrics['heldout_psnr']:.1f} dB{recovered}")
+        parts.append(f"{path.parent.name} {_number(metrics.get('heldout_psnr'), '.1f')} dB{recovered}")
     return "held-out PSNR: " + ", ".join(parts)
 
 
 def _merge(workspace: Path) -> str | None:
     report = _read(workspace / "data/merged/merge.json")
-    return None if report is None else f"{report['num_gaussians']:,} Gaussians"
+    return None if report is None else f"{_number(report.get('num_gaussians'), ',')} Gaussians"
 
 
 def _mesh(workspace: Path) -> str | None:

@@ -17,7 +17,6 @@ size and depth truncation come from the depths of the points the views observe (
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, re
 from patchsplat.splat_io import read_splats_ply
 from patchsplat.split import PATCH_FILE, patch_images_dir
 from patchsplat.split.partition import Cell
+from patchsplat.reading import read_json
 
 # The grid reaches this many voxels (plus the truncation band) past the core cell, so the surface
 # just inside the cell's border is complete before it is cropped.
@@ -96,7 +96,7 @@ def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
         raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
     if not splats_path.exists():
         raise InputError(splats_path, "trained splats not found: train this patch first", kind="missing_file")
-    patch = json.loads(patch_file.read_text(encoding="utf-8"))
+    patch = read_json(patch_file, "patch description")
     model_dir = patch_dir / "sparse" / "0"
     arrays = read_model_arrays(model_dir)
     scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir), arrays)

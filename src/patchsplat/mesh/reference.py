@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from patchsplat.reading import read_json
 
 # A ground-truth sample counts as seen when its depth is within this of the nearest sample in its pixel.
 _SEEN_RELATIVE, _SEEN_ABSOLUTE = 0.01, 0.05
@@ -18,7 +19,7 @@ def visible_ground_truth_samples(scene: Path, cameras, depth_trunc: float, count
     but nothing was sampled or trained there)."""
     import trimesh
 
-    manifest = json.loads((scene / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_json(scene / "manifest.json", "demo scene manifest")
     truth = trimesh.load(scene / "ground_truth_mesh.ply", force="mesh", process=False)
     points, _ = trimesh.sample.sample_surface(truth, count, seed=seed)
     seen = np.zeros(len(points), dtype=bool)

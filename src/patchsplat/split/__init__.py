@@ -27,6 +27,7 @@ from patchsplat.errors import InputError
 from patchsplat.split.compare import flag_outlier_patches
 from patchsplat.split.auto import SplitBudget
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
+from patchsplat.reading import read_json
 
 __all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "PATCH_FILE", "SPLIT_FILE"]
 
@@ -103,9 +104,7 @@ def _result(job: Future, jobs: list[Future]):
 
 def patch_images_dir(patch_dir: Path) -> Path:
     """The images folder a patch references (stored relative to the patch folder when possible)."""
-    import json
-
-    reference = json.loads((patch_dir / PATCH_FILE).read_text(encoding="utf-8"))["images_dir"]
+    reference = read_json(patch_dir / PATCH_FILE, "patch description")["images_dir"]
     return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
 
 

@@ -180,6 +180,10 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
 
 
+# What save_checkpoint writes: a payload without them is not one of ours.
+CHECKPOINT_KEYS = {"fingerprint", "state", "settings", "attempts", "curve"}
+
+
 class _Run:
     """One patch's training, across attempts."""
 
@@ -326,11 +330,27 @@ class _Run:
         path = None if self.checkpoint_dir is None else self.checkpoint_dir / LAST_CHECKPOINT
         if path is None or not path.exists():
             return None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:
+            raise  # unreadable (permissions, I/O): the guard names the file; the checkpoint may be fine
+        except Exception as error:  # truncated or damaged: torch raises RuntimeError, EOFError, UnpicklingError...
+            self.set_aside(path, f"{type(error).__name__}: {' '.join(str(error).split())[:120]}")
+            return None
+        if not isinstance(payload, dict) or not CHECKPOINT_KEYS <= payload.keys():
+            self.set_aside(path, "not a patchsplat checkpoint")
+            return None
         if payload.get("fingerprint") != self.fingerprint:
             self.log(f"checkpoint {path} is from other settings or inputs: starting afresh")
             return None
         return payload
+
+    def set_aside(self, path: Path, problem: str) -> None:
+        """A checkpoint that cannot be loaded is renamed (kept for a post-mortem, never loaded again) and
+        training starts afresh: one damaged file must not block the patch."""
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        self.log(f"{path}: damaged checkpoint ({problem}); set aside as {aside.name}, starting afresh")
 
     # ------------------------------------------------------------------ an attempt
     def run_attempt(self, attempt: Attempt, settings: AttemptSettings, start: dict | None, strategy) -> TrainingState:

@@ -11,6 +11,7 @@ from patchsplat.profiles import ResolvedTrain
 from patchsplat.console import console
 from patchsplat.tracking import flatten, tracked_run
 from patchsplat.train.loop import failed_attempts_path, train_patch
+from patchsplat.reading import read_json
 
 ARTIFACTS = ("metrics.json", "curve.csv", "heldout.png", "attempts.json", "settings.json")
 
@@ -48,11 +49,9 @@ def attempt_lines(attempts: list[dict]) -> list[str]:
 
 def _tag_attempts(tracker, attempts_file: Path) -> None:
     """The recovery attempts as tags (``attempt.1`` ...), readable in the MLflow UI without opening artifacts."""
-    import json
-
     if not attempts_file.exists():
         return
-    lines = attempt_lines(json.loads(attempts_file.read_text(encoding="utf-8")))
+    lines = attempt_lines(read_json(attempts_file, "attempts record"))
     # MLflow tag values are capped (8,000 characters in its stores); a reason line is far shorter.
     tracker.tags({f"attempt.{index}": line[:4000] for index, line in enumerate(lines, start=1)})
 
