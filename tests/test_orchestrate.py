@@ -177,3 +177,14 @@ def test_prefect_retries_a_patch_unless_its_input_is_bad(tmp_path, monkeypatch, 
 
     assert one_patch() == (True, f"train@p0: {printed.removeprefix('error: ')}")
     assert calls.count("train@p0") == runs
+
+
+def test_an_unexpected_error_line_is_a_crash_worth_a_retry_not_a_report_of_bad_input():
+    """Stages end an internal error with one "error: unexpected ..." line (the trace goes to a file): the flow must
+    still retry it like a traceback, while a stage's report of bad input is never retried."""
+    from patchsplat.orchestrate.dvc_steps import _reported
+
+    assert _reported(1, "data/patches/p0/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL", interrupted=False)
+    assert not _reported(1, "unexpected ZeroDivisionError: division by zero (full trace in /tmp/t.txt)", interrupted=False)
+    assert not _reported(130, "data/patches/p0: interrupted", interrupted=True)
+    assert not _reported(0, None, interrupted=False)

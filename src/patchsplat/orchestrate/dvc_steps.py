@@ -125,7 +125,14 @@ def run_dvc_stage(stage: str, workspace: Path, environment: dict[str, str], log:
     else:
         error = (stage_error or dvc_error or f"dvc exited with status {returncode}") if returncode else None
     return StageOutcome(stage, ran, time.perf_counter() - started, returncode, error,
-                        reported=bool(returncode and stage_error and not interrupted), interrupted=interrupted)
+                        reported=_reported(returncode, stage_error, interrupted), interrupted=interrupted)
+
+
+def _reported(returncode: int, stage_error: str | None, interrupted: bool) -> bool:
+    """Whether the failure is the stage's own one-line report of a problem a retry would only repeat (bad
+    input, a ladder run out). An unexpected internal error also ends in one line ("unexpected ...", see
+    patchsplat.console.report_unexpected) but is a crash like a traceback: worth a retry."""
+    return bool(returncode and stage_error and not interrupted and not stage_error.startswith("unexpected "))
 
 
 def pipeline_up_to_date(workspace: Path, environment: dict[str, str]) -> bool:
