@@ -22,6 +22,7 @@ from pathlib import Path
 from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.config import SceneConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import SCENE
 
 SCENE_POINTER = "scene.json"
 UNDISTORTED_FOLDER = "undistorted"
@@ -51,7 +52,7 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
     if config.source == "demo":
         from patchsplat.demo import generate_demo_scene
 
-        generate_demo_scene(config.demo, scene_dir, progress=progress)
+        generate_demo_scene(config.demo, scene_dir, progress=progress, kind=SCENE)
         return scene_dir
 
     assert config.colmap_path is not None  # guaranteed by SceneConfig's validator
@@ -59,7 +60,7 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
     if not source.is_dir():
         raise InputError(config.colmap_path, "scene.colmap_path is not a folder", kind="missing_file")
     pointer = {"source": "colmap", "path": str(source), "fingerprint": _fingerprint(source)}
-    with atomic_dir(scene_dir) as tmp:
+    with atomic_dir(scene_dir, SCENE, (source,)) as tmp:
         distorted = distorted_camera_models(source) if config.undistort == "auto" else {}
         if distorted:
             from patchsplat.console import console
