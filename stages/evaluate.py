@@ -8,6 +8,7 @@ is set); writes reports/evaluation.json (DVC metrics) and reports/evaluation_gri
 
 from pathlib import Path
 
+from patchsplat.atomic import keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.evaluate import evaluate_scene
@@ -30,6 +31,7 @@ def main() -> None:
     with stage_run(params.tracking, "evaluate", "evaluate", params.evaluate) as tracker:
         report = evaluate_scene(scene_root, MERGED_PLY, MESH_PLY, PATCHES_DIR, REPORT, GRID, params.evaluate,
                                 trained_dir=TRAINED_DIR)
+        keep_last_good(REPORT, GRID)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
         tracker.metrics(flat_numbers(report, max_depth=4))
         tracker.artifact(REPORT)
         tracker.artifact(GRID)

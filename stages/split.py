@@ -8,7 +8,7 @@ patch_overrides keys: `patchsplat repro` re-syncs them.
 import shutil
 from pathlib import Path
 
-from patchsplat.atomic import atomic_file
+from patchsplat.atomic import atomic_file, keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.patch_ids import check_patch_ids
@@ -36,6 +36,7 @@ def main() -> None:
         for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):
             with atomic_file(target, suffix=target.suffix) as tmp:
                 shutil.copyfile(source, tmp)
+        keep_last_good(REPORT, LAYOUT)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
         tracker.metrics(flat_numbers(result.summary, max_depth=1))
         tracker.artifact(REPORT)
         tracker.artifact(LAYOUT)

@@ -7,6 +7,7 @@ one line naming the file) when the scene has errors.
 import json
 from pathlib import Path
 
+from patchsplat.atomic import keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.scene_source import resolve_scene_dir
@@ -21,6 +22,7 @@ def main() -> None:
     params = load_params()
     with stage_run(params.tracking, "validate", "validate", params.validate_) as tracker:
         run_validation(resolve_scene_dir(SCENE_DIR), REPORT, params.validate_)
+        keep_last_good(REPORT)  # reports/last-good/: what a failed re-run leaves (DVC deletes REPORT first)
         tracker.metrics(flat_numbers(json.loads(REPORT.read_text(encoding="utf-8")), max_depth=2))
         tracker.artifact(REPORT)
 

@@ -21,6 +21,7 @@ from patchsplat.mesh.fuse import load_patch, mesh_patch, patch_settings
 from patchsplat.mesh.ops import boundary_vertices
 from patchsplat.mesh.reference import visible_ground_truth_samples
 from patchsplat.mesh.surface import observed_cubes
+from patchsplat.output_folder import MARKER
 from patchsplat.prepare import knn_spacing, prepare_patch
 from patchsplat.scene_views import SceneCameras
 from patchsplat.splat_io import write_splats_ply
@@ -326,7 +327,7 @@ def test_outputs_load_back_with_colours_and_the_record_is_complete(trained_scene
     out = tmp_path / "mesh"
     summary = extract_scene_mesh(trained_scene / "patches", trained_scene / "trained", out,
                                  MeshConfig(voxels_per_scene=64, resolution_factor=2), progress=False)
-    assert sorted(path.name for path in out.iterdir()) == ["mesh.glb", "mesh.json", "mesh.ply"]
+    assert sorted(path.name for path in out.iterdir()) == [MARKER, "mesh.glb", "mesh.json", "mesh.ply"]
     assert json.loads((out / "mesh.json").read_text()) == summary
     for name in ("mesh.ply", "mesh.glb"):
         mesh = trimesh.load(out / name, force="mesh")

@@ -54,6 +54,13 @@ def test_repro_then_nothing_to_do(workspace):
     second = _dvc(workspace, "repro")
     assert _ran_stages(second.stdout) == []
     assert "up to date" in _dvc(workspace, "status").stdout
+    # A killed run's temporary folder (patchsplat.atomic) is no part of merge's or mesh's dependencies.
+    leftover = workspace / "data" / "trained" / ".p0.12345-abcdefgh.tmp"
+    leftover.mkdir()
+    (leftover / "splats.ply").write_text("half written")
+    assert "up to date" in _dvc(workspace, "status").stdout
+    leftover.joinpath("splats.ply").unlink()
+    leftover.rmdir()
 
 
 def test_one_patch_override_reruns_only_that_patch(workspace):

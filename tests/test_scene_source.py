@@ -18,6 +18,7 @@ import pytest
 
 from patchsplat.config import SceneConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import MARKER
 from patchsplat.scene_source import distorted_camera_models, prepare_scene, resolve_scene_dir
 
 
@@ -34,7 +35,7 @@ def test_pinhole_capture_is_read_in_place(make_scene, tmp_path, scene_snapshot):
     scene = make_scene()
     before = scene_snapshot(scene)
     out = prepare_scene(_config(scene), tmp_path / "data" / "scene")
-    assert sorted(path.name for path in out.iterdir()) == ["scene.json"]  # nothing copied
+    assert sorted(path.name for path in out.iterdir()) == [MARKER, "scene.json"]  # nothing copied
     assert resolve_scene_dir(out) == scene.resolve()
     assert scene_snapshot(scene) == before
 

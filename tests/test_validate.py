@@ -14,6 +14,7 @@ import pytest
 
 from patchsplat.config import ValidateConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import MARKER
 from patchsplat.scene_layout import locate_scene
 from patchsplat.validate import ValidationReport, run_validation, validate_scene
 from patchsplat.validate.stats import SceneStats, scene_statistics
@@ -94,7 +95,7 @@ def test_undistort_fern_writes_pinhole_scene_outside(real_data_dir, tmp_path, sc
     assert (tmp_path / "report.json").exists() and not report.has_errors
     assert scene_snapshot(scene) == before
 
-    assert sorted(p.name for p in out_dir.iterdir()) == ["images", "sparse"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [MARKER, "images", "sparse"]  # MARKER: whose output it is
     reconstruction = pycolmap.Reconstruction(str(out_dir / "sparse" / "0"))
     assert {camera.model.name for camera in reconstruction.cameras.values()} == {"PINHOLE"}
     for image in reconstruction.images.values():

@@ -151,6 +151,10 @@ def train(
         config = parse_section_overrides("train", base, steps=steps, backend=backend, profile=profile)
         out = out_dir or patch_dir / "trained"
         prepared = out.parent / f"{out.name}.prepared"
+        from patchsplat.output_folder import TRAIN, check_replaceable
+        from patchsplat.train.loop import training_inputs
+
+        check_replaceable(out, TRAIN, training_inputs(patch_dir, prepared))  # before anything is written
         prepare_patch(patch_dir, prepared, config, identifier)
         from patchsplat.profiles import PatchFacts, resolve_train
         from patchsplat.train.loop import TrainingInterrupted

@@ -20,6 +20,7 @@ import torch
 from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.config import MergeConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import MERGE, check_replaceable
 from patchsplat.split import SPLIT_FILE
 from patchsplat.split.partition import Cell
 from patchsplat.splat_io import SPLAT_KEYS, read_splats_ply, write_splats_ply
@@ -42,6 +43,7 @@ def _pad_sh(shN: torch.Tensor, coefficients: int) -> torch.Tensor:
 
 
 def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: MergeConfig) -> dict:
+    check_replaceable(out_dir, MERGE, (patches_dir, trained_dir))
     split_file = Path(patches_dir) / SPLIT_FILE
     if not split_file.exists():
         raise InputError(split_file, "not found: run the split first", kind="missing_file")
@@ -62,7 +64,7 @@ def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: M
     coefficients = max(piece["shN"].shape[1] for piece in pieces)
     merged = {key: torch.cat([_pad_sh(p[key], coefficients) if key == "shN" else p[key] for p in pieces]) for key in SPLAT_KEYS}
     summary = {"num_gaussians": int(merged["means"].shape[0]), "patches": rows}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, MERGE, (patches_dir, trained_dir)) as tmp:
         written = write_splats_ply(tmp / "splats.ply", **merged)
         summary["dropped_non_finite"] = written["n_dropped"]
         write_json(tmp / "merge.json", summary)

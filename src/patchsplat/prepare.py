@@ -29,6 +29,7 @@ from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import PREPARE, check_replaceable
 from patchsplat.reading import read_json
 
 # Queries are answered this many points at a time so memory stays bounded (k distances + indices per point).
@@ -100,6 +101,9 @@ def initial_gaussians(xyz_canonical: np.ndarray, rgb: np.ndarray, config: TrainC
 
 def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id: str | None = None) -> dict:
     """Canonical frame and initial Gaussians of one patch; returns the summary written to prepare.json."""
+    # What it reads is the patch's model and patch.json: `patchsplat train` keeps PATCH_DIR/trained.prepared beside them.
+    inputs = (patch_dir / "sparse", patch_dir / "patch.json")
+    check_replaceable(out_dir, PREPARE, inputs)
     patch_file = patch_dir / "patch.json"
     if not patch_file.exists():
         raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
@@ -124,7 +128,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
         "initial_scale_canonical": {"median": float(np.median(canonical_scales)), "mean": float(canonical_scales.mean())},
         "initial_scale_world": {"median": float(np.median(canonical_scales) / frame.scale)},
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, PREPARE, inputs) as tmp:
         with open(tmp / "init.npz", "wb") as handle:
             np.savez(handle, point_ids=arrays.point_ids[point_indices], **gaussians)
         write_json(tmp / "prepare.json", summary)

@@ -23,6 +23,7 @@ from pathlib import Path
 from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.config import SceneConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import SCENE
 
 SCENE_POINTER = "scene.json"
 UNDISTORTED_FOLDER = "undistorted"
@@ -52,7 +53,7 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
     if config.source == "demo":
         from patchsplat.demo import generate_demo_scene
 
-        generate_demo_scene(config.demo, scene_dir, progress=progress)
+        generate_demo_scene(config.demo, scene_dir, progress=progress, kind=SCENE)
         return scene_dir
 
     assert config.colmap_path is not None  # guaranteed by SceneConfig's validator
@@ -67,7 +68,7 @@ def prepare_scene(config: SceneConfig, scene_dir: Path, progress: bool = True) -
         # Checked before anything is created: a refused scene leaves no folder behind.
         layout = locate_scene(source)
         num_images = _check_before_undistorting(layout)
-    with atomic_dir(scene_dir) as tmp:
+    with atomic_dir(scene_dir, SCENE, (source,)) as tmp:
         if distorted:
             from patchsplat.console import console
             from patchsplat.validate.undistort import undistort_scene

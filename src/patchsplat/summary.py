@@ -49,7 +49,8 @@ def _split(workspace: Path) -> str | None:
 
 
 def _training(workspace: Path) -> str | None:
-    runs = sorted((workspace / "data/trained").glob("*/metrics.json"))
+    # Dot-folders are a killed run's temporary output (patchsplat.atomic), never a patch.
+    runs = sorted(path for path in (workspace / "data/trained").glob("*/metrics.json") if not path.parent.name.startswith("."))
     if not runs:
         return None
     parts = []

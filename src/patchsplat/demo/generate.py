@@ -28,6 +28,7 @@ from patchsplat.demo.mesh import ground_truth_mesh, sphere_chord_error, sphere_s
 from patchsplat.demo.observations import Tracks, build_tracks
 from patchsplat.demo.render import render_view
 from patchsplat.demo.textures import shaded_colour
+from patchsplat.output_folder import DEMO_SCENE, OutputKind, check_replaceable
 
 # numpy releases the GIL in its inner loops, so threads overlap most of the rendering work.
 RENDER_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -79,13 +80,16 @@ def _write_images(layout: SceneLayout, folder: Path, indices: list[int], bar: Pr
         list(pool.map(render_one, indices))
 
 
-def generate_demo_scene(config: DemoSceneConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+def generate_demo_scene(config: DemoSceneConfig, out_dir: Path, progress: bool = True,
+                        kind: OutputKind = DEMO_SCENE) -> dict[str, Any]:
     """Write the demo scene into ``out_dir`` (atomically) and return its manifest.
 
     Layout: ``images/00000.png ...`` (unless ``render_images`` is off; minus the missing-images
     defect), ``sparse/0/*.bin`` (pycolmap), ``ground_truth_mesh.ply`` and ``manifest.json``.
+    ``kind`` is whose output the folder becomes (the scene stage writes the demo as its own).
     """
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, kind)
     missing = choose_missing_images(config)  # checks the defect against num_cameras before any work
     layout = build_layout(config)
     with _progress(progress) as bar:
@@ -94,7 +98,7 @@ def generate_demo_scene(config: DemoSceneConfig, out_dir: Path, progress: bool =
         surface = surface_model(layout, config, tracks)
         model = SparseModel.concatenate([surface, make_outliers(layout, config)]) if config.defects.outlier_points else surface
 
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, kind) as tmp:
             written = []
             if config.render_images:
                 missing_set = set(int(i) for i in missing)

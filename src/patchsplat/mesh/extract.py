@@ -32,6 +32,7 @@ from patchsplat.errors import InputError
 from patchsplat.mesh.fuse import PatchPiece, load_patch, mesh_patch, patch_settings
 from patchsplat.mesh.ops import remove_small_components, weld_seams
 from patchsplat.mesh.tsdf import TsdfVolume
+from patchsplat.output_folder import MESH, check_replaceable
 from patchsplat.split import PATCH_FILE
 
 # Border vertices of different pieces not on a shared lattice edge are welded when mutual nearest
@@ -112,6 +113,7 @@ def extract_scene_mesh(patches_dir: Path, trained_dir: Path, out_dir: Path, conf
     from patchsplat.console import console
 
     patches_dir, trained_dir, out_dir = Path(patches_dir), Path(trained_dir), Path(out_dir)
+    check_replaceable(out_dir, MESH, (patches_dir, trained_dir))
     device = device or fusion_device()
     started = time.perf_counter()
     pieces: list[PatchPiece] = []
@@ -144,7 +146,7 @@ def extract_scene_mesh(patches_dir: Path, trained_dir: Path, out_dir: Path, conf
         "bounds": mesh.bounds.tolist(),
         "seconds": {},
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, MESH, (patches_dir, trained_dir)) as tmp:
         write_mesh_files(tmp, mesh)
         finished = time.perf_counter()
         summary["seconds"] = {"patches": joined - started, "join": assembled - joined, "write": finished - assembled,

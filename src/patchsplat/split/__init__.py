@@ -24,6 +24,7 @@ from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.colmap_arrays import ModelArrays, read_model_arrays, write_model_subset
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import SPLIT, check_replaceable
 from patchsplat.split.compare import flag_outlier_patches
 from patchsplat.split.auto import SplitBudget
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
@@ -144,6 +145,8 @@ def split_scene(
     from patchsplat.split.plot import plot_layout
 
     layout = locate_scene(scene_dir)
+    inputs = (scene_dir, layout.images_dir, layout.model_dir)
+    check_replaceable(out_dir, SPLIT, inputs)  # before the work: a refused folder costs nothing
     arrays = read_model_arrays(layout.model_dir)
     plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(layout.model_dir), budget=budget)
     if check_ids is not None:
@@ -158,7 +161,7 @@ def split_scene(
     sample = max(2_000, stats_config.nn_sample // max(len(plan.patches), 1))
     patch_stats: dict[str, dict] = {}
     patch_rows = []
-    with atomic_dir(out_dir) as tmp, Progress(disable=not progress, transient=True) as bar, \
+    with atomic_dir(out_dir, SPLIT, inputs) as tmp, Progress(disable=not progress, transient=True) as bar, \
             ThreadPoolExecutor(max_workers=_patch_workers(len(plan.patches))) as pool:
         task = bar.add_task("writing patches", total=len(plan.patches))
         # Patches are written and measured in parallel (numpy, file writes and the KD-tree release

@@ -37,6 +37,7 @@ import torch
 from patchsplat.atomic import atomic_dir, atomic_file, write_json
 from patchsplat.config import RecoveryStep, TrainConfig
 from patchsplat.errors import InputError
+from patchsplat.output_folder import TRAIN, check_replaceable
 from patchsplat.profiles import PatchFacts, is_resolved, resolve_train
 from patchsplat.progress import ProgressLine, on_terminal
 from patchsplat.train import health
@@ -159,6 +160,9 @@ class Attempt:
     reason: str | None = None
     failed_at_step: int | None = None
     next_change: dict = field(default_factory=dict)
+    # Steps at which an interrupted run of this attempt was resumed from its checkpoint: the same
+    # attempt going on, not a recovery.
+    resumed_at_steps: list[int] = field(default_factory=list)
 
 
 def select_device(backend: str) -> tuple[torch.device, str]:
@@ -476,6 +480,7 @@ def train_patch(
     Settings left None are resolved by the profile (patchsplat.profiles) for this patch;
     ``profile`` and ``origins`` (where each setting came from, see resolve_train) are recorded in settings.json."""
     patch_dir, prepared_dir, out_dir = Path(patch_dir), Path(prepared_dir), Path(out_dir)
+    check_replaceable(out_dir, TRAIN, training_inputs(patch_dir, prepared_dir))  # before training, not after it
     if faults is None:
         # A "p1/" prefix in PATCHSPLAT_FAULTS targets the patch whose folder is named p1.
         faults = Fault.parse_many(os.environ.get("PATCHSPLAT_FAULTS", ""), patch_dir.name)
@@ -493,7 +498,7 @@ def train_patch(
     if resume and (payload := run.load_checkpoint()) is not None:
         start = payload["state"]
         settings = AttemptSettings(**payload["settings"])
-        run.attempts = [Attempt(**attempt) for attempt in payload["attempts"]]
+        run.attempts = _resumed_attempts(payload["attempts"], start["step"])
         run.curve = list(payload["curve"])
         log(f"resuming from step {start['step']} ({run.checkpoint_dir / LAST_CHECKPOINT})")
 
@@ -549,6 +554,25 @@ def train_patch(
                           {"profile": profile, "origins": origins or {}})
 
 
+def _resumed_attempts(saved: list[dict], step: int) -> list[Attempt]:
+    """The attempts of a checkpoint, its last (the one it was saved in) marked as resumed at ``step``.
+
+    A checkpoint is saved while its attempt runs, so that attempt goes on: resuming is never counted
+    as another attempt or as a recovery.
+    """
+    attempts = [Attempt(**attempt) for attempt in saved]
+    if attempts:
+        attempts[-1].outcome = "running"
+        attempts[-1].resumed_at_steps.append(step)
+    return attempts
+
+
+def training_inputs(patch_dir: Path, prepared_dir: Path) -> tuple[Path, ...]:
+    """What training reads: the patch's model and patch.json, not the whole patch folder, so the
+    command line's default output PATCH_DIR/trained may sit inside it."""
+    return (patch_dir / "sparse", patch_dir / "patch.json", prepared_dir)
+
+
 def failed_attempts_path(out_dir: Path) -> Path:
     """Where a failed training's attempts go: beside the (absent) outputs, never half inside them."""
     return out_dir.parent / f"{out_dir.name}.failed.json"
@@ -572,7 +596,7 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
     }
     world = transform_splats(canonical, run.frame.scale, run.frame.centre.tolist())
     losses = [r["loss"] for r in run.curve if r["attempt"] == run.attempts[-1].number]
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, TRAIN, training_inputs(run.patch_dir, run.prepared_dir)) as tmp:
         written = write_splats_ply(tmp / "splats.ply", **world)
         metrics = {
             "train_loss": float(np.mean(losses[-50:])) if losses else None,
@@ -591,6 +615,7 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
             "device": str(run.device),
             "attempts": len(run.attempts),
             "recovered": any(attempt.outcome == "failed" for attempt in run.attempts),
+            "resumed": any(attempt.resumed_at_steps for attempt in run.attempts),
         }
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),

@@ -41,6 +41,8 @@ def attempt_lines(attempts: list[dict]) -> list[str]:
         line = f"attempt {attempt['number']}: {attempt['outcome']}"
         if attempt.get("failure_kind"):
             line += f" ({attempt['failure_kind']} at step {attempt.get('failed_at_step')}: {attempt.get('reason')})"
+        if attempt.get("resumed_at_steps"):
+            line += " (resumed from a checkpoint at step " + ", ".join(map(str, attempt["resumed_at_steps"])) + ")"
         if attempt.get("next_change"):
             line += " -> next: " + ", ".join(f"{key} {value}" for key, value in attempt["next_change"].items())
         lines.append(line)
@@ -85,7 +87,7 @@ def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out
             _tag_attempts(tracker, failed_attempts_path(out_dir))
             raise
         tracker.metrics({f"final_{key}": value for key, value in metrics.items()})
-        tracker.tags({"outcome": "recovered" if metrics["recovered"] else "succeeded"})
+        tracker.tags({"outcome": "recovered" if metrics["recovered"] else "succeeded", "resumed": str(metrics["resumed"]).lower()})
         _tag_attempts(tracker, out_dir / "attempts.json")
         for name in ARTIFACTS:
             tracker.artifact(out_dir / name)

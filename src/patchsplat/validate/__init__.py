@@ -130,6 +130,9 @@ def _check_destinations(scene_dir: Path, out: Path, undistort_dir: Path | None) 
         raise InputError(undistort_dir, f"overlaps the scene folder {scene_dir}: write the undistorted scene elsewhere", kind="bad_output")
     if _inside(out, undistort_dir):
         raise InputError(out, f"is inside the undistortion folder {undistort_dir}, which is replaced as a whole", kind="bad_output")
+    from patchsplat.output_folder import UNDISTORT, check_replaceable
+
+    check_replaceable(undistort_dir, UNDISTORT)  # before validating: a folder of someone else's is refused at once
 
 
 def run_validation(

@@ -14,25 +14,13 @@ from pathlib import Path
 
 from patchsplat.atomic import atomic_dir
 from patchsplat.errors import InputError
+from patchsplat.output_folder import UNDISTORT
 from patchsplat.scene_layout import IMAGES_FOLDER, SPARSE_FOLDER, SceneLayout
 from patchsplat.validate.checks import PINHOLE_MODELS
 from patchsplat.validate.model_io import quiet_colmap
 
-# What an earlier undistortion left in OUT: only these may be replaced without asking.
+# What undistortion keeps of pycolmap's output (and all an unmarked earlier output may hold: patchsplat.output_folder).
 _OUTPUT_ENTRIES = {IMAGES_FOLDER, SPARSE_FOLDER}
-
-
-def _refuse_foreign_folder(out_dir: Path) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise InputError(out_dir, "exists and is not a folder; give a new folder for the undistorted scene", kind="bad_output")
-    foreign = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in _OUTPUT_ENTRIES)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise InputError(
-            out_dir, f"exists and holds other things ({shown}); it would be replaced: give a new or empty folder", kind="bad_output"
-        )
 
 
 def _rearrange(output: Path) -> None:
@@ -75,14 +63,14 @@ def undistort_scene(layout: SceneLayout, out_dir: str | Path) -> Path:
     """Write ``out_dir/images`` and ``out_dir/sparse/0`` (PINHOLE cameras) from the scene of ``layout``.
 
     Atomic: ``out_dir`` is either the complete new copy or left as it was. An existing
-    ``out_dir`` is replaced only if it holds nothing but ``images/`` and ``sparse/``
-    (an earlier output); anything else is refused with :class:`InputError`.
+    ``out_dir`` is replaced only if it is an earlier output of this command (see
+    :mod:`patchsplat.output_folder`); anything else is refused with :class:`InputError`.
     """
     import pycolmap
 
     out_dir = Path(out_dir)
-    _refuse_foreign_folder(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    # Which folders may be replaced: patchsplat.output_folder (the scene itself never).
+    with atomic_dir(out_dir, UNDISTORT, (layout.root, layout.images_dir, layout.model_dir)) as tmp:
         with quiet_colmap():
             try:
                 pycolmap.undistort_images(str(tmp), str(layout.model_dir), str(layout.images_dir))

@@ -1,0 +1,113 @@
+"""Which folders a command may replace: only its own.
+
+Every command writes its output folder whole and swaps it in (:func:`patchsplat.atomic.atomic_dir`),
+so whatever was there before is deleted. That is safe only for a folder the command made itself.
+The rule, in one place:
+
+* the output folder must not be, contain, or lie inside one of the command's inputs;
+* it is replaced only when it is absent, empty, or marked as this command's (the :data:`MARKER`
+  file an earlier run left in it; anything else in it was left in the command's own output);
+* folders from versions before the marker (no marker file) are accepted when they hold nothing but
+  what the command writes *and* the file only that command writes (its ``signature``), e.g. a
+  demo scene's ``manifest.json``: a user's own COLMAP folder (``images/``, ``sparse/``) never passes.
+
+Anything else is refused with one :class:`InputError` line naming the folder; nothing is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchsplat.errors import InputError
+
+MARKER = ".patchsplat-output"
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one command writes into its output folder."""
+
+    command: str                      # written into the marker: who owns the folder
+    entries: tuple[str, ...]          # regular expressions of the names the command writes at the top level
+    signature: tuple[str, ...] = ()   # names only this command writes: one of them marks an unmarked old output
+    also_replaces: tuple[str, ...] = ()  # other commands whose folders this one may take over
+
+    def writes(self, name: str) -> bool:
+        return name == MARKER or any(re.fullmatch(pattern, name) for pattern in self.entries)
+
+    def owns(self, owner: str) -> bool:
+        return owner == self.command or owner in self.also_replaces
+
+
+_DEMO_ENTRIES = ("images", "sparse", "ground_truth_mesh.ply", "manifest.json")
+_TRAIN_ENTRIES = ("splats.ply", "heldout.png", "settings.json", "attempts.json", "metrics.json", "curve.csv")
+
+DEMO_SCENE = OutputKind("demo-scene", _DEMO_ENTRIES, signature=("manifest.json",), also_replaces=("scene",))
+SCENE = OutputKind("scene", _DEMO_ENTRIES + ("scene.json", "undistorted"), signature=("manifest.json", "scene.json"),
+                   also_replaces=("demo-scene",))
+UNDISTORT = OutputKind("validate --undistort", ("images", "sparse"), signature=("sparse",))  # the rule before markers
+SPLIT = OutputKind("split", (r"p\d+", "split.json", "layout.png"), signature=("split.json",))
+PREPARE = OutputKind("prepare", ("init.npz", "prepare.json"), signature=("prepare.json",))
+TRAIN = OutputKind("train", _TRAIN_ENTRIES, signature=("metrics.json", "attempts.json"))
+MERGE = OutputKind("merge", ("splats.ply", "merge.json"), signature=("merge.json",))
+MESH = OutputKind("mesh", ("mesh.ply", "mesh.glb", "mesh.json"), signature=("mesh.json",))
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def refuse_overlap(target: str | Path, inputs: Iterable[str | Path], what: str = "output folder") -> None:
+    """The output must not be an input, hold one (it would be deleted) or lie inside one (it would change it)."""
+    out = _absolute(target)
+    for given in inputs:
+        source = _absolute(given)
+        if out == source:
+            problem = "is also an input of this command"
+        elif out in source.parents:
+            problem = f"holds the input {given}"
+        elif source in out.parents:
+            problem = f"lies inside the input {given}"
+        else:
+            continue
+        raise InputError(target, f"{problem}; it would be overwritten: give a separate {what}", kind="bad_output")
+
+
+def _owner(folder: Path) -> str | None:
+    marker = folder / MARKER
+    return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+
+
+def check_replaceable(target: str | Path, kind: OutputKind, inputs: Iterable[str | Path] = ()) -> None:
+    """Raise :class:`InputError` unless ``kind``'s command may replace ``target`` (see the module docstring)."""
+    target = Path(target)
+    refuse_overlap(target, inputs)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise InputError(target, f"exists and is not a folder `{kind.command}` wrote; give a new folder", kind="bad_output")
+    names = sorted(entry.name for entry in target.iterdir())
+    if not names:
+        return
+    owner = _owner(target)
+    if owner is not None:
+        if kind.owns(owner):
+            return  # the command's own folder: whatever is in it was left in its output
+        raise InputError(target, f"holds the output of `{owner}`, not of `{kind.command}`: give another folder",
+                         kind="bad_output")
+    foreign = [name for name in names if not kind.writes(name)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(target, f"holds things `{kind.command}` did not write ({shown}); it would be replaced: "
+                                 "give a new or empty folder", kind="bad_output")
+    if not any(name in names for name in kind.signature):
+        raise InputError(target, f"is not an earlier output of `{kind.command}` (no {MARKER}); it would be replaced: "
+                                 "give a new or empty folder", kind="bad_output")
+
+
+def mark(folder: Path, kind: OutputKind) -> None:
+    """Leave the owner's name in a folder the command wrote (it becomes part of the output)."""
+    (folder / MARKER).write_text(kind.command + "\n", encoding="utf-8")
