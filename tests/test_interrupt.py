@@ -394,3 +394,22 @@ def test_the_flow_summary_lists_every_stage_each_patch_and_the_total():
     assert rows["p1 (prepare + train)"] == ("ran", "31.0", "prepare 1.0 s, train 30.0 s")
     assert rows["p2 (prepare + train)"][0] == "not started"
     assert rows["merge"] == ("not run", "", "")
+
+
+def test_pycolmap_does_not_take_sigterm_over(tmp_path):
+    """Importing pycolmap installs glog's SIGTERM handler (a native stack dump, then abort): taken through
+    patchsplat.colmap_library, the process keeps its own handler and stops with its one line."""
+    script = tmp_path / "stop.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda number, frame: (print('stopped cleanly', flush=True), sys.exit(3)))\n"
+        "from patchsplat.colmap_library import pycolmap\n"
+        "pycolmap().CameraModelId\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 3 and "stopped cleanly" in out, (out, err)
+    assert "stack trace" not in err and "Aborted" not in err

@@ -113,7 +113,9 @@ def distorted_camera_models(scene_root: Path) -> dict[str, int]:
     Spherical cameras cannot become pinhole ones: a model holding any is left as it is, for the
     validation stage to report.
     """
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     from patchsplat.validate.checks import PINHOLE_MODELS
 

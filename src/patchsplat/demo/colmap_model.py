@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
+from patchsplat.colmap_library import pycolmap as _load_pycolmap
 from patchsplat.demo.layout import Cameras
+
+pycolmap = _load_pycolmap()
 
 # Points converted to Python lists at a time: bounds memory on multi-million-point models.
 POINT_CHUNK = 50_000

@@ -216,6 +216,10 @@ def run(work: Callable[[], T], command: str, interrupted_stages: Callable[[], li
     if threading.current_thread() is not threading.main_thread():
         return work()  # signals can only be handled in the main thread: run as it is
     reset()
+    # pycolmap's import takes SIGTERM over (glog); imported here first, the handler can be put back.
+    from patchsplat.colmap_library import load_in_main_thread
+
+    load_in_main_thread()
     outcome: dict = {}
 
     def target() -> None:

@@ -58,7 +58,9 @@ _SENSOR_TYPES = {0, 1}                         # CAMERA, IMU (pycolmap.SensorTyp
 @cache
 def camera_model_num_params() -> dict[int, tuple[str, int]]:
     """COLMAP camera model id -> (name, number of parameters), taken from pycolmap itself."""
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     table = {}
     for model in pycolmap.CameraModelId.__members__.values():

@@ -38,7 +38,9 @@ def check_cameras(model: SceneModel, config: ValidateConfig, undistort: bool = F
     (then a warning). Spherical models (EQUIRECTANGULAR) cannot be undistorted to a
     pinhole camera: always an error.
     """
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     cameras_file = str(model.files["cameras"])
     groups: dict[tuple[str, str], list[CameraRecord]] = {}

@@ -92,7 +92,9 @@ def quiet_colmap() -> Iterator[None]:
     Problems surface as exceptions, which are turned into findings; glog lines on
     stderr would break the command line's one-line error contract.
     """
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     previous = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 3  # FATAL only: INFO, WARNING and ERROR lines are dropped
@@ -182,7 +184,9 @@ def _walk_binary(files: dict[str, Path]) -> _Walked:
 
 
 def _read_reconstruction(layout: SceneLayout, files: dict[str, Path]):
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     reconstruction = pycolmap.Reconstruction()
     with quiet_colmap():

@@ -41,7 +41,9 @@ def _rearrange(output: Path) -> None:
 
 
 def _verify(output: Path, layout: SceneLayout) -> None:
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     reconstruction = pycolmap.Reconstruction(str(output / SPARSE_FOLDER / "0"))
     models = sorted({camera.model.name for camera in reconstruction.cameras.values()})
@@ -66,7 +68,9 @@ def undistort_scene(layout: SceneLayout, out_dir: str | Path) -> Path:
     ``out_dir`` is replaced only if it is an earlier output of this command (see
     :mod:`patchsplat.output_folder`); anything else is refused with :class:`InputError`.
     """
-    import pycolmap
+    from patchsplat.colmap_library import pycolmap as _pycolmap
+
+    pycolmap = _pycolmap()
 
     out_dir = Path(out_dir)
     # Which folders may be replaced: patchsplat.output_folder (the scene itself never).
