@@ -172,7 +172,7 @@ def test_bf16_autocast_trains_with_an_fp32_loss(patch, tmp_path):
 
 def _train_in_subprocess(patch: Path, tmp_path: Path, config: TrainConfig, resume: bool) -> subprocess.Popen:
     script = (
-        "import sys, torch; torch.set_num_threads(1);"
+        "import sys, torch;"   # torch's default thread count (the cores): parallel scatter-adds in the backward pass
         "from pathlib import Path; from patchsplat.config import TrainConfig; from patchsplat.train.loop import train_patch;"
         f"config = TrainConfig.model_validate_json({config.model_dump_json()!r});"
         f"train_patch(Path({str(patch)!r}), Path({str(tmp_path / 'prepared')!r}), Path({str(tmp_path / 'out')!r}), config,"

@@ -308,6 +308,7 @@ class TrainConfig(_Section):
     image_cache: int = Field(64, ge=1, description="Decoded images kept in memory (least recently used evicted); on the CPU.")
     memory_budget_gb: float = Field(16.0, gt=0.0, description="Peak memory training may use; the resolution and cap are chosen to fit.")
     bf16: bool = Field(False, description="bf16 autocast outside the rasterizer; the loss is always computed in fp32.")
+    deterministic: bool = Field(True, description="On the CPU: the same settings and seed give the same splats bit for bit at any thread count, uninterrupted or killed and resumed (torch's deterministic algorithms). On a GPU gsplat's kernels add gradients atomically: close, not bit-exact.")
     eval_every: Optional[int] = Field(None, ge=1, description="Held-out PSNR/SSIM every this many steps (and at the end). None: the profile's.")
     checkpoint_every: Optional[int] = Field(
         None, ge=1, description="Atomic checkpoint every this many steps (and at milestones and the end). None: the profile's.")
