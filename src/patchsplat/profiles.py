@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from patchsplat.config import TrainConfig, deep_merge
@@ -180,15 +181,24 @@ def _nested(flat: dict[str, Any]) -> dict:
     return nested
 
 
-def _preview(facts: PatchFacts, chosen: dict[str, Any], strategy_kind: str) -> dict[str, tuple[Any, str]]:
-    p = PREVIEW
-    values: dict[str, tuple[Any, str]] = {}
+def _taker(chosen: dict[str, Any], values: dict[str, tuple[Any, str]]) -> Callable[[str, Any, str], Any]:
+    """``take(key, value, why)``: the value written in params.yaml if ``key`` was, else the profile's ``value``
+    (recorded in ``values`` with why it was chosen)."""
 
     def take(key: str, value: Any, why: str) -> Any:
         if key in chosen:
             return chosen[key]
         values[key] = (value, why)
         return value
+
+    return take
+
+
+def _preview(facts: PatchFacts, chosen: dict[str, Any], strategy_kind: str) -> dict[str, tuple[Any, str]]:
+    p = PREVIEW
+    values: dict[str, tuple[Any, str]] = {}
+
+    take = _taker(chosen, values)
 
     size = take("max_image_size", p.max_image_size, "long side at most 400 px on a CPU")
     factor = take("resolution_factor", resolution_for(facts.width, facts.height, size),
@@ -222,11 +232,7 @@ def _full(facts: PatchFacts, chosen: dict[str, Any], strategy_kind: str) -> dict
     scale = max(1.0, facts.train_images / f.images_per_scale)
     scaled = f" x {scale:.2f} ({facts.train_images} images / {f.images_per_scale})" if scale > 1 else ""
 
-    def take(key: str, value: Any, why: str) -> Any:
-        if key in chosen:
-            return chosen[key]
-        values[key] = (value, why)
-        return value
+    take = _taker(chosen, values)
 
     size = take("max_image_size", f.max_image_size, "long side at most 1600 px (nerfstudio)")
     take("resolution_factor", resolution_for(facts.width, facts.height, size), f"{facts.width}x{facts.height} -> long side <= {size} px")
