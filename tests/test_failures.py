@@ -289,3 +289,20 @@ def test_debug_shows_the_traceback(tmp_path, options, env):
     assert completed.returncode != 0
     assert "Traceback" in completed.stderr and "ZeroDivisionError" in completed.stderr
     assert "full trace in" not in completed.stderr
+
+
+def test_a_report_missing_a_key_names_the_file_and_the_key(tmp_path):
+    """Valid JSON of another version or a hand edit: the key it lacks is named, not a KeyError traceback."""
+    from patchsplat.config import MergeConfig
+    from patchsplat.errors import InputError
+    from patchsplat.merge import merge_patches
+
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "split.json").write_text(json.dumps({"world_to_aligned": [[1, 0, 0, 0]] * 4, "patches": [{"id": "p0"}]}))
+    with pytest.raises(InputError, match=r"split\.json: a patch of the split description lacks the key 'core_cell'"):
+        merge_patches(patches, tmp_path / "trained", tmp_path / "merged", MergeConfig())
+    (patches / "split.json").write_text(json.dumps({"patches": []}))
+    with pytest.raises(InputError, match=r"split\.json: split description lacks the key 'world_to_aligned'"):
+        merge_patches(patches, tmp_path / "trained", tmp_path / "merged", MergeConfig())
+    assert not (tmp_path / "merged").exists()

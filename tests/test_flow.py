@@ -24,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import edit_params, small_workspace
+from patchsplat.output_folder import is_patchsplat_png
 
 pytestmark = pytest.mark.slow
 
@@ -246,6 +247,14 @@ def test_compare_shows_the_setting_that_differs_and_metrics_per_patch(workspace)
     assert "psnr" in output
     png = workspace / "comparisons/first-last.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # The PNG says who wrote it: the next compare may replace it; a user's own file there is refused.
+    assert is_patchsplat_png(png)
+    assert _cli(workspace, "compare", first.info.run_id, last.info.run_id, "--out", "comparisons/first-last.png").returncode == 0
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "orange").save(workspace / "holiday.png")
+    refused = _cli(workspace, "compare", first.info.run_id, last.info.run_id, "--out", "holiday.png")
+    assert refused.returncode != 0 and "holiday.png" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_sweep_of_one_patch_setting_ends_with_the_comparison_and_the_workspace_as_it_was(workspace):

@@ -59,6 +59,8 @@ def test_serve_command_bad_cron_exits_with_one_line(workspace):
 
 def test_sweep_values_and_keys():
     assert parse_values("0.3, 0.5,1,true,abc") == [0.3, 0.5, 1, True, "abc"]
+    with pytest.raises(InputError, match=r"VALUES: '\[1' is not a valid YAML value"):
+        parse_values("0.5,[1")  # a value the shell passed half-quoted: one line, not a YAML traceback
     with pytest.raises(InputError):
         parse_values("0.3,,1")
     assert sweep_key("init_scale", "p1") == "patch_overrides.p1.init_scale"

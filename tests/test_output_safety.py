@@ -293,3 +293,49 @@ def test_a_failed_validate_rerun_keeps_the_last_good_report(tmp_path):
     failed = stage("validate")
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert (workspace / "reports" / "last-good" / "validation.json").read_text() == good
+
+
+# ---------------------------------------------------------------- what lies inside an own output
+
+
+def _earlier_split(folder: Path) -> Path:
+    """A split's output as it looks on disk: its marker, split.json, a patch with its model and description."""
+    (folder / "p0" / "sparse" / "0").mkdir(parents=True)
+    (folder / "p0" / "patch.json").write_text("{}")
+    (folder / "split.json").write_text("{}")
+    (folder / MARKER).write_text("split\n")
+    return folder
+
+
+def test_a_resplit_never_deletes_what_train_or_a_user_put_inside_the_patches(tmp_path):
+    from patchsplat.output_folder import SPLIT, check_replaceable
+
+    patches = _earlier_split(tmp_path / "patches")
+    check_replaceable(patches, SPLIT)  # its own output, as written: replaceable
+    (patches / "p0" / "trained").mkdir()  # `patchsplat train patches/p0` writes here by default
+    (patches / "p0" / "trained" / "splats.ply").write_bytes(b"a week of training")
+    with pytest.raises(InputError, match=r"p0/trained"):
+        check_replaceable(patches, SPLIT)
+    (patches / "p0" / "trained" / "splats.ply").unlink()
+    (patches / "p0" / "trained").rmdir()
+    (patches / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"notes\.txt"):
+        check_replaceable(patches, SPLIT)
+    (patches / "notes.txt").unlink()
+    (patches / ".p3.123-abc.tmp").mkdir()  # a killed run's leftover is not a user's: swept, not refused
+    check_replaceable(patches, SPLIT)
+
+
+def test_validate_never_overwrites_a_file_that_is_not_its_report(make_scene, tmp_path):
+    from patchsplat.validate import run_validation
+
+    scene = make_scene()
+    thesis = tmp_path / "thesis.tex"
+    thesis.write_text("precious")
+    with pytest.raises(InputError, match="thesis.tex.*not a validation report"):
+        run_validation(scene, thesis, ValidateConfig(), skip_images=True)
+    assert thesis.read_text() == "precious"
+    report = tmp_path / "validation.json"
+    for _ in range(2):  # its own earlier report is replaced
+        run_validation(scene, report, ValidateConfig(), skip_images=True)
+    assert json.loads(report.read_text())["num_images"] > 0

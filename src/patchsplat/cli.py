@@ -318,6 +318,9 @@ def compare_command(
         from patchsplat.config import TrackingConfig
         from patchsplat.tracking import tracking_uri
 
+        from patchsplat.output_folder import COMPARISON_PNG, check_replaceable_file
+
+        check_replaceable_file(out, COMPARISON_PNG)
         tracking = load_params(params).tracking if params.exists() else TrackingConfig()
         ids = list(run_ids or []) or latest_pipeline_runs(tracking_uri(tracking, Path(".")), tracking.experiment, last)
         console.print(f"comparison plot: {_show_comparison(tracking, ids, out)}")
@@ -338,6 +341,10 @@ def sweep_command(
         from patchsplat.orchestrate.sweep import parse_values, run_sweep
         from patchsplat.tracking import tracking_uri
 
+        from patchsplat.output_folder import COMPARISON_PNG, check_replaceable_file
+
+        if out is not None:  # refused now, not after the sweep's runs
+            check_replaceable_file(out, COMPARISON_PNG)
         result = run_sweep(Path("."), param, parse_values(values), patch, _run_flow)
         for value, reason in result.failures.items():
             console.print(f"{result.key}={value}: failed: {reason}")

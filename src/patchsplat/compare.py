@@ -21,6 +21,7 @@ from typing import Any
 
 from patchsplat.atomic import atomic_file
 from patchsplat.errors import InputError
+from patchsplat.output_folder import COMPARISON_PNG, PNG_SOFTWARE, check_replaceable_file
 
 PIPELINE_KIND_TAG = "patchsplat.kind"
 PIPELINE_KIND = "pipeline"
@@ -472,8 +473,9 @@ def write_comparison_png(comparison: Comparison, path: Path) -> Path:
     # Wrapped: a sweep of many runs would otherwise run off the figure's edge.
     figure.suptitle(textwrap.fill("Run comparison: " + "  vs  ".join(labels), width=140), fontsize=11)
     path = Path(path)
+    check_replaceable_file(path, COMPARISON_PNG)
     with atomic_file(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png")
+        figure.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE})
     return path
 
 

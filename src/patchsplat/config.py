@@ -548,11 +548,11 @@ def _parse_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
-def _read_params_text(path: Path) -> str:
+def _read_yaml_text(path: Path, what: str) -> str:
     if not path.exists():
-        raise InputError(path, "params file not found", kind="missing_file")
+        raise InputError(path, f"{what} not found", kind="missing_file")
     if path.is_dir():
-        raise InputError(path, "is a folder, not a params file", kind="bad_params")
+        raise InputError(path, f"is a folder, not a {what}", kind="bad_params")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
@@ -562,12 +562,13 @@ def _read_params_text(path: Path) -> str:
         raise InputError(path, error.strerror or str(error), kind="bad_params") from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate ``params.yaml`` (safe YAML only, no duplicate keys, aliases within reason)."""
+def read_yaml(path: str | Path, what: str = "params file") -> Any:
+    """The data of a YAML file patchsplat reads (params.yaml, dvc.lock): safe YAML only, no duplicate keys,
+    aliases within reason; anything else is a one-line InputError naming the file (and the line)."""
     path = Path(path)
-    text = _read_params_text(path)
+    text = _read_yaml_text(path, what)
     try:
-        data = _parse_yaml(text, path)
+        return _parse_yaml(text, path)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -576,7 +577,19 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise InputError(path, f"not valid YAML{where}{detail}", kind="bad_params") from None
     except RecursionError:
         raise InputError(path, "nested too deeply", kind="bad_params") from None
-    return parse_params(data, str(path))
+
+
+def parse_yaml_value(text: str, where: str) -> Any:
+    """One value written on the command line as YAML (``0.3``, ``true``, ``[1, 2]``), read like params.yaml."""
+    try:
+        return _parse_yaml(text, Path(where))
+    except yaml.YAMLError:
+        raise InputError(where, f"{_echo(text)} is not a valid YAML value", kind="bad_params") from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate ``params.yaml`` (see :func:`read_yaml`)."""
+    return parse_params(read_yaml(path), str(path))
 
 
 def parse_section_overrides(section: str, base: BaseModel | None, **overrides: Any) -> Any:

@@ -24,7 +24,7 @@ from patchsplat.output_folder import MERGE, check_replaceable
 from patchsplat.split import SPLIT_FILE
 from patchsplat.split.partition import Cell
 from patchsplat.splat_io import SPLAT_KEYS, read_splats_ply, write_splats_ply
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object, require_keys
 
 
 def core_mask(means: torch.Tensor, core: Cell, world_to_aligned: np.ndarray) -> np.ndarray:
@@ -47,10 +47,11 @@ def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: M
     split_file = Path(patches_dir) / SPLIT_FILE
     if not split_file.exists():
         raise InputError(split_file, "not found: run the split first", kind="missing_file")
-    split = read_json(split_file, "split description")
+    split = read_json_object(split_file, "split description", ["world_to_aligned", "patches"])
     world_to_aligned = np.asarray(split["world_to_aligned"])
     pieces, rows = [], []
     for patch in split["patches"]:
+        require_keys(patch, ["id", "core_cell"], split_file, "a patch of the split description")
         ply = Path(trained_dir) / patch["id"] / "splats.ply"
         if not ply.exists():
             raise InputError(ply, f"patch {patch['id']} has no trained splats: train it first", kind="missing_file")

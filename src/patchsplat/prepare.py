@@ -30,7 +30,7 @@ from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.output_folder import PREPARE, check_replaceable
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 # Queries are answered this many points at a time so memory stays bounded (k distances + indices per point).
 _KNN_CHUNK = 262_144
@@ -107,7 +107,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     patch_file = patch_dir / "patch.json"
     if not patch_file.exists():
         raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
-    patch = read_json(patch_file, "patch description")
+    patch = read_json_object(patch_file, "patch description")
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     point_indices = np.flatnonzero(finite)

@@ -7,19 +7,14 @@ from pathlib import Path
 from rich.table import Table
 
 from patchsplat.console import console
-from patchsplat.errors import InputError
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 
 def _read(path: Path) -> dict | None:
     """A stage's report, None when the stage has not run; a damaged one is an InputError naming it."""
     if not path.exists():
         return None
-    report = read_json(path, "report")
-    if not isinstance(report, dict):
-        raise InputError(path, f"not a report (a JSON object expected, found {type(report).__name__}); "
-                         "rerun the stage that writes it", kind="corrupt_file")
-    return report
+    return read_json_object(path, "report")
 
 
 def _number(value, digits: str = ".4g") -> str:

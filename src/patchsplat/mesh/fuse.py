@@ -38,7 +38,7 @@ from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, re
 from patchsplat.splat_io import read_splats_ply
 from patchsplat.split import PATCH_FILE, patch_images_dir
 from patchsplat.split.partition import Cell
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 # The grid reaches this many voxels (plus the truncation band) past the core cell, so the surface
 # just inside the cell's border is complete before it is cropped.
@@ -96,7 +96,7 @@ def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
         raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
     if not splats_path.exists():
         raise InputError(splats_path, "trained splats not found: train this patch first", kind="missing_file")
-    patch = read_json(patch_file, "patch description")
+    patch = read_json_object(patch_file, "patch description", ["core_cell", "world_to_aligned"])
     model_dir = patch_dir / "sparse" / "0"
     arrays = read_model_arrays(model_dir)
     scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir), arrays)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 # A ground-truth sample counts as seen when its depth is within this of the nearest sample in its pixel.
 _SEEN_RELATIVE, _SEEN_ABSOLUTE = 0.01, 0.05
@@ -19,7 +19,7 @@ def visible_ground_truth_samples(scene: Path, cameras, depth_trunc: float, count
     but nothing was sampled or trained there)."""
     import trimesh
 
-    manifest = read_json(scene / "manifest.json", "demo scene manifest")
+    manifest = read_json_object(scene / "manifest.json", "demo scene manifest", ["scene_extent"])
     truth = trimesh.load(scene / "ground_truth_mesh.ply", force="mesh", process=False)
     points, _ = trimesh.sample.sample_surface(truth, count, seed=seed)
     seen = np.zeros(len(points), dtype=bool)

@@ -154,12 +154,17 @@ def pipeline_up_to_date(workspace: Path, environment: dict[str, str]) -> bool:
 
 def lock_entries(workspace: Path) -> dict[str, dict]:
     """``dvc.lock``'s stages: name -> its entry (cmd, deps, params, outs)."""
-    import yaml
+    from patchsplat.config import read_yaml
+    from patchsplat.errors import InputError
 
     lock = workspace / "dvc.lock"
     if not lock.exists():
         return {}
-    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}) or {}
+    content = read_yaml(lock, "DVC lock file") or {}
+    stages = content.get("stages", {}) if isinstance(content, dict) else None
+    if not isinstance(stages, dict):
+        raise InputError(lock, "not a DVC lock file (no stages mapping): delete it and run again", kind="corrupt_file")
+    return stages
 
 
 def _hash_of(entry: dict) -> str | None:

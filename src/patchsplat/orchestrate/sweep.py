@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from patchsplat.config import load_params, parse_params
+from patchsplat.config import load_params, parse_params, parse_yaml_value, read_yaml
 from patchsplat.errors import InputError
 
 MISSING = object()
@@ -44,7 +43,7 @@ def parse_values(text: str) -> list[Any]:
         if not item:
             raise InputError("VALUES", f"empty value in {text!r} (give them comma-separated, e.g. 0.3,0.5,1.0)",
                              kind="bad_sweep")
-        values.append(yaml.safe_load(item))
+        values.append(parse_yaml_value(item, "VALUES"))
     return values
 
 
@@ -97,7 +96,7 @@ def check_sweep(params_path: Path, param: str, values: list[Any], patch_id: str 
         raise InputError("PARAM", f"{param!r} is not a setting{' of train' if patch_id else ''} in params.yaml",
                          kind="bad_sweep")
     key = sweep_key(param, patch_id)
-    raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(params_path) or {}
     for value in values:
         parse_params(_with_value(raw, key, value), f"{key}={value!r}")
     return key, current

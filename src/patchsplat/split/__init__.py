@@ -28,7 +28,7 @@ from patchsplat.output_folder import SPLIT, check_replaceable
 from patchsplat.split.compare import flag_outlier_patches
 from patchsplat.split.auto import SplitBudget
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 __all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "PATCH_FILE", "SPLIT_FILE"]
 
@@ -105,7 +105,7 @@ def _result(job: Future, jobs: list[Future]):
 
 def patch_images_dir(patch_dir: Path) -> Path:
     """The images folder a patch references (stored relative to the patch folder when possible)."""
-    reference = read_json(patch_dir / PATCH_FILE, "patch description")["images_dir"]
+    reference = read_json_object(patch_dir / PATCH_FILE, "patch description", ["images_dir"])["images_dir"]
     return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
 
 

@@ -20,7 +20,7 @@ from patchsplat.colmap_arrays import read_model_arrays, parse_cameras
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.validate.image_files import safe_image_path
-from patchsplat.reading import read_json
+from patchsplat.reading import read_json_object
 
 PINHOLE_MODELS = {"PINHOLE", "SIMPLE_PINHOLE"}
 
@@ -88,7 +88,7 @@ class PatchViews:
                 width=width, height=height,
             ))
         self.all_views = views
-        held_out = set(read_json(patch_dir / "patch.json", "patch description")["heldout_image_names"])
+        held_out = set(read_json_object(patch_dir / "patch.json", "patch description", ["heldout_image_names"])["heldout_image_names"])
         self.test_views = [view for view in views if view.name in held_out]
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
@@ -121,5 +121,5 @@ def load_image_file(path: Path, width: int | None = None, height: int | None = N
 
 
 def load_frame(prepared_dir: Path) -> CanonicalFrame:
-    summary = read_json(prepared_dir / "prepare.json", "prepared patch summary")
+    summary = read_json_object(prepared_dir / "prepare.json", "prepared patch summary", ["canonical_frame"])
     return CanonicalFrame.from_dict(summary["canonical_frame"])

@@ -124,6 +124,9 @@ def _check_destinations(scene_dir: Path, out: Path, undistort_dir: Path | None) 
         raise InputError(out, f"is inside the scene folder {scene_dir}: the scene is never written to; put the report elsewhere", kind="bad_output")
     if out.is_dir():
         raise InputError(out, "is a folder; --out takes the path of the JSON report file", kind="bad_output")
+    from patchsplat.output_folder import VALIDATION_REPORT, check_replaceable_file
+
+    check_replaceable_file(out, VALIDATION_REPORT)  # a user's own file at --out is never overwritten
     if undistort_dir is None:
         return
     if scene_dir.is_dir() and (_inside(undistort_dir, scene_dir) or _inside(scene_dir, undistort_dir)):
