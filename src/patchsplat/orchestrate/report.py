@@ -55,16 +55,9 @@ def print_flow_summary(summary) -> None:
     if summary.outcome == "up_to_date":
         console.print(f"reconstruct: nothing to do, every stage is up to date ({summary.seconds:.1f} s)")
         return
-    table = Table(title=f"reconstruct: {summary.outcome} in {summary.seconds:.0f} s")
-    table.add_column("stage")
-    table.add_column("result")
-    table.add_column("seconds", justify="right")
-    table.add_column("note", overflow="fold")
-    for row in flow_rows(summary):
-        table.add_row(*row)
     # The total is the run's wall time: patches train side by side, so it can be less than the rows' sum.
-    table.add_row("total", summary.outcome, f"{summary.seconds:.1f}", "wall time", end_section=True, style="bold")
-    console.print(table)
+    _print_stage_table(f"reconstruct: {summary.outcome} in {summary.seconds:.0f} s", flow_rows(summary),
+                       ("total", summary.outcome, f"{summary.seconds:.1f}", "wall time"))
     if summary.mlflow_run_id:
         console.print(f"MLflow pipeline run {summary.mlflow_run_id}; compare runs with `patchsplat compare`")
 
@@ -76,11 +69,19 @@ def print_stage_times(records: list[dict], seconds: float, title: str) -> None:
         console.print(f"{title}: no stage ran (every stage up to date or none reached) in {seconds:.1f} s")
         return
     # Only the stages that ran are listed: the others were up to date (or not reached, after a failure).
-    table = Table(title=f"{title}: stages run in {seconds:.0f} s")
-    table.add_column("stage")
-    table.add_column("result")
+    rows = [(record["stage"], record.get("outcome", "?"), f"{record.get('seconds', 0.0):.1f}") for record in records]
+    _print_stage_table(f"{title}: stages run in {seconds:.0f} s", rows, ("total", "", f"{seconds:.1f}"))
+
+
+def _print_stage_table(title: str, rows, total: tuple[str, ...]) -> None:
+    """stage | result | seconds [| note] rows and a bold total row (the run's wall time)."""
+    table = Table(title=title)
+    for column in ("stage", "result"):
+        table.add_column(column)
     table.add_column("seconds", justify="right")
-    for record in records:
-        table.add_row(record["stage"], record.get("outcome", "?"), f"{record.get('seconds', 0.0):.1f}")
-    table.add_row("total", "", f"{seconds:.1f}", end_section=True, style="bold")
+    if len(total) > 3:
+        table.add_column("note", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    table.add_row(*total, end_section=True, style="bold")
     console.print(table)
