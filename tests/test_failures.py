@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from damage import assert_one_line
 from patchsplat import cli
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.console import guarded
@@ -42,17 +43,6 @@ def _environment(**extra: str) -> dict:
 def patchsplat(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "patchsplat.cli", *args], cwd=cwd, env=_environment(**env),
                           capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line(completed: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status non-zero, exactly one line on stderr holding every fragment, no traceback anywhere."""
-    assert completed.returncode != 0, completed
-    assert "Traceback" not in completed.stderr + completed.stdout, completed.stderr
-    lines = completed.stderr.strip().splitlines()
-    assert len(lines) == 1, completed.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

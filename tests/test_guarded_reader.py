@@ -25,39 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from damage import (CAM, IMAGE, POINT, assert_one_line, drop_first_point, edit_text_line, garbage, model_file, patched,
+                    replace_token, truncate, write_png)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 6
 POINT_RECORD = 51 + 8 * NUM_IMAGES  # every point of the base scene is seen by every image
-
-
-def model_file(scene: Path, name: str) -> Path:
-    return scene / "sparse" / "0" / name
-
-
-def patch_bytes(name: str, offset: int, fmt: str, *values) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        data = bytearray(path.read_bytes())
-        struct.pack_into(fmt, data, offset, *values)
-        path.write_bytes(bytes(data))
-
-    return mutate
-
-
-def truncate(name: str, keep_fraction: float) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        os.truncate(path, int(path.stat().st_size * keep_fraction))
-
-    return mutate
-
-
-def random_bytes(name: str) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        path.write_bytes(bytes((i * 151 + 7) % 256 for i in range(path.stat().st_size)))
-
-    return mutate
 
 
 def all_points_nan(scene: Path) -> None:
@@ -69,36 +42,6 @@ def all_points_nan(scene: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def drop_first_point(scene: Path) -> None:
-    """Remove the first 3D point record and fix the count: the images still refer to it."""
-    path = model_file(scene, "points3D.bin")
-    data = bytearray(path.read_bytes())
-    (count,) = struct.unpack_from("<Q", data, 0)
-    del data[8 : 8 + POINT_RECORD]
-    struct.pack_into("<Q", data, 0, count - 1)
-    path.write_bytes(bytes(data))
-
-
-def edit_text_line(name: str, data_line: int, edit: Callable[[str], str]) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        lines = path.read_text().split("\n")
-        data = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
-        lines[data[data_line]] = edit(lines[data[data_line]])
-        path.write_text("\n".join(lines))
-
-    return mutate
-
-
-def _replace_token(index: int, value: str) -> Callable[[str], str]:
-    def edit(line: str) -> str:
-        tokens = line.split()
-        tokens[index] = value
-        return " ".join(tokens)
-
-    return edit
-
-
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -107,34 +50,29 @@ class Case:
     build: dict = field(default_factory=dict)
 
 
-# Offsets in the base scene's binary files (one camera, six images, 150 points).
-CAM = 8      # camera record: id u32, model i32, width u64 @+8, height u64 @+16
-IMAGE = 8    # first image record: id u32, qvec @+4, tvec @+36, camera id u32 @+60
-POINT = 8    # first point record: id u64, xyz @+8, rgb @+32, error @+35, track length @+43, track @+51
-
 MODEL_CASES = [
     Case("truncated_points_bin", "points3D.bin", truncate("points3D.bin", 0.5)),
     Case("zero_byte_points_bin", "points3D.bin", truncate("points3D.bin", 0.0)),
-    Case("garbage_track_length", "points3D.bin", patch_bytes("points3D.bin", POINT + 43, "<Q", 2**40)),
-    Case("random_cameras_bin", "cameras.bin", random_bytes("cameras.bin")),
+    Case("garbage_track_length", "points3D.bin", patched("points3D.bin", POINT + 43, "<Q", 2**40)),
+    Case("random_cameras_bin", "cameras.bin", garbage("cameras.bin")),
     Case("truncated_images_bin", "images.bin", truncate("images.bin", 0.5)),
     Case("missing_points_bin", "points3D.bin", lambda s: model_file(s, "points3D.bin").unlink()),
-    Case("image_uses_missing_camera", "images.bin", patch_bytes("images.bin", IMAGE + 60, "<I", 7)),
-    Case("track_refers_to_missing_image", "points3D.bin", patch_bytes("points3D.bin", POINT + 51, "<I", 99)),
+    Case("image_uses_missing_camera", "images.bin", patched("images.bin", IMAGE + 60, "<I", 7)),
+    Case("track_refers_to_missing_image", "points3D.bin", patched("points3D.bin", POINT + 51, "<I", 99)),
     Case("point_missing_but_referenced", "points3D.bin", drop_first_point),
-    Case("camera_of_width_0", "cameras.bin", patch_bytes("cameras.bin", CAM + 8, "<Q", 0)),
+    Case("camera_of_width_0", "cameras.bin", patched("cameras.bin", CAM + 8, "<Q", 0)),
     Case("image_named_etc_passwd", "images.bin", build={"names": {2: "../../etc/passwd"}}),
     Case("absolute_image_name", "images.bin", build={"names": {2: "/etc/hostname"}}),
-    Case("nan_pose", "images.bin", patch_bytes("images.bin", IMAGE + 36, "<d", float("nan"))),
+    Case("nan_pose", "images.bin", patched("images.bin", IMAGE + 36, "<d", float("nan"))),
     Case("no_points", "points3D.bin", build={"num_points": 0}),
     Case("all_points_nan", "points3D.bin", all_points_nan),
-    Case("one_point_nan", "points3D.bin", patch_bytes("points3D.bin", POINT + 8, "<d", float("nan"))),
+    Case("one_point_nan", "points3D.bin", patched("points3D.bin", POINT + 8, "<d", float("nan"))),
     Case("malformed_images_txt_line", "images.txt",
          edit_text_line("images.txt", 2, lambda line: line.replace(" ", " oops ", 1)), build={"model_format": "txt"}),
     Case("txt_track_refers_to_missing_image", "points3D.txt",
-         edit_text_line("points3D.txt", 0, _replace_token(8, "99")), build={"model_format": "txt"}),
+         edit_text_line("points3D.txt", 0, replace_token(8, "99")), build={"model_format": "txt"}),
     Case("txt_camera_of_width_0", "cameras.txt",
-         edit_text_line("cameras.txt", 0, _replace_token(2, "0")), build={"model_format": "txt"}),
+         edit_text_line("cameras.txt", 0, replace_token(2, "0")), build={"model_format": "txt"}),
 ]
 
 INIT_CASES = {"truncated_points_bin", "image_named_etc_passwd", "all_points_nan", "malformed_images_txt_line"}
@@ -143,14 +81,6 @@ INIT_CASES = {"truncated_points_bin", "image_named_etc_passwd", "all_points_nan"
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "COLUMNS": "200"}
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=120, check=False)
-
-
-def _assert_one_line_error(completed: subprocess.CompletedProcess, expected_name: str) -> None:
-    assert completed.returncode != 0, completed
-    assert "Traceback" not in completed.stderr + completed.stdout, completed.stderr
-    lines = completed.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got:\n{completed.stderr}"
-    assert lines[0].startswith("error: ") and expected_name in lines[0], lines[0]
 
 
 def _damaged_scene(case: Case, make_scene) -> Path:
@@ -166,7 +96,7 @@ def test_split_refuses_a_bad_model_in_one_line(case: Case, make_scene, scene_sna
     work = tmp_path / "work"
     work.mkdir()
     completed = _run([sys.executable, "-m", "patchsplat.cli", "split", str(scene), "out/patches"], cwd=work)
-    _assert_one_line_error(completed, case.names)
+    assert_one_line(completed, case.names)
     assert list(work.iterdir()) == []  # no output folder, no temporary one
     assert scene_snapshot(scene) == before
 
@@ -178,7 +108,7 @@ def test_init_refuses_a_bad_model_in_one_line(case: Case, make_scene, scene_snap
     work = tmp_path / "work"
     work.mkdir()
     completed = _run([sys.executable, "-m", "patchsplat.cli", "init", "ws", "--colmap", str(scene)], cwd=work)
-    _assert_one_line_error(completed, case.names)
+    assert_one_line(completed, case.names)
     assert list(work.iterdir()) == []
     assert scene_snapshot(scene) == before
 
@@ -190,12 +120,6 @@ def test_corpus_is_large_and_distinct():
 
 # ------------------------------------------------------------------ undistortion (scene stage)
 
-def _write_png(path: Path, width: int, height: int) -> None:
-    from PIL import Image
-
-    Image.new("RGB", (width, height), (90, 120, 150)).save(path, format="PNG")
-
-
 def _truncated_jpeg(path: Path) -> None:
     from PIL import Image
 
@@ -206,7 +130,7 @@ def _truncated_jpeg(path: Path) -> None:
 IMAGE_CASES = [
     Case("truncated_jpeg", "img003.png", lambda s: _truncated_jpeg(s / "images" / "img003.png")),
     Case("zero_byte_image", "img002.png", lambda s: os.truncate(s / "images" / "img002.png", 0)),
-    Case("image_of_wrong_size", "img004.png", lambda s: _write_png(s / "images" / "img004.png", 32, 48)),
+    Case("image_of_wrong_size", "img004.png", lambda s: write_png(s / "images" / "img004.png", 32, 48)),
     Case("missing_image", "img001.png", lambda s: (s / "images" / "img001.png").unlink()),
 ]
 
@@ -227,7 +151,7 @@ def test_undistortion_checks_every_image_first(case: Case, make_scene, scene_sna
     before = scene_snapshot(scene)
     workspace = _scene_workspace(tmp_path, scene)
     completed = _run([sys.executable, str(REPO_ROOT / "stages" / "scene.py")], cwd=workspace)
-    _assert_one_line_error(completed, case.names)
+    assert_one_line(completed, case.names)
     assert sorted(path.name for path in workspace.iterdir()) == ["params.yaml"]  # no data/, no .scene.*.tmp
     assert scene_snapshot(scene) == before
 
@@ -237,7 +161,7 @@ def test_undistortion_refuses_a_bad_model_before_pycolmap(make_scene, scene_snap
     before = scene_snapshot(scene)
     workspace = _scene_workspace(tmp_path, scene)
     completed = _run([sys.executable, str(REPO_ROOT / "stages" / "scene.py")], cwd=workspace)
-    _assert_one_line_error(completed, "../../etc/passwd")
+    assert_one_line(completed, "../../etc/passwd")
     assert sorted(path.name for path in workspace.iterdir()) == ["params.yaml"]
     assert scene_snapshot(scene) == before
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,67 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from damage import (CAM, IMAGE, POINT, assert_one_line, drop_first_point, edit_text_line, garbage, model_file, patch_bytes,
+                    truncate, write_png)
 from patchsplat.config import ValidateConfig
 from patchsplat.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EARLIER_REPORT = b'{"an": "earlier report"}\n'
-
-
-def model_file(scene: Path, name: str) -> Path:
-    return scene / "sparse" / "0" / name
-
-
-def patch_bytes(scene: Path, name: str, offset: int, fmt: str, *values) -> None:
-    path = model_file(scene, name)
-    data = bytearray(path.read_bytes())
-    struct.pack_into(fmt, data, offset, *values)
-    path.write_bytes(bytes(data))
-
-
-def truncate(name: str, *, keep_fraction: float | None = None, drop: int | None = None) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        size = path.stat().st_size
-        os.truncate(path, int(size * keep_fraction) if keep_fraction is not None else size - drop)
-
-    return mutate
-
-
-def garbage(name: str) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        path.write_bytes(bytes((i * 151 + 7) % 256 for i in range(path.stat().st_size)))
-
-    return mutate
-
-
-def drop_first_point(scene: Path) -> None:
-    """Remove the first 3D point record and fix the count: images still refer to it."""
-    path = model_file(scene, "points3D.bin")
-    data = bytearray(path.read_bytes())
-    (count,) = struct.unpack_from("<Q", data, 0)
-    (track_length,) = struct.unpack_from("<Q", data, 8 + 43)
-    del data[8 : 8 + 51 + 8 * track_length]
-    struct.pack_into("<Q", data, 0, count - 1)
-    path.write_bytes(bytes(data))
-
-
-def edit_text_line(name: str, data_line: int, edit: Callable[[str], str]) -> Callable[[Path], None]:
-    def mutate(scene: Path) -> None:
-        path = model_file(scene, name)
-        lines = path.read_text().split("\n")
-        data = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
-        lines[data[data_line]] = edit(lines[data[data_line]])
-        path.write_text("\n".join(lines))
-
-    return mutate
-
-
-def write_png(path: Path, width: int, height: int) -> None:
-    from PIL import Image
-
-    Image.new("RGB", (width, height), (90, 120, 150)).save(path)
 
 
 @dataclass(frozen=True)
@@ -99,11 +44,6 @@ class Case:
     build: dict = field(default_factory=dict)
     cli_args: tuple[str, ...] = ()
 
-
-# Offsets in the binary files of the base scene (one PINHOLE camera, images and points as built).
-CAM = 8          # first camera record: id u32, model i32, width u64 @+8, height u64 @+16, params @+24
-POINT = 8        # first point record: id u64, xyz @+8, rgb @+32, error @+35, track length @+43, track @+51
-IMAGE = 8        # first image record: id u32, qvec @+4, tvec @+36, camera id u32 @+60, name @+64
 
 CASES = [
     # --- binary model files
@@ -172,16 +112,6 @@ CASES = [
 SUBPROCESS_CASES = {"truncated_points_bin", "missing_image", "name_escapes_with_dotdot", "corrupt_txt_line"}
 
 
-def _one_error_line(stderr: str, expected_name: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
-    line = lines[0]
-    assert line.startswith("error: "), line
-    assert expected_name in line, f"{expected_name!r} not named in: {line}"
-    assert "Traceback" not in stderr
-    return line
-
-
 def _prepare(case: Case, make_scene, tmp_path: Path) -> tuple[Path, Path]:
     scene = make_scene(**case.build)
     case.mutate(scene)
@@ -215,8 +145,7 @@ def test_bad_input_fails_cleanly(case: Case, make_scene, scene_snapshot, tmp_pat
     )
     assert result.exit_code != 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    _one_error_line(result.stderr, case.names)
-    assert "Traceback" not in result.stdout
+    assert_one_line(result, case.names)
 
     # (b) the kind, through the library call the command uses.
     with pytest.raises(InputError) as raised:
@@ -241,9 +170,7 @@ def test_bad_input_fails_cleanly_in_a_subprocess(case: Case, make_scene, scene_s
         [sys.executable, "-m", "patchsplat.cli", "validate", str(scene), "--out", str(out)],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )
-    assert completed.returncode != 0
-    _one_error_line(completed.stderr, case.names)
-    assert "Traceback" not in completed.stdout
+    assert_one_line(completed, case.names)
     assert not out.exists()
     assert scene_snapshot(scene) == before
 

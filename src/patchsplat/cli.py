@@ -208,6 +208,7 @@ def repro_command(
 
         import os
 
+        load_params(DEFAULT_PARAMS)  # bad params: one line before dvc starts (it would run the validate stage first)
         times = StageTimes()
         try:
             # Ctrl-C/SIGTERM: the dvc processes stop (training saves a checkpoint), one line naming the

@@ -39,6 +39,9 @@ def build_deployment(workspace: Path, cron: str, name: str | None = None, timezo
     check_cron(cron, timezone)
     if not (workspace / "params.yaml").exists() or not (workspace / "dvc.yaml").exists():
         raise InputError(workspace, "not a patchsplat workspace (params.yaml and dvc.yaml expected)", kind="bad_workspace")
+    from patchsplat.config import load_params
+
+    load_params(workspace / "params.yaml")  # bad params: one line now, not a failed run at the first scheduled time
     return reconstruct.to_deployment(
         name=name or deployment_name(workspace),
         schedules=[Schedule(cron=cron, timezone=timezone)],
