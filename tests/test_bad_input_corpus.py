@@ -22,6 +22,7 @@ A few representative cases also run as real processes (``python -m patchsplat.cl
 from __future__ import annotations
 
 import io
+import json
 import os
 import runpy
 import shlex
@@ -36,6 +37,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import build_scene, snapshot
 from damage import (IMAGE, POINT, assert_one_line, edit_text_line, garbage, garbage_bytes, model_file, patched,
@@ -126,6 +128,18 @@ def cut_short(relative: str, keep_fraction: float = 0.5) -> Callable[[Path], Non
     def mutate(workspace: Path) -> None:
         path = workspace / relative
         os.truncate(path, int(path.stat().st_size * keep_fraction))
+
+    return mutate
+
+
+def without_key(relative: str, key: str) -> Callable[[Path], None]:
+    """The JSON object in ``relative`` without ``key``: a file of another version, or a hand edit."""
+
+    def mutate(workspace: Path) -> None:
+        path = workspace / relative
+        content = json.loads(path.read_text())
+        del content[key]
+        path.write_text(json.dumps(content))
 
     return mutate
 
@@ -268,7 +282,8 @@ CASES = [
     case("demo_negative_width", "demo-scene new-demo --width -5 --no-images", "scene.demo.width"),
     case("demo_bad_setting", "demo-scene new-demo --no-images", ("params.yaml", "scene.demo.num_points"),
          setting("scene.demo.num_points", "many")),
-    case("demo_under_a_file", "demo-scene notes.txt/demo --no-images", "notes.txt", written("notes.txt", "my notes\n")),
+    case("demo_under_a_file", "demo-scene notes.txt/demo --no-images", ("notes.txt", "is a file, not a folder"),
+         written("notes.txt", "my notes\n")),
     # --- train
     case("train_onto_the_patches", "train data/patches/p0 --out data/patches", "data/patches"),
     case("train_onto_the_scene", "train data/patches/p0 --out scene", "error: scene:"),
@@ -276,6 +291,14 @@ CASES = [
     case("train_missing_patch_json", TRAIN, ("data/patches/p0:", "patch.json"), removed("data/patches/p0/patch.json")),
     case("train_corrupt_patch_json", TRAIN, "patch.json", cut_short("data/patches/p0/patch.json")),
     case("train_truncated_patch_points", TRAIN, "points3D.bin", cut_short("data/patches/p0/sparse/0/points3D.bin")),
+    case("train_patch_json_a_list", TRAIN, ("patch.json", "JSON object expected"), written("data/patches/p0/patch.json", "[1]\n")),
+    case("train_patch_json_without_images_dir", TRAIN, ("patch.json", "'images_dir'"),
+         without_key("data/patches/p0/patch.json", "images_dir")),
+    case("train_patch_json_without_heldout", TRAIN, ("patch.json", "'heldout_image_names'"),
+         without_key("data/patches/p0/patch.json", "heldout_image_names")),
+    case("train_missing_image", TRAIN, "img002.png", on_scene(lambda scene: (scene / "images" / "img002.png").unlink())),
+    case("train_image_of_another_size", TRAIN, ("img001.png", "is 9x7"),
+         on_scene(lambda scene: Image.new("RGB", (9, 7)).save(scene / "images" / "img001.png"))),
     case("train_missing_patch", "train data/patches/p7 --out data/new-trained", "data/patches/p7:"),
     case("train_steps_zero", TRAIN + " --steps 0", "train.steps"),
     case("train_bad_backend", TRAIN + " --backend cuda-magic", "train.backend"),
@@ -288,6 +311,10 @@ CASES = [
     case("merge_garbage_splats", MERGE, "splats.ply", written("data/trained/p0/splats.ply", garbage_bytes(4000))),
     case("merge_corrupt_split_json", MERGE, "split.json", cut_short("data/patches/split.json")),
     case("merge_missing_split_json", MERGE, "split.json", removed("data/patches/split.json")),
+    case("merge_split_json_without_patches", MERGE, ("split.json", "'patches'"), without_key("data/patches/split.json", "patches")),
+    case("merge_split_json_without_frame", MERGE, ("split.json", "'world_to_aligned'"),
+         without_key("data/patches/split.json", "world_to_aligned")),
+    case("merge_split_json_a_list", MERGE, ("split.json", "JSON object expected"), written("data/patches/split.json", "[]\n")),
     case("merge_onto_the_patches", "merge data/patches data/trained data/patches", "data/patches"),
     case("merge_into_a_users_folder", "merge data/patches data/trained my-documents", "my-documents", users_folder("my-documents")),
     case("merge_bad_setting", MERGE, ("params.yaml", "merge.min_opacity"), setting("merge.min_opacity", 2.0)),

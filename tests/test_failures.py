@@ -120,10 +120,11 @@ def test_a_stage_script_refuses_bad_params_in_one_line(tmp_path):
 
 
 def test_an_output_under_a_file_is_one_line_and_the_scene_is_kept(tmp_path, scene):
-    """As root a read-only folder cannot be made: an output path under a regular file fails the same way."""
+    """An output path under a regular file: refused before anything is made, naming the file in the way."""
     before = snapshot(scene)
     (tmp_path / "blocker").write_text("a file, not a folder")
-    assert_one_line(patchsplat(tmp_path, "demo-scene", "blocker/sub/scene", *TINY_SCENE), "blocker", "Not a directory")
+    assert_one_line(patchsplat(tmp_path, "demo-scene", "blocker/sub/scene", *TINY_SCENE), "blocker",
+                    "is a file, not a folder")
     assert snapshot(scene) == before
 
 

@@ -154,7 +154,10 @@ def train(
         from patchsplat.output_folder import TRAIN, check_replaceable
         from patchsplat.train.loop import training_inputs
 
+        from patchsplat.train.data import check_patch_images
+
         check_replaceable(out, TRAIN, training_inputs(patch_dir, prepared))  # before anything is written
+        check_patch_images(patch_dir)
         prepare_patch(patch_dir, prepared, config, identifier)
         from patchsplat.profiles import PatchFacts, resolve_train
         from patchsplat.train.loop import TrainingInterrupted

@@ -81,6 +81,16 @@ def refuse_overlap(target: str | Path, inputs: Iterable[str | Path], what: str =
         raise InputError(target, f"{problem}; it would be overwritten: give a separate {what}", kind="bad_output")
 
 
+def _refuse_file_above(target: Path) -> None:
+    """An output under a regular file (``notes.txt/demo``) cannot be made: say so rather than 'File exists'."""
+    for ancestor in target.absolute().parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise InputError(ancestor, f"is a file, not a folder: {target} cannot be written inside it",
+                                 kind="bad_output")
+            return
+
+
 def _owner(folder: Path) -> str | None:
     marker = folder / MARKER
     return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
@@ -90,6 +100,7 @@ def check_replaceable(target: str | Path, kind: OutputKind, inputs: Iterable[str
     """Raise :class:`InputError` unless ``kind``'s command may replace ``target`` (see the module docstring)."""
     target = Path(target)
     refuse_overlap(target, inputs)
+    _refuse_file_above(target)
     if not target.exists() and not target.is_symlink():
         return
     if target.is_symlink() or not target.is_dir():
@@ -181,6 +192,7 @@ def check_replaceable_file(target: str | Path, kind: OutputFile, inputs: Iterabl
     """Raise :class:`InputError` unless ``target`` is absent or a file an earlier run of the command wrote."""
     target = Path(target)
     refuse_overlap(target, inputs, what="output file")
+    _refuse_file_above(target)
     if not target.exists() and not target.is_symlink():
         return
     if target.is_dir() and not target.is_symlink():

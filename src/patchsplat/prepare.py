@@ -30,7 +30,6 @@ from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.output_folder import PREPARE, check_replaceable
-from patchsplat.reading import read_json_object
 
 # Queries are answered this many points at a time so memory stays bounded (k distances + indices per point).
 _KNN_CHUNK = 262_144
@@ -104,10 +103,9 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     # What it reads is the patch's model and patch.json: `patchsplat train` keeps PATCH_DIR/trained.prepared beside them.
     inputs = (patch_dir / "sparse", patch_dir / "patch.json")
     check_replaceable(out_dir, PREPARE, inputs)
-    patch_file = patch_dir / "patch.json"
-    if not patch_file.exists():
-        raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
-    patch = read_json_object(patch_file, "patch description")
+    from patchsplat.split import read_patch_description
+
+    patch = read_patch_description(patch_dir)
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     point_indices = np.flatnonzero(finite)

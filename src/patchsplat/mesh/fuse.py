@@ -36,9 +36,8 @@ from patchsplat.mesh.tsdf import TsdfVolume
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, render_world, trained_resolution_factor
 from patchsplat.splat_io import read_splats_ply
-from patchsplat.split import PATCH_FILE, patch_images_dir
+from patchsplat.split import patch_images_dir, read_patch_description
 from patchsplat.split.partition import Cell
-from patchsplat.reading import read_json_object
 
 # The grid reaches this many voxels (plus the truncation band) past the core cell, so the surface
 # just inside the cell's border is complete before it is cropped.
@@ -91,12 +90,9 @@ class PatchPiece:
 
 def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
     """Read what meshing a patch needs; InputError naming the file when something is missing."""
-    patch_file = patch_dir / PATCH_FILE
-    if not patch_file.exists():
-        raise InputError(patch_dir, "not a patch folder (no patch.json): run the split first", kind="missing_file")
+    patch = read_patch_description(patch_dir)
     if not splats_path.exists():
         raise InputError(splats_path, "trained splats not found: train this patch first", kind="missing_file")
-    patch = read_json_object(patch_file, "patch description", ["core_cell", "world_to_aligned"])
     model_dir = patch_dir / "sparse" / "0"
     arrays = read_model_arrays(model_dir)
     scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir), arrays)

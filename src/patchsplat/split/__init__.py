@@ -30,7 +30,8 @@ from patchsplat.split.auto import SplitBudget
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
 from patchsplat.reading import read_json_object
 
-__all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "PATCH_FILE", "SPLIT_FILE"]
+__all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "read_patch_description", "PATCH_FILE",
+           "SPLIT_FILE"]
 
 PATCH_FILE = "patch.json"
 SPLIT_FILE = "split.json"
@@ -103,9 +104,21 @@ def _result(job: Future, jobs: list[Future]):
         raise
 
 
+# The keys of patch.json the stages read: a patch description without one is refused at its first reading,
+# before a stage writes anything.
+PATCH_KEYS = ("core_cell", "world_to_aligned", "images_dir", "heldout_image_names")
+
+
+def read_patch_description(patch_dir: Path) -> dict:
+    """``patch_dir/patch.json`` as the split wrote it; one InputError line for a missing or damaged one."""
+    if not (Path(patch_dir) / PATCH_FILE).exists():
+        raise InputError(patch_dir, f"not a patch folder (no {PATCH_FILE}): run the split first", kind="missing_file")
+    return read_json_object(Path(patch_dir) / PATCH_FILE, "patch description", PATCH_KEYS)
+
+
 def patch_images_dir(patch_dir: Path) -> Path:
     """The images folder a patch references (stored relative to the patch folder when possible)."""
-    reference = read_json_object(patch_dir / PATCH_FILE, "patch description", ["images_dir"])["images_dir"]
+    reference = read_patch_description(patch_dir)["images_dir"]
     return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
 
 

@@ -50,7 +50,7 @@ class PatchViews:
     """The views of one patch, split into training and held-out views, with a bounded image cache."""
 
     def __init__(self, patch_dir: Path, frame: CanonicalFrame, resolution_factor: int = 1, cache_images: int = 64) -> None:
-        from patchsplat.split import patch_images_dir
+        from patchsplat.split import patch_images_dir, read_patch_description
 
         arrays = read_model_arrays(patch_dir / "sparse" / "0")
         cameras = parse_cameras(arrays.cameras_bin)
@@ -88,7 +88,7 @@ class PatchViews:
                 width=width, height=height,
             ))
         self.all_views = views
-        held_out = set(read_json_object(patch_dir / "patch.json", "patch description", ["heldout_image_names"])["heldout_image_names"])
+        held_out = set(read_patch_description(patch_dir)["heldout_image_names"])
         self.test_views = [view for view in views if view.name in held_out]
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
@@ -123,3 +123,27 @@ def load_image_file(path: Path, width: int | None = None, height: int | None = N
 def load_frame(prepared_dir: Path) -> CanonicalFrame:
     summary = read_json_object(prepared_dir / "prepare.json", "prepared patch summary", ["canonical_frame"])
     return CanonicalFrame.from_dict(summary["canonical_frame"])
+
+
+def check_patch_images(patch_dir: Path) -> None:
+    """Every image of the patch is there and its header says its camera's size: checked before anything is
+    written, so that `patchsplat train` on a patch whose images moved or changed stops at once with one line
+    (the pipeline's validate stage decodes every image; a standalone train reads only the headers, which is
+    quick at any scale, so an image damaged past its header is still found when training first loads it)."""
+    from patchsplat.split import patch_images_dir
+
+    images_dir = patch_images_dir(patch_dir)  # first: a folder that is not a patch is named as such
+    arrays = read_model_arrays(patch_dir / "sparse" / "0")
+    cameras = parse_cameras(arrays.cameras_bin)
+    for name, camera_id in zip(arrays.image_names, arrays.camera_ids):
+        path = safe_image_path(images_dir, name)
+        camera = cameras[int(camera_id)]
+        try:
+            with Image.open(path) as opened:
+                size = opened.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise InputError(path, f"cannot read image ({' '.join(str(error).split())})", kind="undecodable_image") from None
+        if size != (camera.width, camera.height):
+            raise InputError(path, f"is {size[0]}x{size[1]} but its camera {camera.camera_id} is "
+                                   f"{camera.width}x{camera.height}: not the image the model was made from",
+                             kind="image_size_mismatch")
