@@ -253,11 +253,15 @@ def test_model_only_mode_writes_no_images(tmp_path):
 def test_generating_again_replaces_the_folder(tmp_path):
     out = tmp_path / "scene"
     generate_demo_scene(small_config(num_points=500, render_images=False), out, progress=False)
-    (out / "stale.txt").write_text("left over")
     manifest = generate_demo_scene(small_config(num_points=700, render_images=False), out, progress=False)
-    assert not (out / "stale.txt").exists()
     assert manifest["num_points"] == 700
     assert [p.name for p in tmp_path.iterdir()] == ["scene"]  # no temporary folders left behind
+    # A file someone put in it is not the command's to delete: refused, the folder kept as it was.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="notes.txt"):
+        generate_demo_scene(small_config(num_points=900, render_images=False), out, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "manifest.json").read_text())["num_points"] == 700
 
 
 def test_with_overrides_validates_and_names_the_key():
