@@ -35,10 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import prefect.main  # noqa: F401  (see below)
 import pytest
 import yaml
 from PIL import Image
 
+# Prefect configures its log handlers once, on its first import, with the sys.stderr of that moment. It is
+# imported above, at collection (pytest's session-long capture), not first inside a CliRunner invoke of
+# `patchsplat run` here, whose stream is closed afterwards: later tests' in-process flows would log into it.
 from conftest import build_scene, snapshot
 from damage import (IMAGE, POINT, assert_one_line, edit_text_line, garbage, garbage_bytes, model_file, patched,
                     truncate)

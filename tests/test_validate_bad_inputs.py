@@ -32,7 +32,8 @@ from patchsplat.config import ValidateConfig
 from patchsplat.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EARLIER_REPORT = b'{"an": "earlier report"}\n'
+# An earlier run's report (the keys validate writes: it may replace the file, and must not on a failure).
+EARLIER_REPORT = b'{"report_version": 1, "scene_dir": "scene", "num_images": 6, "an": "earlier report"}\n'
 
 
 @dataclass(frozen=True)
