@@ -21,6 +21,7 @@ stages whose code it is.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import sys
@@ -52,7 +53,13 @@ def _module_file(package: Path, module: str) -> Path | None:
 
 def _imported_names(path: Path, module: str | None, is_package: bool) -> set[str]:
     """The patchsplat names ``path`` imports: modules, and ``module.name`` candidates for ``from module import name``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    stat = path.stat()
+    return set(_parsed_imports(str(path), stat.st_mtime_ns, stat.st_size, module, is_package))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_imports(path: str, _mtime_ns: int, _size: int, module: str | None, is_package: bool) -> frozenset[str]:
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -68,7 +75,7 @@ def _imported_names(path: Path, module: str | None, is_package: bool) -> set[str
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return {name for name in names if name == PACKAGE or name.startswith(PACKAGE + ".")}
+    return frozenset(name for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
 
 
 def module_closure(script: Path, package: Path) -> set[str]:
