@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 # OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test bench clean-demo wheel deps
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# A wheel that works alone (dist/): it carries the pipeline definition (setup.py).
+wheel: setup
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation --disable-pip-version-check -w dist .
+
+# Rewrite dvc.yaml's generated code dependencies after changing what a stage imports.
+deps: setup
+	$(BIN)/python -m patchsplat.pipeline_deps --write
 
 bench: setup
 	$(BIN)/python bench/validate_scale.py

@@ -2,7 +2,8 @@
 
 What a user relies on: bad input is one line naming the path, a non-zero exit and nothing left
 behind; the workspace's params.yaml points at the scene and lists the patch ids the split will
-make, its dvc.yaml is the project's minus the library's code; and right after init a plain
+make, its dvc.yaml is the project's with the code reached through the workspace's .patchsplat links
+(the workspace holds no code); and right after init a plain
 `dvc repro` runs the whole pipeline on a real scene and leaves `dvc status` clean.
 """
 
@@ -34,7 +35,7 @@ def _environment() -> dict:
     env["DVC_NO_ANALYTICS"] = "1"
     env["PATCHSPLAT_TRACKING"] = "0"
     env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env.pop("PYTHONPATH", None)  # the workspace has no src/: the installed patchsplat runs
+    env["PYTHONPATH"] = str(ROOT / "src")  # the workspace has no code: this checkout's patchsplat runs
     return env
 
 
@@ -104,12 +105,12 @@ def test_workspace_inside_the_scene_is_refused(make_scene):
     assert not (scene / "ws").exists()
 
 
-def test_needs_the_source_checkout(tmp_path, make_scene, monkeypatch):
+def test_needs_a_pipeline_definition(tmp_path, make_scene, monkeypatch):
     import patchsplat
 
     installed = tmp_path / "site-packages" / "patchsplat" / "__init__.py"
     monkeypatch.setattr(patchsplat, "__file__", str(installed))
-    with pytest.raises(InputError, match=r"needs patchsplat installed from its source checkout \(`pip install -e") as raised:
+    with pytest.raises(InputError, match=r"no pipeline definition \(dvc.yaml, params.yaml, .dvcignore, stages/\)") as raised:
         init_workspace(tmp_path / "ws", make_scene(), git=False)
     assert "\n" not in raised.value.one_line()
     assert not (tmp_path / "ws").exists()
@@ -132,20 +133,23 @@ def test_a_failure_half_way_leaves_nothing(tmp_path, make_scene, monkeypatch):
 # ---------------------------------------------------------------- what is written
 
 
-def test_dvc_yaml_is_the_projects_without_library_deps():
+def test_dvc_yaml_is_the_projects_with_code_through_the_links():
     template = (ROOT / "dvc.yaml").read_text(encoding="utf-8")
     written = workspace_dvc_yaml(template, "patchsplat 9.9 at commit abc")
     assert written.startswith("# Written by `patchsplat init` from patchsplat 9.9 at commit abc.")
-    assert "does not rerun anything" in written and "dvc repro --force" in written
+    assert "reruns the stages whose code changed" in written
     assert "# Checkpoints survive an interrupted run" in written  # the project's comments are kept
 
     original, result = _safe_load(ROOT / "dvc.yaml")["stages"], YAML(typ="safe").load(written)["stages"]
     assert list(result) == list(original)
     for name, stage in original.items():
         body, new_body = stage.get("do", stage), result[name].get("do", result[name])
-        assert [d for d in new_body["deps"] if str(d).startswith("src/")] == []
-        assert [d for d in body["deps"] if not str(d).startswith("src/")] == new_body["deps"]
-        assert any(str(d).startswith("stages/") for d in new_body["deps"]), name
+        assert [d for d in new_body["deps"] if str(d).startswith(("src/", "stages/"))] == []
+        code = [d for d in new_body["deps"] if str(d).startswith(".patchsplat/")]
+        assert len(code) == len([d for d in body["deps"] if str(d).startswith(("src/", "stages/"))]), name
+        assert [d for d in body["deps"] if not str(d).startswith(("src/", "stages/"))] == [
+            d for d in new_body["deps"] if not str(d).startswith(".patchsplat/")]
+        assert code[0].startswith(".patchsplat/pipeline/stages/"), name
         assert {k: v for k, v in body.items() if k != "deps"} == {k: v for k, v in new_body.items() if k != "deps"}
         assert {k: v for k, v in stage.items() if k not in ("do", "deps")} == {
             k: v for k, v in result[name].items() if k not in ("do", "deps")}
@@ -193,10 +197,12 @@ def test_init_writes_a_workspace_for_the_scene(tmp_path, make_scene):
     prepare_scene(load_params(target / "params.yaml").scene, target / "data" / "scene")
     assert list(params["patch_overrides"]) == result.patch_ids == planned_patch_ids(target)
 
-    assert sorted(p.name for p in (target / "stages").iterdir()) == sorted(p.name for p in (ROOT / "stages").glob("*.py"))
+    assert not (target / "stages").exists()  # no code: the links reach the installed patchsplat's
+    assert os.readlink(target / ".patchsplat" / "code") == str(ROOT / "src" / "patchsplat")
+    assert os.readlink(target / ".patchsplat" / "pipeline") == str(ROOT)
     assert (target / ".dvcignore").read_text() == (ROOT / ".dvcignore").read_text()
     ignored = (target / ".gitignore").read_text().splitlines()
-    for entry in ("/data/*", "/reports/*", "!/reports/*.json", "/mlflow.db", "/mlartifacts/", "/.venv/"):
+    for entry in ("/data/*", "/reports/*", "!/reports/*.json", "/mlflow.db", "/mlartifacts/", "/.venv/", "/.patchsplat/"):
         assert entry in ignored
     assert not list(tmp_path.glob(".ws.init-*"))
 
@@ -223,7 +229,8 @@ def test_cli_init_makes_a_committed_git_and_dvc_repository(tmp_path, make_scene)
     assert _git(workspace, "status", "--porcelain") == ""
     assert len(_git(workspace, "log", "--oneline").splitlines()) == 1
     tracked = set(_git(workspace, "ls-files").split())
-    assert {"dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config", "stages/train.py"} <= tracked
+    assert {"dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", ".dvc/config"} <= tracked
+    assert not [name for name in tracked if name.endswith(".py")]
     header = (workspace / "dvc.yaml").read_text().splitlines()[0]
     assert header.startswith("# Written by `patchsplat init` from patchsplat ") and " at commit " in header
 

@@ -212,6 +212,7 @@ def repro_command(
         import os
 
         load_params(DEFAULT_PARAMS)  # bad params: one line before dvc starts (it would run the validate stage first)
+        _sync_workspace(Path("."))
         times = StageTimes()
         try:
             # Ctrl-C/SIGTERM: the dvc processes stop (training saves a checkpoint), one line naming the
@@ -260,6 +261,8 @@ def run_command(
     """Run the pipeline as the Prefect flow `reconstruct` (DVC-consistent: a second run with nothing changed does nothing)."""
 
     def run() -> None:
+        load_params(workspace / "params.yaml")  # bad params: one line before anything changes
+        _sync_workspace(workspace)
         arguments: dict = {"workspace": str(workspace), "max_concurrent_patches": jobs}
         if dask is not None:
             arguments.update(task_runner="dask", dask_address=None if dask == "local" else dask)
@@ -401,7 +404,7 @@ def init_command(
     directory: Annotated[Path, typer.Argument(help="The new workspace folder (must not exist, or be empty).")],
     colmap: Annotated[Path, typer.Option("--colmap", help="Your COLMAP folder: images/ plus sparse/0 (or sparse/). Not copied.")],
 ) -> None:
-    """Create a pipeline workspace for your own COLMAP scene: params.yaml, dvc.yaml, stages/, git and DVC."""
+    """Create a pipeline workspace for your own COLMAP scene: params.yaml, dvc.yaml, git and DVC (no code)."""
 
     def run() -> None:
         import shlex
@@ -414,7 +417,7 @@ def init_command(
         ids = result.patch_ids
         console.print(f"workspace {result.workspace} ready for the scene {result.colmap_path}", markup=False, soft_wrap=True)
         console.print(f"  {len(ids)} patches planned ({', '.join(ids)})", markup=False, soft_wrap=True)
-        console.print(f"  dvc.yaml and stages/ from {result.source}", markup=False, soft_wrap=True)
+        console.print(f"  pipeline (dvc.yaml, params.yaml) from {result.source}", markup=False, soft_wrap=True)
         from patchsplat.scene_source import distorted_camera_models
 
         distorted = distorted_camera_models(result.colmap_path)
@@ -429,9 +432,9 @@ def init_command(
                       "params.yaml follows it per patch: `patchsplat config` shows each value and why once the split has run",
                       markup=False, soft_wrap=True)
         interpreter = Path(sys.executable)
-        on_path = shutil.which("python")
+        on_path = shutil.which("patchsplat")
         if on_path is None or Path(on_path).parent.resolve() != interpreter.parent.resolve():
-            console.print(f"  note: dvc.yaml runs `python`, which must be the one patchsplat is installed for: put {interpreter.parent} "
+            console.print(f"  note: dvc.yaml runs `patchsplat stage ...`, which must be this patchsplat: put {interpreter.parent} "
                           f"first on PATH (e.g. source {interpreter.parent}/activate)",
                           markup=False, soft_wrap=True)
         console.print("next:", markup=False, soft_wrap=True)
@@ -441,6 +444,30 @@ def init_command(
         console.print("  patchsplat summary    # what was produced and where", markup=False, soft_wrap=True)
 
     guarded(run)
+
+
+@app.command("stage", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stage_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The stage: scene, validate, split, prepare, train, merge, mesh or evaluate.")],
+) -> None:
+    """Run one pipeline stage's script, as dvc.yaml does (`patchsplat stage train p0`); arguments after NAME go to it."""
+    from patchsplat.console import fail
+    from patchsplat.pipeline_definition import run_stage, stage_script
+
+    try:
+        stage_script(name)
+    except InputError as error:  # an unknown stage, no pipeline definition: one line (not `guarded`, which
+        fail(error)              # would also count this process as the DVC stage that ran)
+    run_stage(name, list(ctx.args))  # the script reports its own errors (guarded) and sets the exit status
+
+
+def _sync_workspace(workspace: Path) -> None:
+    """An `init` workspace's code links and code dependencies follow the patchsplat that runs (one line per change)."""
+    from patchsplat.pipeline_deps import sync_workspace
+
+    for message in sync_workspace(workspace):
+        console.print(message, markup=False, soft_wrap=True)
 
 
 def main() -> None:

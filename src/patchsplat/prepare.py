@@ -14,7 +14,7 @@ Contract: :func:`prepare_patch` reads ``patch_dir`` (``sparse/0`` and ``patch.js
 
     out_dir/init.npz       means (N,3) canonical, log_scales (N,3), colours (N,3) in [0,1],
                            opacity_logits (N,), point_ids (N,) — load with allow_pickle=False
-    out_dir/prepare.json   the canonical frame (world <-> canonical), the effective settings, counts
+    out_dir/prepare.json   the canonical frame (world <-> canonical), the settings it read (PREPARE_SETTINGS), counts
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.output_folder import PREPARE, check_replaceable
+
+# The training settings preparation reads: the only ones dvc.yaml's prepare@* depends on (a test checks),
+# and the only ones prepare.json records.
+PREPARE_SETTINGS = ("init_scale", "init_opacity", "knn_neighbours", "max_initial_points")
 
 # Queries are answered this many points at a time so memory stays bounded (k distances + indices per point).
 _KNN_CHUNK = 262_144
@@ -120,7 +124,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     summary = {
         "patch": patch_id or patch.get("id"),
         "canonical_frame": frame.to_dict(),
-        "settings": config.model_dump(mode="json"),
+        "settings": {key: value for key, value in config.model_dump(mode="json").items() if key in PREPARE_SETTINGS},
         "num_gaussians": int(len(point_indices)),
         "num_cameras": int(len(arrays.image_ids)),
         "initial_scale_canonical": {"median": float(np.median(canonical_scales)), "mean": float(canonical_scales.mean())},

@@ -1,23 +1,25 @@
 """``patchsplat init DIR --colmap PATH``: a ready-to-run pipeline workspace for a user's own scene.
 
-The workspace is made from this project's own ``dvc.yaml``, ``stages/``, ``params.yaml`` and
-``.dvcignore`` (one source of truth, no copies in the package), found beside the package's source:
-``init`` therefore needs patchsplat installed from its source checkout (``pip install -e``).
+The workspace is made from the pipeline definition of the installed patchsplat
+(:func:`patchsplat.pipeline_definition.pipeline_root`: the source checkout's ``dvc.yaml``,
+``params.yaml``, ``.dvcignore`` and ``stages/``, or the copy a wheel carries). It holds no code:
+its stages run ``patchsplat stage NAME`` of the installed patchsplat.
 
 What is written to DIR:
 
-* ``dvc.yaml``: the project's, minus the dependencies on ``src/patchsplat/...`` (the library is not
-  in the workspace; the stage scripts stay dependencies). A header comment says so and records the
-  patchsplat version and source commit it came from: changing patchsplat's code does NOT rerun
-  anything there (``dvc repro --force`` does).
-* ``stages/``: the stage scripts, unchanged.
+* ``dvc.yaml``: the project's, whose code dependencies are the installed patchsplat's files, reached
+  through ``.patchsplat/code`` (a symbolic link to the package) and ``.patchsplat/pipeline`` (one to its
+  pipeline definition, for the stage scripts): changing or upgrading patchsplat reruns the stages whose
+  code changed (:mod:`patchsplat.pipeline_deps`). A header comment records the version and source.
+* ``.patchsplat/``: those two links (ignored by git; ``patchsplat run``/``repro`` re-point them when the
+  installed patchsplat moved).
 * ``params.yaml``: the project's, with ``scene.source: colmap`` and ``scene.colmap_path`` the absolute
   path of PATH, without the demo scene's generator settings, ``split.mode: auto`` (the demo's own
   2 x 2 grid is not a capture's), training settings left to the profile as in the project's file,
   and ``patch_overrides`` keyed by the patch ids the split will make of this scene (so a plain
   ``dvc repro`` works straight away).
-* ``.gitignore`` (the pipeline's outputs, MLflow's store, a venv), ``.dvcignore``, a git repository
-  with DVC initialised and one commit (``dvc exp run`` needs a commit).
+* ``.gitignore`` (the pipeline's outputs, MLflow's store, a venv, ``.patchsplat/``), ``.dvcignore``, a
+  git repository with DVC initialised and one commit (``dvc exp run`` needs a commit).
 
 PATH is validated first; the workspace is built in a hidden folder beside DIR and renamed to DIR
 only when complete, so a failure leaves nothing behind. DIR may exist only as an empty folder.
@@ -35,11 +37,7 @@ from pathlib import Path
 
 from patchsplat.errors import InputError
 
-# Copied verbatim from the source checkout (``stages`` is a folder).
-STAGES_FOLDER = "stages"
-TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
-# dvc.yaml dependencies under this prefix are the library's code, which a workspace does not hold.
-LIBRARY_PREFIX = "src/"
+from patchsplat.pipeline_definition import DEFINITION_FILES as TEMPLATE_FILES  # noqa: F401 (the templates)
 
 GITIGNORE = """\
 # Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
@@ -58,6 +56,8 @@ GITIGNORE = """\
 /mlflow.db
 /mlartifacts/
 /mlruns/
+# The links to the installed patchsplat's code (`patchsplat init`; re-pointed by `patchsplat run`/`repro`)
+/.patchsplat/
 # A virtual environment, byte code
 /.venv/
 __pycache__/
@@ -77,25 +77,20 @@ class InitResult:
 
 
 def project_root() -> Path:
-    """The source checkout patchsplat is installed from (holding dvc.yaml, params.yaml and stages/)."""
-    import patchsplat
+    """The folder holding the pipeline definition the workspace is made from (see pipeline_root)."""
+    from patchsplat.pipeline_definition import pipeline_root
 
-    root = Path(patchsplat.__file__).resolve().parents[2]
-    missing = [name for name in (*TEMPLATE_FILES, STAGES_FOLDER) if not (root / name).exists()]
-    if missing:
-        raise InputError(
-            root,
-            f"no {missing[0]} here: `patchsplat init` needs patchsplat installed from its source checkout "
-            "(`pip install -e <checkout>`), whose dvc.yaml, params.yaml and stages/ are the workspace's templates",
-            kind="not_a_source_checkout",
-        )
-    return root
+    return pipeline_root()
 
 
 def source_description(root: Path) -> str:
     """patchsplat's version and the git commit of ``root`` (with a note when it has uncommitted changes)."""
     import patchsplat
 
+    from patchsplat.pipeline_definition import PACKAGED_FOLDER, package_dir
+
+    if root == package_dir() / PACKAGED_FOLDER:  # a wheel's copy: no source checkout to name
+        return f"patchsplat {patchsplat.__version__}, installed in {root.parent}"
     text = f"patchsplat {patchsplat.__version__}, source {root}"
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30, check=False)
@@ -159,24 +154,23 @@ def _dump(yaml, document) -> str:
 
 
 def workspace_dvc_yaml(template: str, source: str) -> str:
-    """The project's dvc.yaml text without its ``src/...`` dependencies, with a header saying so."""
-    yaml = _yaml()
-    document = yaml.load(template)
-    for stage in (document.get("stages") or {}).values():
-        body = stage.get("do", stage) if isinstance(stage, dict) else None
-        deps = body.get("deps") if isinstance(body, dict) else None
-        if deps is None:
-            continue
-        for index in reversed(range(len(deps))):
-            if isinstance(deps[index], str) and deps[index].startswith(LIBRARY_PREFIX):
-                del deps[index]
+    """The project's dvc.yaml text with the installed patchsplat's code deps (through ``.patchsplat/``), with a header."""
+    from patchsplat.pipeline_deps import workspace_dvc_yaml_text
+
     header = (
         "# Written by `patchsplat init` from " + source + ".\n"
-        "# The stages run the patchsplat installed for `python`; its code is NOT a dependency here (only\n"
-        "# stages/*.py are), so changing or upgrading patchsplat does not rerun anything: use\n"
-        "# `dvc repro --force` (or `dvc repro --force -s <stage>`) to recompute with new code.\n"
+        "# The stages run `patchsplat stage NAME` of the patchsplat on PATH. Their code dependencies are that\n"
+        "# patchsplat's files, through .patchsplat/code and .patchsplat/pipeline (links to the installed package,\n"
+        "# re-pointed by `patchsplat run` / `patchsplat repro`, which also update these lists for a newer\n"
+        "# patchsplat): changing or upgrading patchsplat reruns the stages whose code changed.\n"
     )
-    return header + _dump(yaml, document)
+    body = workspace_dvc_yaml_text(template)
+    if body.startswith("#"):  # the project's own header describes the checkout
+        lines = body.splitlines(keepends=True)
+        while lines and lines[0].startswith("#"):
+            lines.pop(0)
+        body = "".join(lines)
+    return header + body
 
 
 def workspace_params_yaml(template: str, colmap_path: Path, patch_ids: list[str] | None = None) -> str:
@@ -257,8 +251,8 @@ def _commit(workspace: Path, files: list[str]) -> None:
 def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
     """Create the workspace ``target`` for the COLMAP folder ``colmap``; see the module docstring.
 
-    Raises :class:`InputError` (one line) for a bad scene, a non-empty ``target``, a missing source
-    checkout or a failing git/dvc, leaving ``target`` as it was.
+    Raises :class:`InputError` (one line) for a bad scene, a non-empty ``target``, no pipeline
+    definition or a failing git/dvc, leaving ``target`` as it was.
     """
     target = Path(target).expanduser().absolute()
     target = target.parent.resolve() / target.name
@@ -271,8 +265,9 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
     target.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.init-", dir=target.parent))
     try:
-        shutil.copytree(root / STAGES_FOLDER, building / STAGES_FOLDER,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        from patchsplat.pipeline_deps import point_links
+
+        point_links(building)
         (building / "dvc.yaml").write_text(
             workspace_dvc_yaml((root / "dvc.yaml").read_text(encoding="utf-8"), source), encoding="utf-8")
         params_template = (root / "params.yaml").read_text(encoding="utf-8")
@@ -295,7 +290,7 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
         # the hashes of the stage scripts.
         shutil.copyfile(root / ".dvcignore", building / ".dvcignore")
         if git:
-            _commit(building, [".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "params.yaml", STAGES_FOLDER])
+            _commit(building, [".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "params.yaml"])
         building.chmod(0o777 & ~_umask())
         os.rename(building, target)  # replaces an empty folder; fails if one filled it meanwhile
     except BaseException:

@@ -27,7 +27,7 @@ _SKIPPED = re.compile(r"^Stage '([^']+)' (didn't change|is cached)")
 # DVC's advice after a stage (git add dvc.lock, autostage, dvc push): noise in a flow's log.
 _HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
           "Use `dvc push`")
-# DVC's report of a stage command that failed: "failed to run: python stages/train.py p0, exited with 130".
+# DVC's report of a stage command that failed: "failed to run: patchsplat stage train p0, exited with 130".
 _EXITED = re.compile(r"exited with (-?\d+)\s*$")
 # A stage stopped by SIGINT/SIGTERM: it exited 130/143 (patchsplat.console.guarded) or died of the signal.
 _SIGNAL_STATUSES = {130, 143, -2, -15}
@@ -56,8 +56,8 @@ class StageOutcome:
 
 
 def stage_environment(extra: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
-    """The environment of a stage process: this interpreter's ``python`` first on PATH (dvc.yaml runs
-    ``python stages/...``), no DVC analytics, and ``threads`` CPU threads when patches share the machine."""
+    """The environment of a stage process: this interpreter's bin folder first on PATH (dvc.yaml runs
+    ``patchsplat stage ...``: this patchsplat), no DVC analytics, and ``threads`` CPU threads when patches share the machine."""
     environment = dict(os.environ)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["DVC_NO_ANALYTICS"] = "1"
