@@ -21,7 +21,7 @@ setup: $(STAMP)
 
 # torch goes first and alone, pinned: it is the CPU build on the project's machines, while a looser
 # spec asked for by another package would pull several GB of CUDA wheels.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "setting up $(VENV) (first time: a few minutes; log in $(VENV)/pip.log)"
 	@$(BIN)/python -m pip install --disable-pip-version-check torch==2.13.0 >$(VENV)/pip.log 2>&1 \
