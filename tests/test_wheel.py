@@ -63,7 +63,11 @@ def test_wheel_installs_alone_and_runs_init_and_a_pipeline(tmp_path):
     where = _run([str(python), "-c", "import sys, patchsplat; print(patchsplat.__file__); print('\\n'.join(sys.path))"],
                  tmp_path, env).stdout.splitlines()
     assert Path(where[0]).is_relative_to(purelib), where[0]
-    assert not [entry for entry in where[1:] if entry and Path(entry).resolve().is_relative_to(ROOT)], where
+    # No source of the checkout on the path (the dependencies' folder may lie in it: `make` puts .venv there).
+    sources_on_path = [entry for entry in where[1:] if entry and any(
+        Path(entry).resolve() == folder or Path(entry).resolve().is_relative_to(folder)
+        for folder in (ROOT / "src", ROOT / "stages"))] + [entry for entry in where[1:] if entry and Path(entry).resolve() == ROOT]
+    assert not sources_on_path, where
 
     # init + a small pipeline, outside any checkout.
     work = tmp_path / "outside"
