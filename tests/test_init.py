@@ -18,9 +18,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from patchsplat.errors import InputError
+from patchsplat.pipeline_definition import pipeline_root
 from patchsplat.workspace_init import (
     init_workspace,
-    project_root,
     workspace_dvc_yaml,
     workspace_params_yaml,
 )
@@ -207,8 +207,8 @@ def test_init_writes_a_workspace_for_the_scene(tmp_path, make_scene):
     assert not list(tmp_path.glob(".ws.init-*"))
 
 
-def test_project_root_is_this_checkout():
-    assert project_root() == ROOT
+def test_the_pipeline_definition_is_this_checkouts():
+    assert pipeline_root() == ROOT
 
 
 # ---------------------------------------------------------------- git, DVC and the pipeline

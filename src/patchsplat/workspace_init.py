@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchsplat.errors import InputError
-
-from patchsplat.pipeline_definition import DEFINITION_FILES as TEMPLATE_FILES  # noqa: F401 (the templates)
+from patchsplat.pipeline_definition import pipeline_root
 
 GITIGNORE = """\
 # Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
@@ -74,13 +73,6 @@ class InitResult:
     patch_ids: list[str]
     source: str          # "patchsplat 0.1.0, source /path at commit abc1234 (...)"
     split_decision: str  # what the split will make of the scene and why, in one line
-
-
-def project_root() -> Path:
-    """The folder holding the pipeline definition the workspace is made from (see pipeline_root)."""
-    from patchsplat.pipeline_definition import pipeline_root
-
-    return pipeline_root()
 
 
 def source_description(root: Path) -> str:
@@ -258,7 +250,7 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
     target = target.parent.resolve() / target.name
     _check_target(target)
     colmap_path = _check_scene(Path(colmap), target)
-    root = project_root()
+    root = pipeline_root()
     source = source_description(root)
 
     created_parents = [parent for parent in reversed(target.parents) if not parent.exists()]

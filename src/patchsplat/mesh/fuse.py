@@ -95,7 +95,7 @@ def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
         raise InputError(splats_path, "trained splats not found: train this patch first", kind="missing_file")
     model_dir = patch_dir / "sparse" / "0"
     arrays = read_model_arrays(model_dir)
-    scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir), arrays)
+    scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir, patch), arrays)
     held_out = set(patch.get("heldout_image_names", []))
     wanted = set(patch.get("image_names", scene_cameras.by_name)) - held_out
     cameras = [camera for camera in scene_cameras.cameras if camera.name in wanted]

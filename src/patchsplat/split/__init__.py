@@ -116,9 +116,10 @@ def read_patch_description(patch_dir: Path) -> dict:
     return read_json_object(Path(patch_dir) / PATCH_FILE, "patch description", PATCH_KEYS)
 
 
-def patch_images_dir(patch_dir: Path) -> Path:
-    """The images folder a patch references (stored relative to the patch folder when possible)."""
-    reference = read_patch_description(patch_dir)["images_dir"]
+def patch_images_dir(patch_dir: Path, description: dict | None = None) -> Path:
+    """The images folder a patch references (stored relative to the patch folder when possible); ``description``:
+    its patch.json if already read."""
+    reference = (description or read_patch_description(patch_dir))["images_dir"]
     return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
 
 

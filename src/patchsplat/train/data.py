@@ -52,9 +52,10 @@ class PatchViews:
     def __init__(self, patch_dir: Path, frame: CanonicalFrame, resolution_factor: int = 1, cache_images: int = 64) -> None:
         from patchsplat.split import patch_images_dir, read_patch_description
 
+        description = read_patch_description(patch_dir)
         arrays = read_model_arrays(patch_dir / "sparse" / "0")
         cameras = parse_cameras(arrays.cameras_bin)
-        self.images_dir = patch_images_dir(patch_dir)
+        self.images_dir = patch_images_dir(patch_dir, description)
         self.resolution_factor = resolution_factor
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = max(1, cache_images)
@@ -88,7 +89,7 @@ class PatchViews:
                 width=width, height=height,
             ))
         self.all_views = views
-        held_out = set(read_patch_description(patch_dir)["heldout_image_names"])
+        held_out = set(description["heldout_image_names"])
         self.test_views = [view for view in views if view.name in held_out]
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
