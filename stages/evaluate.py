@@ -6,8 +6,6 @@ is set); writes reports/evaluation.json (DVC metrics) and reports/evaluation_gri
 (or patches folder) is reported in the JSON, not an error; missing merged splats are.
 """
 
-from pathlib import Path
-
 from patchsplat.atomic import keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
@@ -15,26 +13,21 @@ from patchsplat.evaluate import evaluate_scene
 from patchsplat.scene_layout import locate_scene
 from patchsplat.scene_source import resolve_scene_dir
 from patchsplat.tracking import flat_numbers, stage_run
-
-SCENE_DIR = Path("data/scene")
-MERGED_PLY = Path("data/merged/splats.ply")
-MESH_PLY = Path("data/mesh/mesh.ply")
-PATCHES_DIR = Path("data/patches")
-TRAINED_DIR = Path("data/trained")
-REPORT = Path("reports/evaluation.json")
-GRID = Path("reports/evaluation_grid.png")
+from patchsplat.workspace import Workspace
 
 
 def main() -> None:
     params = load_params()
-    scene_root = locate_scene(resolve_scene_dir(SCENE_DIR)).root
+    workspace = Workspace()
+    scene_root = locate_scene(resolve_scene_dir(workspace.scene_dir)).root
+    report_file, grid = workspace.evaluation_report, workspace.evaluation_grid
     with stage_run(params.tracking, "evaluate", "evaluate", params.evaluate) as tracker:
-        report = evaluate_scene(scene_root, MERGED_PLY, MESH_PLY, PATCHES_DIR, REPORT, GRID, params.evaluate,
-                                trained_dir=TRAINED_DIR)
-        keep_last_good(REPORT, GRID)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
+        report = evaluate_scene(scene_root, workspace.merged_splats, workspace.mesh_ply, workspace.patches_dir,
+                                report_file, grid, params.evaluate, trained_dir=workspace.trained_dir)
+        keep_last_good(report_file, grid)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
         tracker.metrics(flat_numbers(report, max_depth=4))
-        tracker.artifact(REPORT)
-        tracker.artifact(GRID)
+        tracker.artifact(report_file)
+        tracker.artifact(grid)
 
 
 if __name__ == "__main__":

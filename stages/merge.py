@@ -3,18 +3,18 @@
 Reads the ``merge`` section of params.yaml.
 """
 
-from pathlib import Path
-
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.merge import merge_patches, print_merge_table
 from patchsplat.tracking import flat_numbers, stage_run
+from patchsplat.workspace import Workspace
 
 
 def main() -> None:
     params = load_params()
+    workspace = Workspace()
     with stage_run(params.tracking, "merge", "merge", params.merge) as tracker:
-        summary = merge_patches(Path("data/patches"), Path("data/trained"), Path("data/merged"), params.merge)
+        summary = merge_patches(workspace.patches_dir, workspace.trained_dir, workspace.merged_dir, params.merge)
         tracker.metrics(flat_numbers(summary, max_depth=1))
     print_merge_table(summary)
 

@@ -4,23 +4,23 @@ Reads ``train`` and ``patch_overrides.<patch id>`` of params.yaml; writes data/p
 """
 
 import sys
-from pathlib import Path
 
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.errors import InputError
 from patchsplat.prepare import prepare_patch
 from patchsplat.tracking import flat_numbers, stage_run
+from patchsplat.workspace import Workspace
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         raise InputError("stages/prepare.py", "usage: python stages/prepare.py PATCH_ID")
-    patch_id = sys.argv[1]
+    patch = Workspace().patch(sys.argv[1])
     params = load_params()
-    settings = params.train_settings(patch_id)
-    with stage_run(params.tracking, f"prepare@{patch_id}", "train", settings) as tracker:
-        summary = prepare_patch(Path("data/patches") / patch_id, Path("data/prepared") / patch_id, settings, patch_id)
+    settings = params.train_settings(patch.id)
+    with stage_run(params.tracking, f"prepare@{patch.id}", "train", settings) as tracker:
+        summary = prepare_patch(patch.patch_dir, patch.prepared_dir, settings, patch.id)
         tracker.metrics(flat_numbers(summary, max_depth=1))
 
 

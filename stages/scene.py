@@ -3,20 +3,17 @@
 Reads the ``scene`` section of params.yaml.
 """
 
-from pathlib import Path
-
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.scene_source import prepare_scene
 from patchsplat.tracking import stage_run
-
-SCENE_DIR = Path("data/scene")
+from patchsplat.workspace import Workspace
 
 
 def main() -> None:
     params = load_params()
     with stage_run(params.tracking, "scene", "scene", params.scene):
-        prepare_scene(params.scene, SCENE_DIR)
+        prepare_scene(params.scene, Workspace().scene_dir)
 
 
 if __name__ == "__main__":

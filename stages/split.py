@@ -6,7 +6,6 @@ patch_overrides keys: `patchsplat repro` re-syncs them.
 """
 
 import shutil
-from pathlib import Path
 
 from patchsplat.atomic import atomic_file, keep_last_good
 from patchsplat.config import load_params
@@ -17,29 +16,27 @@ from patchsplat.scene_source import resolve_scene_dir
 from patchsplat.split import LAYOUT_FILE, SPLIT_FILE, split_scene
 from patchsplat.split.report import print_split_table
 from patchsplat.tracking import flat_numbers, stage_run
-
-SCENE_DIR = Path("data/scene")
-PATCHES_DIR = Path("data/patches")
-REPORT = Path("reports/split.json")
-LAYOUT = Path("reports/split_layout.png")
+from patchsplat.workspace import Workspace
 
 
 def main() -> None:
     params = load_params()
+    workspace = Workspace()
+    report, layout = workspace.split_report, workspace.split_layout_png
     with stage_run(params.tracking, "split", "split", params.split) as tracker:
         result = split_scene(
-            resolve_scene_dir(SCENE_DIR), PATCHES_DIR, params.split, params.validate_,
-            check_ids=lambda ids: check_patch_ids(ids, Path("params.yaml")),
+            resolve_scene_dir(workspace.scene_dir), workspace.patches_dir, params.split, params.validate_,
+            check_ids=lambda ids: check_patch_ids(ids, workspace.params_file),
             budget=split_budget(params.train, params.split.megapixels_per_patch),
         )
         print_split_table(result.summary)
-        for source, target in ((PATCHES_DIR / SPLIT_FILE, REPORT), (PATCHES_DIR / LAYOUT_FILE, LAYOUT)):
+        for source, target in ((workspace.patches_dir / SPLIT_FILE, report), (workspace.patches_dir / LAYOUT_FILE, layout)):
             with atomic_file(target, suffix=target.suffix) as tmp:
                 shutil.copyfile(source, tmp)
-        keep_last_good(REPORT, LAYOUT)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
+        keep_last_good(report, layout)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
         tracker.metrics(flat_numbers(result.summary, max_depth=1))
-        tracker.artifact(REPORT)
-        tracker.artifact(LAYOUT)
+        tracker.artifact(report)
+        tracker.artifact(layout)
 
 
 if __name__ == "__main__":

@@ -180,13 +180,13 @@ def atomic_dir(target: str | Path, kind: OutputKind, inputs: Iterable[str | Path
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# Where each stage's last good report is kept: outside DVC's outputs, which DVC deletes before it
-# runs a stage, so a failed re-run would otherwise leave no report at all.
-LAST_GOOD_FOLDER = Path("reports/last-good")
+def keep_last_good(*reports: str | Path, folder: str | Path | None = None) -> None:
+    """Copy reports a stage has just written successfully into ``folder`` (same names; by default the
+    workspace's reports/last-good): outside DVC's outputs, which DVC deletes before it runs a stage, so
+    a failed re-run would otherwise leave no report at all."""
+    from patchsplat.workspace import Workspace
 
-
-def keep_last_good(*reports: str | Path, folder: str | Path = LAST_GOOD_FOLDER) -> None:
-    """Copy reports a stage has just written successfully into ``folder`` (same names)."""
+    folder = Workspace().last_good_dir if folder is None else folder
     for report in map(Path, reports):
         with atomic_file(Path(folder) / report.name, suffix=report.suffix) as tmp:
             shutil.copyfile(report, tmp)

@@ -9,8 +9,7 @@ from rich.table import Table
 from patchsplat.config import Params
 from patchsplat.console import console
 from patchsplat.profiles import PatchFacts, ResolvedTrain, machine_profile, resolve_train
-
-PATCHES_DIR = Path("data/patches")
+from patchsplat.workspace import Workspace
 
 
 def _value(config, dotted: str):
@@ -34,8 +33,8 @@ def _text(value) -> str:
 
 def patch_dirs(workspace: Path, patch_ids: list[str]) -> dict[str, Path]:
     """The split's patch folders for these ids (those that exist)."""
-    return {patch_id: workspace / PATCHES_DIR / patch_id for patch_id in patch_ids
-            if (workspace / PATCHES_DIR / patch_id / "patch.json").exists()}
+    folders = {patch_id: Workspace(workspace).patch(patch_id).patch_dir for patch_id in patch_ids}
+    return {patch_id: folder for patch_id, folder in folders.items() if (folder / "patch.json").exists()}
 
 
 def resolved_per_patch(params: Params, workspace: Path, only: str | None = None) -> dict[str, ResolvedTrain]:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from patchsplat.console import console
 from patchsplat.reading import read_json_object
+from patchsplat.workspace import Workspace, patch_ids_in
 
 
 def _read(path: Path) -> dict | None:
@@ -24,8 +25,8 @@ def _number(value, digits: str = ".4g") -> str:
     return format(value, digits) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def _validation(workspace: Path) -> str | None:
-    report = _read(workspace / "reports/validation.json")
+def _validation(workspace: Workspace) -> str | None:
+    report = _read(workspace.validation_report)
     if report is None:
         return None
     stats = report.get("stats") or {}
@@ -34,8 +35,8 @@ def _validation(workspace: Path) -> str | None:
             f"mean NN spacing {_number(stats.get('mean_nn_spacing'))}, {warnings} warnings")
 
 
-def _split(workspace: Path) -> str | None:
-    report = _read(workspace / "reports/split.json")
+def _split(workspace: Workspace) -> str | None:
+    report = _read(workspace.split_report)
     if report is None:
         return None
     flagged = report.get("flagged", {})
@@ -43,9 +44,9 @@ def _split(workspace: Path) -> str | None:
     return decision + (f"; stand out: {', '.join(sorted(flagged))}" if flagged else "")
 
 
-def _training(workspace: Path) -> str | None:
-    # Dot-folders are a killed run's temporary output (patchsplat.atomic), never a patch.
-    runs = sorted(path for path in (workspace / "data/trained").glob("*/metrics.json") if not path.parent.name.startswith("."))
+def _training(workspace: Workspace) -> str | None:
+    trained = [workspace.patch(patch_id).trained_dir for patch_id in patch_ids_in(workspace.trained_dir)]
+    runs = [folder / "metrics.json" for folder in trained if (folder / "metrics.json").exists()]
     if not runs:
         return None
     parts = []
@@ -56,13 +57,13 @@ def _training(workspace: Path) -> str | None:
     return "held-out PSNR: " + ", ".join(parts)
 
 
-def _merge(workspace: Path) -> str | None:
-    report = _read(workspace / "data/merged/merge.json")
+def _merge(workspace: Workspace) -> str | None:
+    report = _read(workspace.merge_report)
     return None if report is None else f"{_number(report.get('num_gaussians'), ',')} Gaussians"
 
 
-def _mesh(workspace: Path) -> str | None:
-    report = _read(workspace / "data/mesh/mesh.json")
+def _mesh(workspace: Workspace) -> str | None:
+    report = _read(workspace.mesh_report)
     if report is None:
         return None
     totals = report.get("totals", report)
@@ -70,8 +71,8 @@ def _mesh(workspace: Path) -> str | None:
     return f"{faces:,} faces" if isinstance(faces, int) else "done"
 
 
-def _evaluation(workspace: Path) -> str | None:
-    report = _read(workspace / "reports/evaluation.json")
+def _evaluation(workspace: Workspace) -> str | None:
+    report = _read(workspace.evaluation_report)
     if report is None:
         return None
     text = f"PSNR {_number(report.get('psnr'), '.2f')} dB, SSIM {_number(report.get('ssim'), '.3f')}"
@@ -80,21 +81,24 @@ def _evaluation(workspace: Path) -> str | None:
     return text
 
 
+# Where a workspace's outputs are, as the table shows them (relative to the workspace).
+_HERE = Workspace()
+
 # (stage, how to describe its result, where its outputs are)
 _STAGES = [
-    ("scene", lambda w: "done" if (w / "data/scene").exists() else None, "data/scene/"),
-    ("validate", _validation, "reports/validation.json"),
-    ("split", _split, "data/patches/, reports/split.json, reports/split_layout.png"),
-    ("train", _training, "data/trained/<patch>/ (splats.ply, metrics.json, heldout.png, curve.csv)"),
-    ("merge", _merge, "data/merged/splats.ply"),
-    ("mesh", _mesh, "data/mesh/mesh.ply, data/mesh/mesh.glb"),
-    ("evaluate", _evaluation, "reports/evaluation.json, reports/evaluation_grid.png"),
+    ("scene", lambda w: "done" if w.scene_dir.exists() else None, f"{_HERE.scene_dir}/"),
+    ("validate", _validation, f"{_HERE.validation_report}"),
+    ("split", _split, f"{_HERE.patches_dir}/, {_HERE.split_report}, {_HERE.split_layout_png}"),
+    ("train", _training, f"{_HERE.trained_dir}/<patch>/ (splats.ply, metrics.json, heldout.png, curve.csv)"),
+    ("merge", _merge, f"{_HERE.merged_splats}"),
+    ("mesh", _mesh, f"{_HERE.mesh_ply}, {_HERE.mesh_dir / 'mesh.glb'}"),
+    ("evaluate", _evaluation, f"{_HERE.evaluation_report}, {_HERE.evaluation_grid}"),
 ]
 
 
 def print_summary(reports_dir: Path) -> None:
     """The summary of the workspace that holds ``reports_dir``."""
-    workspace = Path(reports_dir).resolve().parent
+    workspace = Workspace(Path(reports_dir).resolve().parent)
     table = Table(title="patchsplat pipeline")
     table.add_column("stage")
     table.add_column("result")

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchsplat.errors import InputError
+
 # A patch id: "p" and the patch's number ("p0", "p12"). The split numbers patches from 0.
 PATCH_ID_PATTERN = r"p\d+"
 _PATCH_ID = re.compile(PATCH_ID_PATTERN)
@@ -162,7 +164,7 @@ class Workspace:
     def patch(self, patch_id: str) -> PatchPaths:
         """The paths of patch ``patch_id`` (which need not exist yet)."""
         if not is_patch_id(patch_id):
-            raise ValueError(f"{patch_id!r} is not a patch id (p0, p1, ...)")
+            raise InputError("PATCH_ID", f"{patch_id!r} is not a patch id (p0, p1, ...)", kind="bad_patch_id")
         trained = self.trained_dir / patch_id
         return PatchPaths(
             id=patch_id,

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from patchsplat.errors import InputError
 from patchsplat.pipeline_definition import pipeline_root
+from patchsplat.workspace import Workspace
 
 GITIGNORE = """\
 # Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
@@ -204,7 +205,7 @@ def planned_ids(workspace: Path, colmap_path: Path) -> tuple[list[str], str]:
     from patchsplat.scene_layout import locate_scene
     from patchsplat.split import plan_split
 
-    params = load_params(workspace / "params.yaml")
+    params = load_params(Workspace(workspace).params_file)
     layout = locate_scene(colmap_path)
     from patchsplat.profiles import split_budget
 
@@ -260,10 +261,11 @@ def init_workspace(target: Path, colmap: Path, git: bool = True) -> InitResult:
         from patchsplat.pipeline_deps import point_links
 
         point_links(building)
-        (building / "dvc.yaml").write_text(
-            workspace_dvc_yaml((root / "dvc.yaml").read_text(encoding="utf-8"), source), encoding="utf-8")
-        params_template = (root / "params.yaml").read_text(encoding="utf-8")
-        params_path = building / "params.yaml"
+        workspace, definition = Workspace(building), Workspace(root)
+        workspace.dvc_yaml.write_text(
+            workspace_dvc_yaml(definition.dvc_yaml.read_text(encoding="utf-8"), source), encoding="utf-8")
+        params_template = definition.params_file.read_text(encoding="utf-8")
+        params_path = workspace.params_file
         params_path.write_text(workspace_params_yaml(params_template, colmap_path), encoding="utf-8")
         # The ids the split will make (the split settings are the template's): a plain `dvc repro` works.
         patch_ids, decision = planned_ids(building, colmap_path)
