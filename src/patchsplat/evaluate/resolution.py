@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchsplat.config import EvaluateConfig
-from patchsplat.scene_views import trained_resolution_factor
+from patchsplat.train.records import METRICS_FILE, TrainedMetrics
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ def trained_factors(trained_dir: Path | None) -> dict[str, int]:
         return {}
     folders = sorted((path for path in Path(trained_dir).iterdir() if path.is_dir() and re.fullmatch(r"p\d+", path.name)),
                      key=lambda path: int(path.name[1:]))
-    found = {folder.name: trained_resolution_factor(folder / "metrics.json") for folder in folders}
-    return {patch_id: factor for patch_id, factor in found.items() if factor is not None}
+    return {folder.name: TrainedMetrics.load(folder / METRICS_FILE).resolution_factor
+            for folder in folders if (folder / METRICS_FILE).is_file()}
 
 
 def evaluation_resolution(config: EvaluateConfig, trained_dir: Path | None) -> EvaluationResolution:
