@@ -296,8 +296,8 @@ def place_splats(patches_dir: Path, trained_dir: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_splats_ply(
             target, means=torch.as_tensor(arrays.xyz, dtype=torch.float32),
-            scales_log=torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
-            quats_wxyz=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1), opacities_logit=torch.full((count,), 3.0),
+            scales=torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
+            quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1), opacities=torch.full((count,), 3.0),
             sh0=torch.as_tensor((arrays.rgb / 255.0 - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None, :],
             shN=torch.zeros(count, 0, 3),
         )

@@ -50,7 +50,7 @@ def run(patch: Path, steps: int, resolution_factor: int = 1, max_points: int = 0
         metrics = train_patch(patch, Path(tmp) / "prepared", Path(tmp) / "out", config, progress=False, log=lambda m: None)
         wall = time.perf_counter() - started
     settings = json.loads((patch / "patch.json").read_text())
-    return {"steps_per_second": metrics["steps_per_second"], "gaussians": metrics["gaussians"], "wall": wall,
+    return {"steps_per_second": metrics.steps_per_second, "gaussians": metrics.gaussians, "wall": wall,
             "cameras": settings["num_cameras"]}
 
 

@@ -60,15 +60,15 @@ def reference_train(patch: Path, prepared: Path, config, device) -> dict:
 
     from patchsplat import metrics
     from patchsplat.render import rasterize
-    from patchsplat.train.data import PatchViews, load_frame
+    from patchsplat.prepare import PreparedPatch
+    from patchsplat.train.data import PatchViews
     from patchsplat.train.model import initial_splats, learning_rates, make_optimisers, means_lr_at
     from patchsplat.train.strategies import CpuSafeMCMCStrategy
 
-    with np.load(prepared / "init.npz", allow_pickle=False) as archive:
-        init = {key: archive[key] for key in archive.files}
-    views = PatchViews(patch, load_frame(prepared), config.resolution_factor, cache_images=10_000)
+    prepared_patch = PreparedPatch.load(prepared)
+    views = PatchViews(patch, prepared_patch.frame, config.resolution_factor, cache_images=10_000)
     images = {view.name: views.image(view).to(device) for view in views.all_views}  # simple_trainer preloads
-    params = initial_splats(init, config, 1.0, config.strategy.cap_max, device)
+    params = initial_splats(prepared_patch.gaussians, config, 1.0, config.strategy.cap_max, device)
     optimisers = make_optimisers(params, learning_rates(config, 1.0))
     settings = config.strategy
     if settings.kind == "mcmc":
@@ -154,18 +154,18 @@ def main() -> None:
         started = time.perf_counter()
         ours = train_patch(patch, prepared, Path(tmp) / "out", config, progress=False, log=lambda m: None)
         ours_wall = time.perf_counter() - started
-    ratio = ours["steps_per_second"] / reference["steps_per_second"]
+    ratio = ours.steps_per_second / reference["steps_per_second"]
     table = Table(title=f"{args.steps} steps, {args.strategy} strategy, {backend} on {device}")
     for column in ("", "steps/s", "held-out PSNR", "Gaussians"):
         table.add_column(column, justify="right")
     table.add_row("gsplat simple_trainer recipe (reference)", f"{reference['steps_per_second']:.1f}", f"{reference['heldout_psnr']:.2f}", str(reference["gaussians"]))
-    table.add_row("patchsplat train", f"{ours['steps_per_second']:.1f}", f"{ours['heldout_psnr']:.2f}", str(ours["gaussians"]))
+    table.add_row("patchsplat train", f"{ours.steps_per_second:.1f}", f"{ours.heldout_psnr:.2f}", str(ours.gaussians))
     Console().print(table)
-    gap = ours["heldout_psnr"] - reference["heldout_psnr"]
+    gap = ours.heldout_psnr - reference["heldout_psnr"]
     print(f"throughput {ratio:.3f}x the reference (target >= 0.95x): {'PASS' if ratio >= 0.95 else 'FAIL'}; "
           f"PSNR {gap:+.2f} dB (target within 0.1 dB: {'PASS' if abs(gap) <= 0.1 else 'FAIL'}); "
           f"patchsplat wall time incl. evaluation and outputs {ours_wall:.1f} s")
-    print(json.dumps({"reference": reference, "patchsplat": {k: ours[k] for k in ("steps_per_second", "heldout_psnr", "gaussians")}}))
+    print(json.dumps({"reference": reference, "patchsplat": {k: getattr(ours, k) for k in ("steps_per_second", "heldout_psnr", "gaussians")}}))
 
 
 if __name__ == "__main__":

@@ -186,3 +186,16 @@ def snapshot(folder: Path) -> dict[str, str]:
 def scene_snapshot() -> Callable[[Path], dict[str, str]]:
     """The :func:`snapshot` function, to assert that a folder was left exactly as it was."""
     return snapshot
+
+
+def trained_metrics(**changes):
+    """A training's metrics.json content as training writes it (every key), with ``changes``."""
+    from patchsplat.train.records import TrainedMetrics
+
+    example = {
+        "train_loss": 0.05, "heldout_psnr": 20.0, "heldout_ssim": 0.7, "heldout_views": 3, "steps": 60,
+        "steps_per_second": 10.0, "gaussians": 1000, "gaussians_dropped_non_finite": 0, "peak_memory_mb": 100.0,
+        "memory_estimate_mb": 120.0, "memory_plan": "fits", "resolution_factor": 1, "backend": "torch",
+        "device": "cpu", "attempts": 1, "recovered": False, "resumed": False,
+    }
+    return TrainedMetrics(**{**example, **changes})

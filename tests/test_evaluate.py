@@ -15,6 +15,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
+from conftest import trained_metrics
 from patchsplat.atomic import write_json
 from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import EvaluateConfig
@@ -216,9 +217,9 @@ def scene_splats(scene: Path, count: int = 400, seed: int = 0) -> dict[str, torc
     n = len(xyz)
     return {
         "means": torch.tensor(xyz, dtype=torch.float32),
-        "scales_log": torch.tensor(np.log(knn_spacing(xyz))[:, None].repeat(3, 1), dtype=torch.float32),
-        "quats_wxyz": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
-        "opacities_logit": torch.full((n,), 1.0),
+        "scales": torch.tensor(np.log(knn_spacing(xyz))[:, None].repeat(3, 1), dtype=torch.float32),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
+        "opacities": torch.full((n,), 1.0),
         "sh0": torch.tensor((rng.random((n, 1, 3)) - 0.5) / SH_C0, dtype=torch.float32),
         "shN": torch.zeros(n, 0, 3),
     }
@@ -293,7 +294,8 @@ def _evaluate_with_trained(evaluated, tmp_path, monkeypatch, factors: dict[str, 
     report and the titles the comparison grid was drawn with."""
     trained = tmp_path / "trained"
     for patch_id, factor in factors.items():
-        write_json(trained / patch_id / "metrics.json", {"resolution_factor": factor, "heldout_psnr": 20.0})
+        (trained / patch_id).mkdir(parents=True, exist_ok=True)
+        trained_metrics(resolution_factor=factor).save(trained / patch_id / "metrics.json")
     titles = []
     real_grid = report_module.comparison_grid_png
     monkeypatch.setattr(report_module, "comparison_grid_png", lambda rows, title="": titles.append(title) or real_grid(rows, title))
@@ -326,8 +328,9 @@ def test_an_explicit_evaluation_factor_wins_and_bad_metrics_are_named(evaluated,
                                             FAST.model_copy(update={"resolution_factor": 1}))
     assert report["resolution_factor"] == 1 and report["images"]["resolution"]["about"][1] == "evaluate.resolution_factor"
     assert titles[0].startswith("held-out views at 64x48 (full resolution)")
-    (tmp_path / "trained" / "p0" / "metrics.json").write_text('{"resolution_factor": "half"}')
-    with pytest.raises(InputError, match="metrics.json: resolution_factor: expected a positive integer"):
+    bad = {**trained_metrics().model_dump(), "resolution_factor": "half"}
+    write_json(tmp_path / "trained" / "p0" / "metrics.json", bad)
+    with pytest.raises(InputError, match="metrics.json: resolution_factor: expected a valid integer, got 'half'"):
         _evaluate_with_trained(evaluated, tmp_path, monkeypatch, {})
 
 

@@ -42,8 +42,8 @@ def trained(tmp_path_factory) -> Path:
 
 def _fake_splats(means: np.ndarray) -> dict:
     count = len(means)
-    return {"means": torch.tensor(means, dtype=torch.float32), "scales_log": torch.full((count, 3), -3.0),
-            "quats_wxyz": torch.tensor([[1.0, 0, 0, 0]]).repeat(count, 1), "opacities_logit": torch.zeros(count),
+    return {"means": torch.tensor(means, dtype=torch.float32), "scales": torch.full((count, 3), -3.0),
+            "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(count, 1), "opacities": torch.zeros(count),
             "sh0": torch.zeros((count, 1, 3)), "shN": torch.zeros((count, 15, 3))}
 
 

@@ -241,9 +241,9 @@ def splats_on_points(points: np.ndarray, colours: np.ndarray) -> dict[str, torch
     count = len(points)
     return {
         "means": torch.as_tensor(points, dtype=torch.float32),
-        "scales_log": torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
-        "quats_wxyz": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1),
-        "opacities_logit": torch.full((count,), 3.0),
+        "scales": torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1),
+        "opacities": torch.full((count,), 3.0),
         "sh0": torch.as_tensor((colours / 255.0 - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None, :],
         "shN": torch.zeros(count, 0, 3),
     }
@@ -296,7 +296,7 @@ def placed_scene(demo_scene) -> dict:
             colours = np.concatenate([colours, np.full((len(blob), 3), 255.0)])
         splats = splats_on_points(points, colours)
         if patch_dir.name == "p0":
-            splats["scales_log"][-40:] = float(np.log(0.08))
+            splats["scales"][-40:] = float(np.log(0.08))
         (root / "trained" / patch_dir.name).mkdir(parents=True)
         write_splats_ply(root / "trained" / patch_dir.name / "splats.ply", **splats)
     return {"root": root, "blob_centre": blob_centre}

@@ -12,6 +12,7 @@ import pytest
 import torch
 import trimesh
 
+from conftest import trained_metrics
 from patchsplat.config import MeshConfig, SplitConfig, ValidateConfig
 from patchsplat.console import console
 from patchsplat.errors import InputError
@@ -20,10 +21,11 @@ from patchsplat.mesh.fuse import PatchInputs, patch_settings
 from patchsplat.mesh.grid import mesh_bytes
 from patchsplat.mesh.report import print_mesh_table
 from patchsplat.prepare import canonical_frame, knn_spacing
-from patchsplat.scene_views import Camera, trained_resolution_factor
+from patchsplat.scene_views import Camera
 from patchsplat.splat_io import write_splats_ply
 from patchsplat.split import split_scene
 from patchsplat.split.partition import Cell
+from patchsplat.train.records import TrainedMetrics
 
 WIDTH, HEIGHT, FOCAL = 200, 150, 100.0
 K = np.array([[FOCAL, 0.0, WIDTH / 2], [0.0, FOCAL, HEIGHT / 2], [0.0, 0.0, 1.0]])
@@ -148,13 +150,14 @@ def test_the_fusion_resolution_is_the_training_one_unless_set(tmp_path):
     assert unknown.resolution_factor == 1 and unknown.record["why"]["resolution"].startswith("full resolution: no training metrics")
 
     metrics = tmp_path / "metrics.json"
-    assert trained_resolution_factor(metrics) is None
-    metrics.write_text('{"resolution_factor": 3}')
-    assert trained_resolution_factor(metrics) == 3
-    for text in ('{"resolution_factor": 0}', '{"steps": 10}', "{not json"):
+    trained_metrics(resolution_factor=3).save(metrics)
+    assert TrainedMetrics.load(metrics).resolution_factor == 3
+    complete = trained_metrics().model_dump()
+    without_factor = {key: value for key, value in complete.items() if key != "resolution_factor"}
+    for text in (json.dumps({**complete, "resolution_factor": 0}), json.dumps(without_factor), "{not json"):
         metrics.write_text(text)
         with pytest.raises(InputError) as error:
-            trained_resolution_factor(metrics)
+            TrainedMetrics.load(metrics)
         assert error.value.where == str(metrics) and error.value.kind == "corrupt_file"
 
 
@@ -207,8 +210,8 @@ def place_splats(patch_dir: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     write_splats_ply(
         target, means=torch.as_tensor(arrays.xyz, dtype=torch.float32),
-        scales_log=torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
-        quats_wxyz=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1), opacities_logit=torch.full((count,), 3.0),
+        scales=torch.as_tensor(np.log(np.repeat(spacing[:, None], 3, axis=1)), dtype=torch.float32),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(count, 1), opacities=torch.full((count,), 3.0),
         sh0=torch.as_tensor((arrays.rgb / 255.0 - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None, :],
         shN=torch.zeros(count, 0, 3),
     )
@@ -221,7 +224,7 @@ def forward_facing(tmp_path_factory) -> Path:
     split_scene(scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=1, min_cameras=1), ValidateConfig(),
                 progress=False)
     place_splats(root / "patches" / "p0", root / "trained" / "p0" / "splats.ply")
-    (root / "trained" / "p0" / "metrics.json").write_text('{"resolution_factor": 1}')
+    trained_metrics(resolution_factor=1).save(root / "trained" / "p0" / "metrics.json")
     return root
 
 

@@ -270,7 +270,7 @@ def test_a_resumed_run_is_recorded_as_resumed_not_as_a_recovery(project, tmp_pat
     metrics = train_patch(patch, tmp_path / "prepared", tmp_path / "out", config, resume=True, **options)
     attempts = json.loads((tmp_path / "out" / "attempts.json").read_text())
     assert [(a["number"], a["outcome"], a["resumed_at_steps"]) for a in attempts] == [(1, "succeeded", [20])]
-    assert metrics["attempts"] == 1 and metrics["resumed"] is True and metrics["recovered"] is False
+    assert metrics.attempts == 1 and metrics.resumed is True and metrics.recovered is False
 
 
 # ---------------------------------------------------------------- the last good report

@@ -10,8 +10,8 @@ import torch
 from plyfile import PlyData
 
 from patchsplat.errors import InputError
+from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.splat_io import (
-    SPLAT_KEYS,
     inria_property_names,
     inverse_transform_splats,
     read_splats_ply,
@@ -35,9 +35,9 @@ def random_splats(n: int = 50, num_rest: int = 15, seed: int = 0) -> dict[str, t
 
     return {
         "means": randn(n, 3) * 3,
-        "scales_log": randn(n, 3) - 4,
-        "quats_wxyz": randn(n, 4),
-        "opacities_logit": randn(n),
+        "scales": randn(n, 3) - 4,
+        "quats": randn(n, 4),
+        "opacities": randn(n),
         "sh0": randn(n, 1, 3),
         "shN": randn(n, num_rest, 3) * 0.1,
     }
@@ -48,8 +48,8 @@ def test_round_trip_is_exact(tmp_path):
     report = write_splats_ply(tmp_path / "splats.ply", **splats)
     assert report == {"path": str(tmp_path / "splats.ply"), "n_written": 50, "n_dropped": 0, "dropped_indices": []}
     loaded = read_splats_ply(tmp_path / "splats.ply")
-    assert set(loaded) == set(SPLAT_KEYS)
-    for key in SPLAT_KEYS:
+    assert set(loaded) == set(GAUSSIAN_FIELDS)
+    for key in GAUSSIAN_FIELDS:
         assert loaded[key].dtype == torch.float32
         assert loaded[key].shape == splats[key].shape, key
         assert torch.equal(loaded[key], splats[key]), key
@@ -58,11 +58,11 @@ def test_round_trip_is_exact(tmp_path):
 def test_round_trip_without_higher_sh_and_from_numpy_and_gpu_style_inputs(tmp_path):
     splats = random_splats(n=7, num_rest=0)
     as_numpy = {key: value.numpy().astype(np.float64) for key, value in splats.items()}
-    as_numpy["opacities_logit"] = as_numpy["opacities_logit"][:, None]  # [N, 1] is tolerated
+    as_numpy["opacities"] = as_numpy["opacities"][:, None]  # [N, 1] is tolerated
     write_splats_ply(tmp_path / "a.ply", **as_numpy)
     loaded = read_splats_ply(tmp_path / "a.ply")
     assert loaded["shN"].shape == (7, 0, 3)
-    for key in SPLAT_KEYS:
+    for key in GAUSSIAN_FIELDS:
         assert torch.equal(loaded[key], splats[key]), key
     params = {key: torch.nn.Parameter(value.clone()) for key, value in splats.items()}
     write_splats_ply(tmp_path / "b.ply", **params)  # parameters that require grad are fine
@@ -108,9 +108,9 @@ def read_gsplat_export(tmp_path, splats: dict[str, torch.Tensor]):
 
     export_splats(
         means=splats["means"],
-        scales=splats["scales_log"],
-        quats=splats["quats_wxyz"],
-        opacities=splats["opacities_logit"],
+        scales=splats["scales"],
+        quats=splats["quats"],
+        opacities=splats["opacities"],
         sh0=splats["sh0"],
         shN=splats["shN"],
         format="ply",
@@ -132,13 +132,13 @@ def test_every_property_matches_gsplats_export(tmp_path):
         np.testing.assert_array_equal(ours_vertex[name], gsplat_vertex[name], err_msg=name)
     # And gsplat's file reads back through our reader as the same parameters.
     loaded = read_splats_ply(tmp_path / "gsplat.ply")
-    for key in SPLAT_KEYS:
+    for key in GAUSSIAN_FIELDS:
         assert torch.equal(loaded[key], splats[key]), key
 
 
 def test_a_nan_opacity_drops_only_that_gaussian(tmp_path):
     splats = random_splats(n=10)
-    splats["opacities_logit"][3] = float("nan")
+    splats["opacities"][3] = float("nan")
     splats["shN"][7, 2, 1] = float("inf")
     splats["means"] = splats["means"].double()
     splats["means"][8, 0] = 1e39  # finite in float64, beyond float32: would be written as inf
@@ -148,11 +148,11 @@ def test_a_nan_opacity_drops_only_that_gaussian(tmp_path):
     assert report["dropped_indices"] == [3, 7, 8]
     loaded = read_splats_ply(tmp_path / "s.ply")
     keep = [i for i in range(10) if i not in (3, 7, 8)]
-    for key in SPLAT_KEYS:
+    for key in GAUSSIAN_FIELDS:
         assert torch.equal(loaded[key], splats[key][keep].float()), key
     # The upstream bug this avoids: gsplat 1.5.3 drops every splat for one NaN opacity.
     only_nan_opacity = random_splats(n=10)
-    only_nan_opacity["opacities_logit"][3] = float("nan")
+    only_nan_opacity["opacities"][3] = float("nan")
     assert read_gsplat_export(tmp_path, only_nan_opacity).count == 0
     assert write_splats_ply(tmp_path / "t.ply", **only_nan_opacity)["n_written"] == 9
 
@@ -178,8 +178,8 @@ def test_writing_zero_splats_gives_a_valid_empty_file(tmp_path):
     ("key", "bad", "pattern"),
     [
         ("means", torch.zeros(5, 2), r"means must have shape \[N, 3\] with N=5, got \(5, 2\)"),
-        ("quats_wxyz", torch.zeros(5, 3), r"quats_wxyz must have shape \[N, 4\]"),
-        ("opacities_logit", torch.zeros(4), r"opacities_logit must have shape \[N\] with N=5, got \(4,\)"),
+        ("quats", torch.zeros(5, 3), r"quats must have shape \[N, 4\]"),
+        ("opacities", torch.zeros(4), r"opacities must have shape \[N\] with N=5, got \(4,\)"),
         ("sh0", torch.zeros(5, 3), r"sh0 must have shape \[N, 1, 3\]"),
         ("shN", torch.zeros(5, 3, 15), r"shN must have shape \[N, K, 3\]"),
     ],
@@ -209,13 +209,13 @@ def test_transform_maps_canonical_to_world_and_back():
     scale, centre = 0.25, [10.0, -2.0, 3.5]
     world = transform_splats(splats, scale, centre)
     assert torch.allclose(world["means"], splats["means"] * 4 + torch.tensor(centre))
-    assert torch.allclose(world["scales_log"], splats["scales_log"] + math.log(4))
+    assert torch.allclose(world["scales"], splats["scales"] + math.log(4))
     # Actual sizes scale like the positions: exp(log s - log(scale)) = s / scale.
-    assert torch.allclose(world["scales_log"].exp(), splats["scales_log"].exp() / scale)
-    for key in ("quats_wxyz", "opacities_logit", "sh0", "shN"):
+    assert torch.allclose(world["scales"].exp(), splats["scales"].exp() / scale)
+    for key in ("quats", "opacities", "sh0", "shN"):
         assert world[key] is splats[key]
     back = inverse_transform_splats(world, scale, centre)
-    for key in SPLAT_KEYS:
+    for key in GAUSSIAN_FIELDS:
         assert torch.allclose(back[key], splats[key], atol=1e-5), key
     # The inverse is itself a transform_splats with (1/scale, -centre*scale).
     again = transform_splats(world, 1 / scale, [-c * scale for c in centre])
@@ -230,5 +230,5 @@ def test_transformed_splats_round_trip_through_the_file(tmp_path):
     splats = transform_splats(random_splats(n=9), 2.0, [1.0, 2.0, 3.0])
     write_splats_ply(tmp_path / "w.ply", **splats)
     loaded = read_splats_ply(tmp_path / "w.ply")
-    for key in SPLAT_KEYS:
+    for key in GAUSSIAN_FIELDS:
         assert torch.equal(loaded[key], splats[key]), key

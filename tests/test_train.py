@@ -17,13 +17,15 @@ from plyfile import PlyData
 
 from patchsplat.config import SplitConfig, TrainConfig, ValidateConfig, deep_merge
 from patchsplat.demo import generate_demo_scene, with_overrides
-from patchsplat.prepare import prepare_patch
+from patchsplat.prepare import PreparedPatch, prepare_patch
 from patchsplat.profiles import PatchFacts, resolve_train
 from patchsplat.splat_io import inria_property_names, read_splats_ply
 from patchsplat.split import split_scene
 from patchsplat.split import HOLD_OUT_EVERY
-from patchsplat.train.data import PatchViews, load_frame
-from patchsplat.train.loop import Fault, PatchTrainingFailed, failed_attempts_path, train_patch
+from patchsplat.train.data import PatchViews
+from patchsplat.train.loop import Fault, PatchTrainingFailed, train_patch
+from patchsplat.train.records import TrainedMetrics
+from patchsplat.workspace import failed_record_of
 
 SMALL = {"steps": 60, "eval_every": 30, "checkpoint_every": 20, "health": {"check_every": 10},
          "strategy": {"refine_start_iter": 20, "refine_every": 20, "refine_stop_iter": 50}, "backend": "torch"}
@@ -43,7 +45,7 @@ def patch(tmp_path_factory) -> Path:
     return root / "patches" / "p0"
 
 
-def train(patch: Path, tmp_path: Path, config: TrainConfig, **options) -> dict:
+def train(patch: Path, tmp_path: Path, config: TrainConfig, **options) -> TrainedMetrics:
     prepared = tmp_path / "prepared"
     prepare_patch(patch, prepared, config)
     return train_patch(patch, prepared, tmp_path / "out", config, checkpoint_dir=tmp_path / "checkpoints",
@@ -61,9 +63,9 @@ def test_outputs_are_complete_and_the_ply_is_standard(patch, tmp_path):
         assert (out / name).exists(), name
     vertex = PlyData.read(str(out / "splats.ply"))["vertex"]
     assert [p.name for p in vertex.properties] == inria_property_names(15)
-    assert vertex.count == metrics["gaussians"]
-    assert metrics["attempts"] == 1 and not metrics["recovered"]
-    assert metrics["steps_per_second"] > 0 and metrics["peak_memory_mb"] >= 0 and metrics["memory_estimate_mb"] > 0
+    assert vertex.count == metrics.gaussians
+    assert metrics.attempts == 1 and not metrics.recovered
+    assert metrics.steps_per_second > 0 and metrics.peak_memory_mb >= 0 and metrics.memory_estimate_mb > 0
     header = (out / "curve.csv").read_text().splitlines()[0]
     assert header.startswith("step,attempt,loss,heldout_psnr")
     effective = json.loads((out / "settings.json").read_text())
@@ -73,7 +75,7 @@ def test_outputs_are_complete_and_the_ply_is_standard(patch, tmp_path):
 def test_training_improves_on_the_initial_points(patch, tmp_path):
     short = train(patch, tmp_path / "a", settings(steps=1, eval_every=1))
     longer = train(patch, tmp_path / "b", settings(steps=120, eval_every=120))
-    assert longer["heldout_psnr"] > short["heldout_psnr"] + 2.0
+    assert longer.heldout_psnr > short.heldout_psnr + 2.0
 
 
 def test_heldout_psnr_is_what_the_saved_splats_render(patch, tmp_path):
@@ -82,14 +84,14 @@ def test_heldout_psnr_is_what_the_saved_splats_render(patch, tmp_path):
 
     metrics = train(patch, tmp_path, settings())
     splats = read_splats_ply(tmp_path / "out" / "splats.ply")
-    frame = load_frame(tmp_path / "prepared")
+    frame = PreparedPatch.load(tmp_path / "prepared").frame
     views = PatchViews(patch, frame)
     values = []
     for view in views.test_views:
         # The views are in the canonical frame; the PLY is in the world frame: map it back.
         means = (splats["means"] - torch.tensor(frame.centre, dtype=torch.float32)) * frame.scale
         colours, _, _ = rasterize(
-            means, splats["quats_wxyz"], torch.exp(splats["scales_log"]) * frame.scale, torch.sigmoid(splats["opacities_logit"]),
+            means, splats["quats"], torch.exp(splats["scales"]) * frame.scale, torch.sigmoid(splats["opacities"]),
             torch.cat([splats["sh0"], splats["shN"]], dim=1), view.viewmat[None], view.K[None], view.width, view.height,
             sh_degree=0, backend="torch",
         )
@@ -97,12 +99,12 @@ def test_heldout_psnr_is_what_the_saved_splats_render(patch, tmp_path):
         truth = views.image(view).numpy().astype(np.float64)
         values.append(10 * np.log10(1.0 / np.mean((rendered - truth) ** 2)))
     # sh_degree stays 0 in a 60-step run (one band per 1000 steps)
-    assert metrics["heldout_psnr"] == pytest.approx(float(np.mean(values)), abs=0.05)
+    assert metrics.heldout_psnr == pytest.approx(float(np.mean(values)), abs=0.05)
 
 
 def test_every_eighth_image_is_held_out_and_never_trained_on(patch, tmp_path):
     prepare_patch(patch, tmp_path / "prepared", settings())
-    views = PatchViews(patch, load_frame(tmp_path / "prepared"))
+    views = PatchViews(patch, PreparedPatch.load(tmp_path / "prepared").frame)
     names = sorted(view.name for view in views.all_views)
     assert [view.name for view in views.test_views] == names[::HOLD_OUT_EVERY]
     from patchsplat.train.loop import _Run
@@ -117,7 +119,7 @@ def test_a_tiny_initial_scale_is_noticed_and_recovered_by_the_ladder(patch, tmp_
     """The motivating failure, reproduced on purpose: an initial scale that does not fit the patch."""
     metrics = train(patch, tmp_path, settings(init_scale=0.01))
     record = attempts(tmp_path)
-    assert metrics["recovered"] and record[-1]["outcome"] == "succeeded"
+    assert metrics.recovered and record[-1]["outcome"] == "succeeded"
     failed = record[:-1]
     assert len(failed) == 3 and all(a["failure_kind"] == "scale" and "scales vanished" in a["reason"] for a in failed)
     assert [a["settings"]["init_scale_ratio"] for a in record] == [1.0, 2.0, 4.0, 8.0]
@@ -131,7 +133,7 @@ def test_nan_gradients_with_a_finite_loss_roll_back_and_lower_the_learning_rate(
     assert "finite" in record[0]["reason"] and record[0]["failed_at_step"] == 35
     assert record[1]["settings"]["lr_factor"] == 0.5
     assert record[1]["start_step"] == 31  # the state after the last passed health check (step 30)
-    assert metrics["recovered"] and np.isfinite(metrics["heldout_psnr"])
+    assert metrics.recovered and np.isfinite(metrics.heldout_psnr)
 
 
 def test_out_of_memory_retries_at_a_lower_resolution(patch, tmp_path):
@@ -139,7 +141,7 @@ def test_out_of_memory_retries_at_a_lower_resolution(patch, tmp_path):
     record = attempts(tmp_path)
     assert record[0]["failure_kind"] == "out_of_memory"
     assert record[1]["settings"]["resolution_factor"] == 2
-    assert metrics["resolution_factor"] == 2 and metrics["recovered"]
+    assert metrics.resolution_factor == 2 and metrics.recovered
 
 
 def test_a_rasterizer_error_climbs_the_scale_ladder(patch, tmp_path):
@@ -155,19 +157,19 @@ def test_an_exhausted_ladder_fails_with_one_line_and_keeps_the_record(patch, tmp
         train(patch, tmp_path, settings(), faults=faults)
     assert "training failed after 3 attempts" in str(error.value)
     assert not (tmp_path / "out").exists()  # complete or absent
-    record = json.loads(failed_attempts_path(tmp_path / "out").read_text())
+    record = json.loads(failed_record_of(tmp_path / "out").read_text())
     assert [a["outcome"] for a in record] == ["failed"] * 3
 
 
 def test_the_memory_planner_lowers_the_resolution_to_fit_the_budget(patch, tmp_path):
     metrics = train(patch, tmp_path, settings(memory_budget_gb=0.01, steps=10))
-    assert metrics["resolution_factor"] == 2  # 64 x 48 -> 32 x 24, the smallest side kept >= 16
-    assert "resolution lowered to 1/2" in metrics["memory_plan"] and "cap lowered" in metrics["memory_plan"]
+    assert metrics.resolution_factor == 2  # 64 x 48 -> 32 x 24, the smallest side kept >= 16
+    assert "resolution lowered to 1/2" in metrics.memory_plan and "cap lowered" in metrics.memory_plan
 
 
 def test_bf16_autocast_trains_with_an_fp32_loss(patch, tmp_path):
     metrics = train(patch, tmp_path, settings(bf16=True, steps=30))
-    assert np.isfinite(metrics["train_loss"]) and metrics["attempts"] == 1
+    assert np.isfinite(metrics.train_loss) and metrics.attempts == 1
 
 
 def _train_in_subprocess(patch: Path, tmp_path: Path, config: TrainConfig, resume: bool) -> subprocess.Popen:
@@ -321,8 +323,8 @@ def test_the_motivating_patch_trains_with_the_defaults(tmp_path):
         prepare_patch(tmp_path / "patches" / patch_id, tmp_path / "prepared" / patch_id, defaults)
         results[patch_id] = train_patch(tmp_path / "patches" / patch_id, tmp_path / "prepared" / patch_id,
                                         tmp_path / "trained" / patch_id, defaults, progress=False, log=lambda m: None)
-    assert results[large]["attempts"] == 1 and not results[large]["recovered"]
-    assert np.isfinite(results[large]["heldout_psnr"]) and results[large]["heldout_psnr"] > 15
+    assert results[large].attempts == 1 and not results[large].recovered
+    assert np.isfinite(results[large].heldout_psnr) and results[large].heldout_psnr > 15
 
 
 def test_image_names_that_leave_the_folder_are_refused(tmp_path):

@@ -20,10 +20,11 @@ import torch
 from patchsplat.atomic import atomic_dir, write_json
 from patchsplat.config import MergeConfig
 from patchsplat.errors import InputError
+from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.output_folder import MERGE, check_replaceable
 from patchsplat.split import SPLIT_FILE
 from patchsplat.split.partition import Cell
-from patchsplat.splat_io import SPLAT_KEYS, read_splats_ply, write_splats_ply
+from patchsplat.splat_io import read_splats_ply, write_splats_ply
 from patchsplat.reading import read_json_object, require_keys
 
 
@@ -57,13 +58,13 @@ def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: M
             raise InputError(ply, f"patch {patch['id']} has no trained splats: train it first", kind="missing_file")
         splats = read_splats_ply(ply)
         inside = core_mask(splats["means"], Cell.from_list(patch["core_cell"]), world_to_aligned)
-        opaque = torch.sigmoid(splats["opacities_logit"]).numpy() >= config.min_opacity
+        opaque = torch.sigmoid(splats["opacities"]).numpy() >= config.min_opacity
         keep = torch.from_numpy(np.flatnonzero(inside & opaque))
-        pieces.append({key: splats[key][keep] for key in SPLAT_KEYS})
+        pieces.append({key: splats[key][keep] for key in GAUSSIAN_FIELDS})
         rows.append({"id": patch["id"], "trained": int(len(inside)), "kept": int(len(keep)),
                      "outside_core": int((~inside).sum()), "below_min_opacity": int((inside & ~opaque).sum())})
     coefficients = max(piece["shN"].shape[1] for piece in pieces)
-    merged = {key: torch.cat([_pad_sh(p[key], coefficients) if key == "shN" else p[key] for p in pieces]) for key in SPLAT_KEYS}
+    merged = {key: torch.cat([_pad_sh(p[key], coefficients) if key == "shN" else p[key] for p in pieces]) for key in GAUSSIAN_FIELDS}
     summary = {"num_gaussians": int(merged["means"].shape[0]), "patches": rows}
     with atomic_dir(out_dir, MERGE, (patches_dir, trained_dir)) as tmp:
         written = write_splats_ply(tmp / "splats.ply", **merged)

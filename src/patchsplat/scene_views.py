@@ -4,14 +4,13 @@ Training works per patch in a canonical frame; merging, meshing and evaluation w
 the scene in its world frame. :func:`render_world` renders world-frame splats from a
 world-frame camera by moving both into a normalised frame first (so the rasterizer's
 near plane and numerics do not depend on the capture's units) and returns depths back
-in world units. Meshing and evaluation render at the resolution a patch was trained at:
-:func:`trained_resolution_factor` reads it, :meth:`Camera.scaled` and :func:`describe_resolution`
-give the size and say it.
+in world units. Meshing and evaluation render at the resolution a patch was trained at
+(:class:`~patchsplat.train.records.TrainedMetrics`): :meth:`Camera.scaled` and
+:func:`describe_resolution` give the size and say it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,23 +84,6 @@ def describe_resolution(cameras: list[Camera], resolution_factor: int) -> str:
     return ", ".join(parts) + more
 
 
-def trained_resolution_factor(metrics_path: Path) -> int | None:
-    """The integer downscale a patch was trained at (``resolution_factor`` in the metrics.json training
-    writes, after any recovery rung raised it); None when the file does not exist. InputError naming the
-    file for an unreadable one or a value that is not a positive integer."""
-    metrics_path = Path(metrics_path)
-    if not metrics_path.is_file():
-        return None
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(metrics_path, f"not a readable training metrics file ({type(error).__name__})", kind="corrupt_file") from None
-    value = metrics.get("resolution_factor") if isinstance(metrics, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(metrics_path, f"resolution_factor: expected a positive integer, got {value!r}", kind="corrupt_file")
-    return value
-
-
 def load_image(camera: Camera, width: int | None = None, height: int | None = None) -> np.ndarray:
     """(H, W, 3) float32 in [0, 1]; resized (box filter) when a size is given."""
     return load_image_file(camera.image_path, width, height)
@@ -112,7 +94,7 @@ def render_world(
     splats: dict[str, torch.Tensor], camera: Camera, frame: CanonicalFrame, *, resolution_factor: int = 1,
     backend: str = "auto", render_mode: str = "RGB", device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Render world-frame splats (splat_io keys) from ``camera``: (colour HxWx3 in [0,1], depth HxW in world
+    """Render world-frame splats (keyed by :data:`~patchsplat.gaussians.GAUSSIAN_FIELDS`) from ``camera``: (colour HxWx3 in [0,1], depth HxW in world
     units or None, alpha HxW). ``frame`` normalises the scene for the rasterizer (any frame of similar scale)."""
     from patchsplat.render import rasterize
 
@@ -125,8 +107,8 @@ def render_world(
     colours = torch.cat([splats["sh0"], splats["shN"]], dim=1).to(device)
     sh_degree = int(round(np.sqrt(colours.shape[1]))) - 1
     rendered, alphas, _ = rasterize(
-        means.float(), splats["quats_wxyz"].to(device), torch.exp(splats["scales_log"].to(device)) * frame.scale,
-        torch.sigmoid(splats["opacities_logit"].to(device)), colours,
+        means.float(), splats["quats"].to(device), torch.exp(splats["scales"].to(device)) * frame.scale,
+        torch.sigmoid(splats["opacities"].to(device)), colours,
         torch.tensor(viewmat, dtype=torch.float32, device=device)[None], torch.tensor(K, dtype=torch.float32, device=device)[None],
         width, height, sh_degree=sh_degree, backend=backend, render_mode=render_mode,
     )

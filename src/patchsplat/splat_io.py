@@ -4,7 +4,7 @@ Layout (one ``vertex`` element, binary little endian, every property ``float``):
 
     x y z  nx ny nz  f_dc_0 f_dc_1 f_dc_2  f_rest_0 .. f_rest_{3K-1}  opacity  scale_0..2  rot_0..3
 
-Values are raw, pre-activation parameters, exactly as trained:
+Values are raw, pre-activation parameters, exactly as trained (see :mod:`patchsplat.gaussians`):
 
 * ``scale_i`` are log-scales (``exp`` gives the standard deviations),
 * ``opacity`` is the logit (``sigmoid`` gives the opacity),
@@ -20,9 +20,8 @@ A Gaussian with any non-finite value is dropped on its own (gsplat 1.5.3's
 ``export_splats`` drops *every* splat when a single opacity is NaN, because it reduces the
 1-D opacity tensor with ``.any(dim=0)``); the writer reports how many and which.
 
-The parameter dictionary used throughout (writer input, reader output) has the keys of
-:data:`SPLAT_KEYS`: ``means [N,3]``, ``scales_log [N,3]``, ``quats_wxyz [N,4]``,
-``opacities_logit [N]``, ``sh0 [N,1,3]``, ``shN [N,K,3]`` (K may be 0).
+The writer's arguments and the reader's dict are named by :data:`patchsplat.gaussians.GAUSSIAN_FIELDS`
+(``means``, ``scales``, ``quats``, ``opacities``, ``sh0``, ``shN``; what each holds is documented there).
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ from torch import Tensor
 
 from patchsplat.atomic import atomic_file
 from patchsplat.errors import InputError
-
-SPLAT_KEYS = ("means", "scales_log", "quats_wxyz", "opacities_logit", "sh0", "shN")
 
 
 def inria_property_names(num_rest_coefficients: int) -> list[str]:
@@ -79,19 +76,19 @@ def _check_shape(array: np.ndarray, name: str, expected: tuple, n: int) -> None:
 
 
 def _flat_columns(
-    means, scales_log, quats_wxyz, opacities_logit, sh0, shN
+    means, scales, quats, opacities, sh0, shN
 ) -> tuple[np.ndarray, int]:
     """Validate the parameters and lay them out as ``[N, P]`` float32 columns in INRIA order (with nx ny nz)."""
     means_np = _as_numpy(means, "means")
     n = means_np.shape[0] if means_np.ndim >= 1 else -1
-    opacities_np = _as_numpy(opacities_logit, "opacities_logit")
+    opacities_np = _as_numpy(opacities, "opacities")
     if opacities_np.ndim == 2 and opacities_np.shape[1] == 1:  # tolerate [N, 1]
         opacities_np = opacities_np[:, 0]
     arrays = {
         "means": (means_np, ("N", 3)),
-        "scales_log": (_as_numpy(scales_log, "scales_log"), ("N", 3)),
-        "quats_wxyz": (_as_numpy(quats_wxyz, "quats_wxyz"), ("N", 4)),
-        "opacities_logit": (opacities_np, ("N",)),
+        "scales": (_as_numpy(scales, "scales"), ("N", 3)),
+        "quats": (_as_numpy(quats, "quats"), ("N", 4)),
+        "opacities": (opacities_np, ("N",)),
         "sh0": (_as_numpy(sh0, "sh0"), ("N", 1, 3)),
         "shN": (_as_numpy(shN, "shN"), ("N", None, 3)),
     }
@@ -113,8 +110,8 @@ def _flat_columns(
             # channel-major: [N, K, 3] -> [N, 3, K] -> [N, 3K]
             f32(shn_np.transpose(0, 2, 1).reshape(n, 3 * num_rest)),
             f32(opacities_np.reshape(n, 1)),
-            f32(arrays["scales_log"][0]),
-            f32(arrays["quats_wxyz"][0]),
+            f32(arrays["scales"][0]),
+            f32(arrays["quats"][0]),
         ],
         axis=1,
     )
@@ -124,24 +121,24 @@ def _flat_columns(
 def write_splats_ply(
     path: str | Path,
     means: Tensor,
-    scales_log: Tensor,
-    quats_wxyz: Tensor,
-    opacities_logit: Tensor,
+    scales: Tensor,
+    quats: Tensor,
+    opacities: Tensor,
     sh0: Tensor,
     shN: Tensor,
 ) -> dict[str, Any]:
     """Write splats as an INRIA-layout binary PLY at ``path``, atomically.
 
-    Arguments are raw parameters (see the module docstring), as torch tensors (any device,
-    gradients ignored) or numpy arrays: ``means [N,3]``, ``scales_log [N,3]``,
-    ``quats_wxyz [N,4]``, ``opacities_logit [N]`` (``[N,1]`` accepted), ``sh0 [N,1,3]``,
+    Arguments are raw parameters (see :mod:`patchsplat.gaussians`), as torch tensors (any device,
+    gradients ignored) or numpy arrays: ``means [N,3]``, ``scales [N,3]``,
+    ``quats [N,4]``, ``opacities [N]`` (``[N,1]`` accepted), ``sh0 [N,1,3]``,
     ``shN [N,K,3]``. Values are stored as float32; a Gaussian with any value that is not
     finite in float32 (NaN, Inf, or beyond float32's range) is dropped, alone.
 
     Returns ``{"path", "n_written", "n_dropped", "dropped_indices"}`` (indices into the
     input, a sorted list of ints). Raises ``ValueError`` on wrong shapes.
     """
-    columns, num_rest = _flat_columns(means, scales_log, quats_wxyz, opacities_logit, sh0, shN)
+    columns, num_rest = _flat_columns(means, scales, quats, opacities, sh0, shN)
     finite_rows = np.isfinite(columns).all(axis=1)
     dropped = np.flatnonzero(~finite_rows)
     kept = columns[finite_rows]
@@ -171,8 +168,8 @@ def _numbered(names: list[str], prefix: str) -> list[str]:
 def read_splats_ply(path: str | Path) -> dict[str, Tensor]:
     """Read a 3DGS PLY (INRIA layout, or gsplat's, which lacks nx/ny/nz) into float32 CPU tensors.
 
-    Returns the keys of :data:`SPLAT_KEYS` with shapes ``means [N,3]``, ``scales_log [N,3]``,
-    ``quats_wxyz [N,4]``, ``opacities_logit [N]``, ``sh0 [N,1,3]``, ``shN [N,K,3]``.
+    Returns the keys of :data:`~patchsplat.gaussians.GAUSSIAN_FIELDS` with shapes ``means [N,3]``, ``scales [N,3]``,
+    ``quats [N,4]``, ``opacities [N]``, ``sh0 [N,1,3]``, ``shN [N,K,3]``.
     Properties are looked up by name, extra properties are ignored. Raises
     :class:`~patchsplat.errors.InputError` (kind ``corrupt_file``) for an unreadable file,
     a missing ``vertex`` element or property, or an ``f_rest`` count not divisible by 3.
@@ -208,9 +205,9 @@ def read_splats_ply(path: str | Path) -> dict[str, Tensor]:
     rest = stack(rest_names).reshape(n, 3, num_rest).transpose(0, 2, 1)  # channel-major -> [N, K, 3]
     arrays = {
         "means": stack(["x", "y", "z"]),
-        "scales_log": stack([f"scale_{i}" for i in range(3)]),
-        "quats_wxyz": stack([f"rot_{i}" for i in range(4)]),
-        "opacities_logit": np.asarray(data["opacity"], dtype=np.float32),
+        "scales": stack([f"scale_{i}" for i in range(3)]),
+        "quats": stack([f"rot_{i}" for i in range(4)]),
+        "opacities": np.asarray(data["opacity"], dtype=np.float32),
         "sh0": stack([f"f_dc_{i}" for i in range(3)]).reshape(n, 1, 3),
         "shN": np.ascontiguousarray(rest),
     }
@@ -232,7 +229,7 @@ def transform_splats(splats: dict[str, Tensor], scale: float, translation) -> di
 
     ``scale`` (> 0) and ``translation`` ([3], the patch centre) are those of the canonical
     frame (canonical = (world - centre) * scale). Means become ``means / scale + translation``,
-    log-scales become ``scales_log - log(scale)``; quaternions, opacities and SH are returned
+    the log standard deviations ``scales`` become ``scales - log(scale)``; quaternions, opacities and SH are returned
     unchanged (the mapping has no rotation). Returns a new dict (inputs are not modified);
     keys other than those transformed are passed through.
     """
@@ -240,7 +237,7 @@ def transform_splats(splats: dict[str, Tensor], scale: float, translation) -> di
     means = splats["means"]
     out = dict(splats)
     out["means"] = means / scale + translation_t.to(dtype=means.dtype, device=means.device)
-    out["scales_log"] = splats["scales_log"] - math.log(scale)
+    out["scales"] = splats["scales"] - math.log(scale)
     return out
 
 
@@ -250,5 +247,5 @@ def inverse_transform_splats(splats: dict[str, Tensor], scale: float, translatio
     means = splats["means"]
     out = dict(splats)
     out["means"] = (means - translation_t.to(dtype=means.dtype, device=means.device)) * scale
-    out["scales_log"] = splats["scales_log"] + math.log(scale)
+    out["scales"] = splats["scales"] + math.log(scale)
     return out

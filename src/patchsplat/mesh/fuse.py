@@ -34,10 +34,11 @@ from patchsplat.mesh.ops import crop_to_cell, drop_unreferenced
 from patchsplat.mesh.surface import extract_surface
 from patchsplat.mesh.tsdf import TsdfVolume
 from patchsplat.prepare import CanonicalFrame
-from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, render_world, trained_resolution_factor
+from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, render_world
 from patchsplat.splat_io import read_splats_ply
 from patchsplat.split import patch_images_dir, read_patch_description
 from patchsplat.split.partition import Cell
+from patchsplat.train.records import METRICS_FILE, TrainedMetrics
 
 # The grid reaches this many voxels (plus the truncation band) past the core cell, so the surface
 # just inside the cell's border is complete before it is cropped.
@@ -101,7 +102,7 @@ def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
     cameras = [camera for camera in scene_cameras.cameras if camera.name in wanted]
     index_of = {name: index for index, name in enumerate(arrays.image_names)}
     observed = [arrays.obs_point[arrays.observations_of(np.array([index_of[camera.name]]))] for camera in cameras]
-    metrics_path = splats_path.parent / "metrics.json"
+    metrics_path = splats_path.parent / METRICS_FILE
     return PatchInputs(
         patch_id=str(patch.get("id", patch_dir.name)),
         patch_dir=patch_dir,
@@ -113,7 +114,7 @@ def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
         points_world=arrays.xyz,
         splats=read_splats_ply(splats_path),
         observed=observed,
-        trained_factor=trained_resolution_factor(metrics_path),
+        trained_factor=TrainedMetrics.load(metrics_path).resolution_factor if metrics_path.is_file() else None,
         metrics_path=metrics_path,
     )
 

@@ -21,7 +21,6 @@ need every patch) are not run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -176,8 +175,9 @@ def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> Stage
 @task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome] | State:
     """One patch: ``prepare@<id>`` then ``train@<id>``; every training attempt in the Prefect log."""
-    from patchsplat.train.loop import failed_attempts_path
+    from patchsplat.train.records import AttemptsRecord
     from patchsplat.train.stage import attempt_lines
+    from patchsplat.workspace import failed_record_of
 
     import socket
 
@@ -190,19 +190,19 @@ def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> li
     outcomes = []
     out_dir = Path(workspace) / "data" / "trained" / patch_id
     for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
-        failed_record_before = _file_signature(failed_attempts_path(out_dir))
+        failed_record_before = _file_signature(failed_record_of(out_dir))
         outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
         outcomes.append(outcome)
         if outcome.interrupted:
             return _interrupted(stage, outcomes)
         ladder_ran_out = False
         if outcome.ran and stage.startswith("train@"):
-            record = failed_attempts_path(out_dir) if outcome.failed else out_dir / "attempts.json"
+            record = failed_record_of(out_dir) if outcome.failed else out_dir / "attempts.json"
             if record.exists():
                 # Written by this attempt, not left by an earlier run (compared by identity, not by clock:
                 # file times come from a coarser clock than time.time() and can read a few ms earlier).
                 ladder_ran_out = outcome.failed and _file_signature(record) != failed_record_before
-                for line in attempt_lines(json.loads(record.read_text(encoding="utf-8"))):
+                for line in attempt_lines(AttemptsRecord.load(record).attempts):
                     (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
         if outcome.failed:
             return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported,

@@ -20,7 +20,6 @@ from patchsplat.colmap_arrays import read_model_arrays, parse_cameras
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.validate.image_files import safe_image_path
-from patchsplat.reading import read_json_object
 
 PINHOLE_MODELS = {"PINHOLE", "SIMPLE_PINHOLE"}
 
@@ -119,11 +118,6 @@ def load_image_file(path: Path, width: int | None = None, height: int | None = N
             return np.asarray(picture, dtype=np.float32) / 255.0
     except (OSError, ValueError) as error:
         raise InputError(path, f"cannot read image ({error})", kind="undecodable_image") from None
-
-
-def load_frame(prepared_dir: Path) -> CanonicalFrame:
-    summary = read_json_object(prepared_dir / "prepare.json", "prepared patch summary", ["canonical_frame"])
-    return CanonicalFrame.from_dict(summary["canonical_frame"])
 
 
 def check_patch_images(patch_dir: Path) -> None:

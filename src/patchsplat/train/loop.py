@@ -1,14 +1,15 @@
 """Train one patch: the optimisation loop, the health checks, and recovery along the ladders.
 
 Contract: :func:`train_patch` reads a patch folder (``sparse/0``, ``patch.json``) and its
-prepared folder (``init.npz``, ``prepare.json``), and writes ``out_dir`` (complete or absent):
+prepared folder (a :class:`~patchsplat.prepare.PreparedPatch`), and writes ``out_dir`` (complete or absent):
 
     splats.ply       the trained Gaussians, standard 3DGS (INRIA) layout, world frame
     metrics.json     train loss, held-out PSNR/SSIM, steps/s, Gaussians, peak memory vs estimate, attempts
+                     (a TrainedMetrics, see patchsplat.train.records)
     curve.csv        step, loss, held-out PSNR (for ``dvc plots``)
     heldout.png      a held-out view: ground truth | render | error
     settings.json    the effective settings (params.yaml's train + this patch's override)
-    attempts.json    every attempt: why it ended and what the next one changed
+    attempts.json    every attempt: why it ended and what the next one changed (an AttemptsRecord)
 
 Checkpoints go to ``checkpoint_dir`` (atomically, every ``checkpoint_every`` steps, at the
 milestones and at the end) and carry a fingerprint of the settings and inputs, so
@@ -18,7 +19,7 @@ A failure the monitor detects (see :mod:`patchsplat.train.health`), an out-of-me
 rasterizer error rolls back — to the initial points when the next rung changes the initial
 scale, else to the last state that passed a health check — and retries with that rung's
 settings. Every attempt is recorded. If the ladder runs out, :class:`PatchTrainingFailed`
-says why, and the attempts record is still written.
+says why, and the attempts record is still written (beside ``out_dir``: workspace.failed_record_of).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,16 @@ import torch
 from patchsplat.atomic import atomic_dir, atomic_file, write_json
 from patchsplat.config import RecoveryStep, TrainConfig
 from patchsplat.errors import InputError
+from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.output_folder import TRAIN, check_replaceable
+from patchsplat.prepare import INIT_FILE, PreparedPatch
 from patchsplat.profiles import PatchFacts, is_resolved, resolve_train
 from patchsplat.progress import ProgressLine, on_terminal
 from patchsplat.train import health
-from patchsplat.train.data import PatchViews, View, load_frame
+from patchsplat.train.data import PatchViews, View
 from patchsplat.train.health import HealthMonitor, TrainingFailure
 from patchsplat.train.memory import PeakMemory, plan_memory
+from patchsplat.train.records import ATTEMPTS_FILE, METRICS_FILE, Attempt, AttemptsRecord, TrainedMetrics
 from patchsplat.train.model import (
     TrainingState,
     initial_splats,
@@ -52,6 +56,7 @@ from patchsplat.train.model import (
     make_optimisers,
     means_lr_at,
 )
+from patchsplat.workspace import failed_record_of
 
 CHECKPOINT_SUFFIX = ".pt"
 LAST_CHECKPOINT = "last.pt"
@@ -151,21 +156,6 @@ class AttemptSettings:
         )
 
 
-@dataclass
-class Attempt:
-    number: int
-    settings: dict
-    start_step: int
-    outcome: str = "running"      # succeeded | failed
-    failure_kind: str | None = None
-    reason: str | None = None
-    failed_at_step: int | None = None
-    next_change: dict = field(default_factory=dict)
-    # Steps at which an interrupted run of this attempt was resumed from its checkpoint: the same
-    # attempt going on, not a recovery.
-    resumed_at_steps: list[int] = field(default_factory=list)
-
-
 def select_device(backend: str) -> tuple[torch.device, str]:
     from patchsplat.render import select_backend
 
@@ -176,7 +166,7 @@ def select_device(backend: str) -> tuple[torch.device, str]:
 
 def _fingerprint(config: TrainConfig, patch_dir: Path, prepared_dir: Path) -> str:
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
-    for path in (patch_dir / "sparse" / "0" / "images.bin", patch_dir / "sparse" / "0" / "points3D.bin", prepared_dir / "init.npz"):
+    for path in (patch_dir / "sparse" / "0" / "images.bin", patch_dir / "sparse" / "0" / "points3D.bin", prepared_dir / INIT_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -201,13 +191,10 @@ class _Run:
         self.log = log
         self.on_metrics = on_metrics
         self.device, self.backend = select_device(config.backend)
-        self.frame = load_frame(prepared_dir)
-        with np.load(prepared_dir / "init.npz", allow_pickle=False) as archive:
-            self.init = {key: archive[key] for key in archive.files}
-        prepared = json.loads((prepared_dir / "prepare.json").read_text(encoding="utf-8"))
+        self.prepared = PreparedPatch.load(prepared_dir)
+        self.frame = self.prepared.frame
         # The prepared scales used the init_scale in force at preparation; this run's may differ (an override).
-        self.prepared_init_scale = float(prepared["settings"]["init_scale"])
-        self.spacing = float(np.median(np.exp(self.init["log_scales"][:, 0]))) / self.prepared_init_scale
+        self.spacing = float(np.median(np.exp(self.prepared.gaussians["scales"][:, 0]))) / self.prepared.init_scale
         self.fingerprint = _fingerprint(config, patch_dir, prepared_dir)
         self.curve: list[dict] = []
         self.attempts: list[Attempt] = []
@@ -240,8 +227,8 @@ class _Run:
         return strategy
 
     def fresh_state(self, settings: AttemptSettings, strategy) -> TrainingState:
-        params = initial_splats(self.init, self.config, settings.init_scale_ratio * self.config.init_scale / self.prepared_init_scale,
-                                settings.cap_max, self.device)
+        params = initial_splats(self.prepared.gaussians, self.config,
+                                settings.init_scale_ratio * self.config.init_scale / self.prepared.init_scale, settings.cap_max, self.device)
         optimisers = make_optimisers(params, learning_rates(self.config, settings.lr_factor))
         strategy_state = strategy.initialize_state(**({"scene_scale": 1.0} if self.config.strategy.kind == "default" else {}))
         torch.manual_seed(self.config.seed)
@@ -323,7 +310,7 @@ class _Run:
             "fingerprint": self.fingerprint,
             "state": state.snapshot(),
             "settings": asdict(settings),
-            "attempts": [asdict(attempt) for attempt in self.attempts],
+            "attempts": AttemptsRecord(self.attempts).to_json(),
             "curve": self.curve,
         }
         names = [LAST_CHECKPOINT] + ([f"step_{state.step:07d}{CHECKPOINT_SUFFIX}"] if keep else [])
@@ -475,7 +462,7 @@ def train_patch(
     on_metrics: Callable[[dict, int], None] | None = None,
     profile: str | None = None,
     origins: dict[str, str] | None = None,
-) -> dict:
+) -> TrainedMetrics:
     """Train one patch; returns the metrics written to ``out_dir/metrics.json``. See the module docstring.
 
     Settings left None are resolved by the profile (patchsplat.profiles) for this patch;
@@ -508,7 +495,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None], profile: str | None,
-               origins: dict[str, str] | None) -> dict:
+               origins: dict[str, str] | None) -> TrainedMetrics:
     config = run.config
     first_view = run.load_views(config.resolution_factor).all_views[0]
     plan = plan_memory(config.memory_budget_gb, config.strategy.cap_max, first_view.width * config.resolution_factor,
@@ -520,7 +507,7 @@ def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None
     if resume and (payload := run.load_checkpoint()) is not None:
         start = payload["state"]
         settings = AttemptSettings(**payload["settings"])
-        run.attempts = _resumed_attempts(payload["attempts"], start["step"])
+        run.attempts = _resumed_attempts(payload["attempts"], start["step"], run.checkpoint_dir / LAST_CHECKPOINT)
         run.curve = list(payload["curve"])
         log(f"resuming from step {start['step']} ({run.checkpoint_dir / LAST_CHECKPOINT})")
 
@@ -554,10 +541,10 @@ def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None
             log(f"attempt {attempt.number} failed ({kind}): {reason}")
             ladder = getattr(config.recovery, kind)
             if len(run.attempts) >= config.recovery.max_attempts or ladder_position[kind] >= len(ladder):
-                _write_attempts(out_dir, run.attempts)
+                AttemptsRecord(run.attempts).save(failed_record_of(out_dir))
                 raise PatchTrainingFailed(
                     run.patch_dir, f"training failed after {len(run.attempts)} attempts; last: {reason} "
-                    f"(attempts record: {failed_attempts_path(out_dir)})", kind="training_failed",
+                    f"(attempts record: {failed_record_of(out_dir)})", kind="training_failed",
                 ) from None
             rung = ladder[ladder_position[kind]]
             ladder_position[kind] += 1
@@ -576,13 +563,13 @@ def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None
                           {"profile": profile, "origins": origins or {}})
 
 
-def _resumed_attempts(saved: list[dict], step: int) -> list[Attempt]:
+def _resumed_attempts(saved: list[dict], step: int, checkpoint: Path) -> list[Attempt]:
     """The attempts of a checkpoint, its last (the one it was saved in) marked as resumed at ``step``.
 
     A checkpoint is saved while its attempt runs, so that attempt goes on: resuming is never counted
     as another attempt or as a recovery.
     """
-    attempts = [Attempt(**attempt) for attempt in saved]
+    attempts = AttemptsRecord.from_json(saved, checkpoint).attempts
     if attempts:
         attempts[-1].outcome = "running"
         attempts[-1].resumed_at_steps.append(step)
@@ -595,60 +582,47 @@ def training_inputs(patch_dir: Path, prepared_dir: Path) -> tuple[Path, ...]:
     return (patch_dir / "sparse", patch_dir / "patch.json", prepared_dir)
 
 
-def failed_attempts_path(out_dir: Path) -> Path:
-    """Where a failed training's attempts go: beside the (absent) outputs, never half inside them."""
-    return out_dir.parent / f"{out_dir.name}.failed.json"
-
-
-def _write_attempts(out_dir: Path, attempts: list[Attempt]) -> None:
-    write_json(failed_attempts_path(out_dir), [asdict(attempt) for attempt in attempts])
-
-
 def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
-                   seconds: float, steps_run: int, provenance: dict) -> dict:
+                   seconds: float, steps_run: int, provenance: dict) -> TrainedMetrics:
     from patchsplat.splat_io import transform_splats, write_splats_ply
     from patchsplat.train.report import heldout_figure, write_curve
 
     config = run.config
     evaluation = next((r for r in reversed(run.curve) if "heldout_psnr" in r), None) or run.evaluate(state.params, run.final_sh_degree)
-    canonical = {
-        "means": state.params["means"].detach().cpu(), "scales_log": state.params["scales"].detach().cpu(),
-        "quats_wxyz": state.params["quats"].detach().cpu(), "opacities_logit": state.params["opacities"].detach().cpu(),
-        "sh0": state.params["sh0"].detach().cpu(), "shN": state.params["shN"].detach().cpu(),
-    }
+    canonical = {name: state.params[name].detach().cpu() for name in GAUSSIAN_FIELDS}
     world = transform_splats(canonical, run.frame.scale, run.frame.centre.tolist())
     losses = [r["loss"] for r in run.curve if r["attempt"] == run.attempts[-1].number]
     with atomic_dir(out_dir, TRAIN, training_inputs(run.patch_dir, run.prepared_dir)) as tmp:
         written = write_splats_ply(tmp / "splats.ply", **world)
-        metrics = {
-            "train_loss": float(np.mean(losses[-50:])) if losses else None,
-            "heldout_psnr": evaluation["heldout_psnr"],
-            "heldout_ssim": evaluation["heldout_ssim"],
-            "heldout_views": evaluation["heldout_views"],
-            "steps": config.steps,
-            "steps_per_second": steps_run / seconds if seconds > 0 else None,
-            "gaussians": int(state.params["means"].shape[0]),
-            "gaussians_dropped_non_finite": written["n_dropped"],
-            "peak_memory_mb": run.peak_memory / 2**20,
-            "memory_estimate_mb": plan.estimate_bytes / 2**20,
-            "memory_plan": plan.describe(),
-            "resolution_factor": settings.resolution_factor,
-            "backend": run.backend,
-            "device": str(run.device),
-            "attempts": len(run.attempts),
-            "recovered": any(attempt.outcome == "failed" for attempt in run.attempts),
-            "resumed": any(attempt.resumed_at_steps for attempt in run.attempts),
-        }
-        write_json(tmp / "metrics.json", metrics)
+        metrics = TrainedMetrics(
+            train_loss=float(np.mean(losses[-50:])) if losses else None,
+            heldout_psnr=evaluation["heldout_psnr"],
+            heldout_ssim=evaluation["heldout_ssim"],
+            heldout_views=evaluation["heldout_views"],
+            steps=config.steps,
+            steps_per_second=steps_run / seconds if seconds > 0 else None,
+            gaussians=int(state.params["means"].shape[0]),
+            gaussians_dropped_non_finite=written["n_dropped"],
+            peak_memory_mb=run.peak_memory / 2**20,
+            memory_estimate_mb=plan.estimate_bytes / 2**20,
+            memory_plan=plan.describe(),
+            resolution_factor=settings.resolution_factor,
+            backend=run.backend,
+            device=str(run.device),
+            attempts=len(run.attempts),
+            recovered=any(attempt.outcome == "failed" for attempt in run.attempts),
+            resumed=any(attempt.resumed_at_steps for attempt in run.attempts),
+        )
+        metrics.save(tmp / METRICS_FILE)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),
                                            **provenance,
                                            "canonical_frame": run.frame.to_dict()})
-        write_json(tmp / "attempts.json", [asdict(attempt) for attempt in run.attempts])
+        AttemptsRecord(run.attempts).save(tmp / ATTEMPTS_FILE)
         write_curve(tmp / "curve.csv", run.curve)
         view = (run.views.test_views or run.views.train_views)[0]
         with torch.no_grad():
             rendered, _, _ = run.render(state.params, view, run.final_sh_degree)
         heldout_figure(tmp / "heldout.png", run.views.image(view).numpy(), rendered[0, ..., :3].clamp(0, 1).cpu().numpy(),
                        f"{view.name}: PSNR {evaluation['heldout_psnr']:.2f} dB (mean over {evaluation['heldout_views']} held-out views)")
-    failed_attempts_path(out_dir).unlink(missing_ok=True)
+    failed_record_of(out_dir).unlink(missing_ok=True)
     return metrics

@@ -10,15 +10,13 @@ import numpy as np
 import torch
 
 from patchsplat.config import TrainConfig
-
-# The DC spherical-harmonics basis value: colour = 0.5 + C0 * sh0.
-SH_C0 = 0.28209479177387814
-PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+from patchsplat.gaussians import GAUSSIAN_FIELDS
+from patchsplat.prepare import PREPARED_FIELDS
 
 
-def initial_splats(init: dict[str, np.ndarray], config: TrainConfig, init_scale_ratio: float, cap_max: int,
+def initial_splats(prepared: dict[str, np.ndarray], config: TrainConfig, init_scale_ratio: float, cap_max: int,
                    device: torch.device) -> torch.nn.ParameterDict:
-    """Gaussians at the prepared points (gsplat's recipe): isotropic scales, random rotations, SH from colours.
+    """The prepared Gaussians (means, scales, opacities, sh0), random rotations and zero higher SH (gsplat's recipe).
 
     ``init_scale_ratio`` multiplies the prepared scales (the recovery ladder's initial-scale
     steps). MCMC never removes Gaussians, so more initial points than ``cap_max`` are
@@ -27,22 +25,13 @@ def initial_splats(init: dict[str, np.ndarray], config: TrainConfig, init_scale_
     from patchsplat.train.strategies import enforce_cap
 
     generator = torch.Generator().manual_seed(config.seed)
-    keep = enforce_cap(len(init["means"]), cap_max, generator)
-    means = torch.from_numpy(init["means"])[keep].float()
-    log_scales = torch.from_numpy(init["log_scales"])[keep].float() + math.log(init_scale_ratio)
-    colours = torch.from_numpy(init["colours"])[keep].float()
-    count = len(means)
-    quats = torch.rand((count, 4), generator=generator)
-    num_rest = (config.sh_degree + 1) ** 2 - 1
-    params = {
-        "means": means,
-        "scales": log_scales,
-        "quats": quats,
-        "opacities": torch.from_numpy(init["opacity_logits"])[keep].float(),
-        "sh0": ((colours - 0.5) / SH_C0)[:, None, :],
-        "shN": torch.zeros((count, num_rest, 3)),
-    }
-    return torch.nn.ParameterDict({name: torch.nn.Parameter(value.to(device)) for name, value in params.items()})
+    keep = enforce_cap(len(prepared["means"]), cap_max, generator)
+    params = {name: torch.from_numpy(prepared[name])[keep].float() for name in PREPARED_FIELDS}
+    params["scales"] = params["scales"] + math.log(init_scale_ratio)
+    count = len(params["means"])
+    params["quats"] = torch.rand((count, 4), generator=generator)
+    params["shN"] = torch.zeros((count, (config.sh_degree + 1) ** 2 - 1, 3))
+    return torch.nn.ParameterDict({name: torch.nn.Parameter(params[name].to(device)) for name in GAUSSIAN_FIELDS})
 
 
 def learning_rates(config: TrainConfig, lr_factor: float) -> dict[str, float]:
@@ -60,7 +49,7 @@ def learning_rates(config: TrainConfig, lr_factor: float) -> dict[str, float]:
 def make_optimisers(params: torch.nn.ParameterDict, rates: dict[str, float]) -> dict[str, torch.optim.Adam]:
     """One Adam per parameter group (the strategies edit each group's state when Gaussians change)."""
     return {name: torch.optim.Adam([{"params": params[name], "lr": rates[name], "name": name}], eps=1e-15)
-            for name in PARAM_NAMES}
+            for name in GAUSSIAN_FIELDS}
 
 
 def means_lr_at(step: int, config: TrainConfig, lr_factor: float) -> float:

@@ -10,13 +10,14 @@ from patchsplat.config import TrackingConfig
 from patchsplat.profiles import ResolvedTrain
 from patchsplat.console import console
 from patchsplat.tracking import flatten, tracked_run
-from patchsplat.train.loop import failed_attempts_path, train_patch
-from patchsplat.reading import read_json
+from patchsplat.train.loop import train_patch
+from patchsplat.train.records import ATTEMPTS_FILE, METRICS_FILE, Attempt, AttemptsRecord, TrainedMetrics
+from patchsplat.workspace import failed_record_of
 
-ARTIFACTS = ("metrics.json", "curve.csv", "heldout.png", "attempts.json", "settings.json")
+ARTIFACTS = (METRICS_FILE, "curve.csv", "heldout.png", ATTEMPTS_FILE, "settings.json")
 
 
-def print_training_summary(patch_id: str, metrics: dict) -> None:
+def print_training_summary(patch_id: str, metrics: TrainedMetrics) -> None:
     table = Table(title=f"patch {patch_id}: trained")
     table.add_column("held-out PSNR", justify="right")
     table.add_column("SSIM", justify="right")
@@ -26,25 +27,25 @@ def print_training_summary(patch_id: str, metrics: dict) -> None:
     table.add_column("attempts", justify="right")
     table.add_column("backend")
     table.add_row(
-        f"{metrics['heldout_psnr']:.2f} dB", f"{metrics['heldout_ssim']:.3f}", str(metrics["gaussians"]),
-        f"{metrics['steps_per_second']:.1f}" if metrics["steps_per_second"] else "-",
-        f"{metrics['peak_memory_mb']:.0f} MB ({metrics['memory_estimate_mb']:.0f})", str(metrics["attempts"]),
-        f"{metrics['backend']} on {metrics['device']}",
+        f"{metrics.heldout_psnr:.2f} dB", f"{metrics.heldout_ssim:.3f}", str(metrics.gaussians),
+        f"{metrics.steps_per_second:.1f}" if metrics.steps_per_second else "-",
+        f"{metrics.peak_memory_mb:.0f} MB ({metrics.memory_estimate_mb:.0f})", str(metrics.attempts),
+        f"{metrics.backend} on {metrics.device}",
     )
     console.print(table)
 
 
-def attempt_lines(attempts: list[dict]) -> list[str]:
+def attempt_lines(attempts: list[Attempt]) -> list[str]:
     """One line per training attempt: how it ended and what the recovery ladder changed next."""
     lines = []
     for attempt in attempts:
-        line = f"attempt {attempt['number']}: {attempt['outcome']}"
-        if attempt.get("failure_kind"):
-            line += f" ({attempt['failure_kind']} at step {attempt.get('failed_at_step')}: {attempt.get('reason')})"
-        if attempt.get("resumed_at_steps"):
-            line += " (resumed from a checkpoint at step " + ", ".join(map(str, attempt["resumed_at_steps"])) + ")"
-        if attempt.get("next_change"):
-            line += " -> next: " + ", ".join(f"{key} {value}" for key, value in attempt["next_change"].items())
+        line = f"attempt {attempt.number}: {attempt.outcome}"
+        if attempt.failure_kind:
+            line += f" ({attempt.failure_kind} at step {attempt.failed_at_step}: {attempt.reason})"
+        if attempt.resumed_at_steps:
+            line += " (resumed from a checkpoint at step " + ", ".join(map(str, attempt.resumed_at_steps)) + ")"
+        if attempt.next_change:
+            line += " -> next: " + ", ".join(f"{key} {value}" for key, value in attempt.next_change.items())
         lines.append(line)
     return lines
 
@@ -53,7 +54,7 @@ def _tag_attempts(tracker, attempts_file: Path) -> None:
     """The recovery attempts as tags (``attempt.1`` ...), readable in the MLflow UI without opening artifacts."""
     if not attempts_file.exists():
         return
-    lines = attempt_lines(read_json(attempts_file, "attempts record"))
+    lines = attempt_lines(AttemptsRecord.load(attempts_file).attempts)
     # MLflow tag values are capped (8,000 characters in its stores); a reason line is far shorter.
     tracker.tags({f"attempt.{index}": line[:4000] for index, line in enumerate(lines, start=1)})
 
@@ -67,7 +68,8 @@ def describe_profile(settings: ResolvedTrain) -> str:
 
 
 def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out_dir: Path, checkpoint_dir: Path,
-                      settings: ResolvedTrain, tracking: TrackingConfig, resume: bool, workspace: Path = Path(".")) -> dict:
+                      settings: ResolvedTrain, tracking: TrackingConfig, resume: bool,
+                      workspace: Path = Path(".")) -> TrainedMetrics:
     config = settings.config
     with tracked_run(tracking, workspace, f"train@{patch_id}", tags={"patch": patch_id, "stage": "train",
                                                                      "profile": settings.profile}) as tracker:
@@ -83,12 +85,12 @@ def train_patch_stage(patch_id: str, *, patch_dir: Path, prepared_dir: Path, out
                                   profile=settings.profile, origins=settings.origins)
         except Exception:
             tracker.tags({"outcome": "failed"})
-            tracker.artifact(failed_attempts_path(out_dir))
-            _tag_attempts(tracker, failed_attempts_path(out_dir))
+            tracker.artifact(failed_record_of(out_dir))
+            _tag_attempts(tracker, failed_record_of(out_dir))
             raise
-        tracker.metrics({f"final_{key}": value for key, value in metrics.items()})
-        tracker.tags({"outcome": "recovered" if metrics["recovered"] else "succeeded", "resumed": str(metrics["resumed"]).lower()})
-        _tag_attempts(tracker, out_dir / "attempts.json")
+        tracker.metrics({f"final_{key}": value for key, value in metrics.model_dump(mode="json").items()})
+        tracker.tags({"outcome": "recovered" if metrics.recovered else "succeeded", "resumed": str(metrics.resumed).lower()})
+        _tag_attempts(tracker, out_dir / ATTEMPTS_FILE)
         for name in ARTIFACTS:
             tracker.artifact(out_dir / name)
     print_training_summary(patch_id, metrics)
