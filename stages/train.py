@@ -10,6 +10,7 @@ from patchsplat.atomic import keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
 from patchsplat.errors import InputError
+from patchsplat.train.records import METRICS_FILE
 from patchsplat.train.stage import train_patch_stage
 from patchsplat.workspace import Workspace
 
@@ -30,7 +31,7 @@ def main() -> None:
         resume=True,
     )
     # The metrics DVC does not cache: a failed re-run would leave none (DVC deletes them first).
-    keep_last_good(patch.trained_dir / "metrics.json", patch.trained_dir / "curve.csv", folder=patch.last_good_dir)
+    keep_last_good(patch.trained_dir / METRICS_FILE, patch.trained_dir / "curve.csv", folder=patch.last_good_dir)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_workspace, snapshot
+from conftest import small_workspace, snapshot, trained_metrics
 from patchsplat.config import SplitConfig, TrainConfig, ValidateConfig, deep_merge
 from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.errors import InputError
@@ -173,13 +173,13 @@ def test_a_killed_swap_puts_the_previous_output_back(tmp_path):
 
 def test_a_leftover_is_never_listed_as_a_patch(project, tmp_path):
     from patchsplat.summary import _training
+    from patchsplat.workspace import Workspace
 
-    workspace = tmp_path / "ws"
-    trained = workspace / "data" / "trained"
-    (trained / "p0").mkdir(parents=True)
-    (trained / "p0" / "metrics.json").write_text(json.dumps({"heldout_psnr": 20.0}))
-    (trained / ".p0.abc.tmp").mkdir()
-    (trained / ".p0.abc.tmp" / "metrics.json").write_text(json.dumps({"heldout_psnr": 5.0}))
+    workspace = Workspace(tmp_path / "ws")
+    (workspace.trained_dir / "p0").mkdir(parents=True)
+    trained_metrics(heldout_psnr=20.0).save(workspace.trained_dir / "p0" / "metrics.json")
+    (workspace.trained_dir / ".p0.abc.tmp").mkdir()
+    trained_metrics(heldout_psnr=5.0).save(workspace.trained_dir / ".p0.abc.tmp" / "metrics.json")
     line = _training(workspace)
     assert "p0 20.0 dB" in line and "5.0" not in line and ".p0" not in line
 

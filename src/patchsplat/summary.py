@@ -8,6 +8,7 @@ from rich.table import Table
 
 from patchsplat.console import console
 from patchsplat.reading import read_json_object
+from patchsplat.train.records import METRICS_FILE, TrainedMetrics
 from patchsplat.workspace import Workspace, patch_ids_in
 
 
@@ -46,14 +47,14 @@ def _split(workspace: Workspace) -> str | None:
 
 def _training(workspace: Workspace) -> str | None:
     trained = [workspace.patch(patch_id).trained_dir for patch_id in patch_ids_in(workspace.trained_dir)]
-    runs = [folder / "metrics.json" for folder in trained if (folder / "metrics.json").exists()]
+    runs = [folder / METRICS_FILE for folder in trained if (folder / METRICS_FILE).exists()]
     if not runs:
         return None
     parts = []
     for path in runs:
-        metrics = _read(path)
-        recovered = " (recovered)" if metrics.get("recovered") else ""
-        parts.append(f"{path.parent.name} {_number(metrics.get('heldout_psnr'), '.1f')} dB{recovered}")
+        metrics = TrainedMetrics.load(path)
+        recovered = " (recovered)" if metrics.recovered else ""
+        parts.append(f"{path.parent.name} {metrics.heldout_psnr:.1f} dB{recovered}")
     return "held-out PSNR: " + ", ".join(parts)
 
 
@@ -89,7 +90,7 @@ _STAGES = [
     ("scene", lambda w: "done" if w.scene_dir.exists() else None, f"{_HERE.scene_dir}/"),
     ("validate", _validation, f"{_HERE.validation_report}"),
     ("split", _split, f"{_HERE.patches_dir}/, {_HERE.split_report}, {_HERE.split_layout_png}"),
-    ("train", _training, f"{_HERE.trained_dir}/<patch>/ (splats.ply, metrics.json, heldout.png, curve.csv)"),
+    ("train", _training, f"{_HERE.trained_dir}/<patch>/ (splats.ply, {METRICS_FILE}, heldout.png, curve.csv)"),
     ("merge", _merge, f"{_HERE.merged_splats}"),
     ("mesh", _mesh, f"{_HERE.mesh_ply}, {_HERE.mesh_dir / 'mesh.glb'}"),
     ("evaluate", _evaluation, f"{_HERE.evaluation_report}, {_HERE.evaluation_grid}"),
