@@ -107,9 +107,9 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     # What it reads is the patch's model and patch.json: `patchsplat train` keeps PATCH_DIR/trained.prepared beside them.
     inputs = (patch_dir / "sparse", patch_dir / "patch.json")
     check_replaceable(out_dir, PREPARE, inputs)
-    from patchsplat.split import read_patch_description
+    from patchsplat.split import PatchDescription
 
-    patch = read_patch_description(patch_dir)
+    patch = PatchDescription.load(patch_dir)
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     point_indices = np.flatnonzero(finite)
@@ -122,7 +122,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     gaussians = initial_gaussians(frame.to_canonical(arrays.xyz[point_indices]), arrays.rgb[point_indices], config)
     canonical_scales = np.exp(gaussians["log_scales"][:, 0].astype(np.float64))
     summary = {
-        "patch": patch_id or patch.get("id"),
+        "patch": patch_id or patch.id,
         "canonical_frame": frame.to_dict(),
         "settings": {key: value for key, value in config.model_dump(mode="json").items() if key in PREPARE_SETTINGS},
         "num_gaussians": int(len(point_indices)),

@@ -12,12 +12,12 @@ resolution, and then the whole scene is evaluated at that lower one. With no tra
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchsplat.config import EvaluateConfig
 from patchsplat.scene_views import trained_resolution_factor
+from patchsplat.workspace import patch_ids_in
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,10 @@ class EvaluationResolution:
 
 def trained_factors(trained_dir: Path | None) -> dict[str, int]:
     """Patch id -> training resolution factor, for every ``pN/metrics.json`` under ``trained_dir``."""
-    if trained_dir is None or not Path(trained_dir).is_dir():
+    if trained_dir is None:
         return {}
-    folders = sorted((path for path in Path(trained_dir).iterdir() if path.is_dir() and re.fullmatch(r"p\d+", path.name)),
-                     key=lambda path: int(path.name[1:]))
-    found = {folder.name: trained_resolution_factor(folder / "metrics.json") for folder in folders}
+    found = {patch_id: trained_resolution_factor(Path(trained_dir) / patch_id / "metrics.json")
+             for patch_id in patch_ids_in(Path(trained_dir))}
     return {patch_id: factor for patch_id, factor in found.items() if factor is not None}
 
 
