@@ -16,6 +16,8 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from conftest import trained_metrics
+from patch_layouts import describe_patch
+
 from patchsplat.atomic import write_json
 from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import EvaluateConfig
@@ -25,12 +27,11 @@ from patchsplat.evaluate import report as report_module
 from patchsplat.evaluate.geometry import compare_surfaces, distances_to_surface, sample_surface
 from patchsplat.evaluate.images import hwc_to_nchw, mean_of, view_metrics
 from patchsplat.evaluate.mesh import evaluate_mesh
-from patchsplat.evaluate.patches import assign_to_cells, read_patch_cells
 from patchsplat.evaluate.perceptual import lpips_metric
 from patchsplat.prepare import knn_spacing
 from patchsplat.scene_views import SceneCameras, load_image, render_world
 from patchsplat.splat_io import read_splats_ply, write_splats_ply
-from patchsplat.split.partition import Cell
+from patchsplat.split import GroundFrame, SplitLayout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SH_C0 = 0.28209479177387814
@@ -198,13 +199,16 @@ def test_lpips_is_unavailable_here_with_a_reason_or_disabled():
 
 
 def test_views_belong_to_the_patch_whose_core_cell_holds_their_camera_centre():
-    cells = {"p0": Cell.from_list([None, 0.0, None, None]), "p1": Cell.from_list([0.0, None, None, 1.0]),
-             "p2": Cell.from_list([0.0, None, 1.0, None])}
+    cells = {"p0": [None, 0.0, None, None], "p1": [0.0, None, None, 1.0], "p2": [0.0, None, 1.0, None]}
+
+    def layout(rotation: np.ndarray) -> SplitLayout:
+        return SplitLayout(GroundFrame(rotation), tuple(describe_patch(pid, cell, rotation) for pid, cell in cells.items()))
+
     centres = np.array([[-1.0, 5.0, 3.0], [2.0, 0.5, 0.0], [2.0, 4.0, 0.0], [0.0, 1.0, 0.0]])
-    assert assign_to_cells(centres, np.eye(3), cells) == ["p0", "p1", "p2", "p2"]   # edges are half-open
+    assert layout(np.eye(3)).core_owners(centres) == ["p0", "p1", "p2", "p2"]   # edges are half-open
     # The cells are in the aligned frame: aligned = R @ world (here aligned x = world y).
     rotation = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    assert assign_to_cells(np.array([[3.0, -2.0, 0.0], [-3.0, 0.5, 0.0]]), rotation, cells) == ["p0", "p2"]
+    assert layout(rotation).core_owners(np.array([[3.0, -2.0, 0.0], [-3.0, 0.5, 0.0]])) == ["p0", "p2"]
 
 
 # --------------------------------------------------------------------------- the whole evaluation
@@ -226,9 +230,7 @@ def scene_splats(scene: Path, count: int = 400, seed: int = 0) -> dict[str, torc
 
 
 def write_patches(patches_dir: Path, rotation: np.ndarray, cells: dict[str, list]) -> None:
-    for patch_id, cell in cells.items():
-        write_json(patches_dir / patch_id / "patch.json",
-                   {"id": patch_id, "core_cell": cell, "world_to_aligned": rotation.tolist()})
+    SplitLayout(GroundFrame(rotation), tuple(describe_patch(pid, cell, rotation) for pid, cell in cells.items())).save(patches_dir)
 
 
 # Aligned x = world y, aligned y = -world x.
@@ -339,7 +341,7 @@ def test_per_patch_table_follows_the_core_cells_in_the_aligned_frame(evaluated):
     assert per_patch["p0"]["views"] == ["img001.png"] and per_patch["p1"]["views"] == ["img009.png"]
     by_view = {row["view"]: row for row in evaluated["report"]["images"]["per_view"]}
     assert per_patch["p0"]["psnr"] == pytest.approx(by_view["img001.png"]["psnr"])
-    assert read_patch_cells(evaluated["root"] / "patches").cells.keys() == {"p0", "p1"}
+    assert SplitLayout.load(evaluated["root"] / "patches").ids == ["p0", "p1"]
 
 
 def test_report_is_strict_json_with_lpips_null_and_mesh_nulls(evaluated):

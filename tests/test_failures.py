@@ -288,12 +288,13 @@ def test_a_report_missing_a_key_names_the_file_and_the_key(tmp_path):
     from patchsplat.errors import InputError
     from patchsplat.merge import merge_patches
 
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "split.json").write_text(json.dumps({"world_to_aligned": [[1, 0, 0, 0]] * 4, "patches": [{"id": "p0"}]}))
-    with pytest.raises(InputError, match=r"split\.json: a patch of the split description lacks the key 'core_cell'"):
-        merge_patches(patches, tmp_path / "trained", tmp_path / "merged", MergeConfig())
-    (patches / "split.json").write_text(json.dumps({"patches": []}))
-    with pytest.raises(InputError, match=r"split\.json: split description lacks the key 'world_to_aligned'"):
-        merge_patches(patches, tmp_path / "trained", tmp_path / "merged", MergeConfig())
+    patch = tmp_path / "patches" / "p0"
+    patch.mkdir(parents=True)
+    (patch / "patch.json").write_text(json.dumps({"world_to_aligned": [[1, 0, 0]] * 3, "images_dir": "images",
+                                                  "heldout_image_names": []}))
+    with pytest.raises(InputError, match=r"patch\.json: patch description lacks the key 'core_cell'"):
+        merge_patches(tmp_path / "patches", tmp_path / "trained", tmp_path / "merged", MergeConfig())
+    (patch / "patch.json").write_text(json.dumps({"core_cell": [None] * 4}))
+    with pytest.raises(InputError, match=r"patch\.json: patch description lacks the key 'world_to_aligned'"):
+        merge_patches(tmp_path / "patches", tmp_path / "trained", tmp_path / "merged", MergeConfig())
     assert not (tmp_path / "merged").exists()

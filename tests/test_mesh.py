@@ -25,7 +25,7 @@ from patchsplat.output_folder import MARKER
 from patchsplat.prepare import knn_spacing, prepare_patch
 from patchsplat.scene_views import SceneCameras
 from patchsplat.splat_io import write_splats_ply
-from patchsplat.split import split_scene
+from patchsplat.split import GroundFrame, PatchDescription, split_scene
 from patchsplat.split.partition import Cell
 
 
@@ -284,12 +284,10 @@ def placed_scene(demo_scene) -> dict:
         arrays = read_model_arrays(patch_dir / "sparse" / "0")
         points, colours = arrays.xyz, arrays.rgb.astype(np.float64)
         if patch_dir.name == "p0":
-            patch = json.loads((patch_dir / "patch.json").read_text())
-            cell = Cell.from_list(patch["core_cell"])
-            aligned = points @ np.asarray(patch["world_to_aligned"]).T
-            ground = points[cell.contains(aligned[:, :2]) & (points[:, 2] < 0.05)]
+            patch = PatchDescription.load(patch_dir)
+            ground = points[patch.core_contains(points) & (points[:, 2] < 0.05)]
             cameras = SceneCameras(patch_dir / "sparse" / "0", demo_scene / "images").cameras
-            training = set(patch["image_names"]) - set(patch["heldout_image_names"])
+            training = patch.training_image_names()
             blob_centre = blob_spot(ground, demo_scene, [camera for camera in cameras if camera.name in training])
             blob = blob_centre + np.random.default_rng(0).normal(scale=0.1, size=(40, 3))
             points = np.concatenate([points, blob])
@@ -314,7 +312,8 @@ def test_mesh_of_a_trained_demo_scene_is_close_to_the_ground_truth(demo_scene, t
     summary = extract_scene_mesh(trained_scene / "patches", trained_scene / "trained", tmp_path / "mesh",
                                  MeshConfig(**FAST_MESH), progress=False)
     mesh = trimesh.load(tmp_path / "mesh" / "mesh.ply", force="mesh", process=False)
-    cameras = load_patch(trained_scene / "patches" / "p0", trained_scene / "trained" / "p0" / "splats.ply")
+    p0 = trained_scene / "patches" / "p0"
+    cameras = load_patch(p0, PatchDescription.load(p0), trained_scene / "trained" / "p0" / "splats.ply")
     reference = ground_truth_samples(demo_scene, cameras.cameras, summary["patches"][0]["depth_trunc"])
     samples, _ = trimesh.sample.sample_surface(mesh, 200_000, seed=1)
     side = json.loads((demo_scene / "manifest.json").read_text())["scene_extent"]["area_side"]
@@ -336,9 +335,9 @@ def test_outputs_load_back_with_colours_and_the_record_is_complete(trained_scene
         colours = np.asarray(mesh.visual.vertex_colors)
         assert colours.shape == (len(mesh.vertices), 4) and colours[:, :3].std() > 5
     record = summary["patches"][0]
-    patch = json.loads((trained_scene / "patches" / "p0" / "patch.json").read_text())
-    assert record["views_fused"] == len(set(patch["image_names"]) - set(patch["heldout_image_names"]))
-    assert record["views_held_out"] == len(patch["heldout_image_names"]) > 0
+    patch = PatchDescription.load(trained_scene / "patches" / "p0")
+    assert record["views_fused"] == len(patch.training_image_names())
+    assert record["views_held_out"] == len(patch.heldout_image_names) > 0
     cameras = SceneCameras(trained_scene / "patches" / "p0" / "sparse" / "0", trained_scene / "patches")
     assert record["voxel_size"] == pytest.approx(1.0 / cameras.frame.scale / 64)
     assert record["why"]["voxel_size"].startswith("mesh.voxels_per_scene")
@@ -358,9 +357,9 @@ def test_pieces_tile_the_cells_and_the_floating_blob_is_removed(placed_scene, tm
     config = MeshConfig(voxel_size=0.05)  # one voxel size: the pieces share a lattice and their seam welds
     pieces, cells = [], []
     for patch_dir in sorted((root / "patches").glob("p*")):
-        inputs = load_patch(patch_dir, root / "trained" / patch_dir.name / "splats.ply")
+        inputs = load_patch(patch_dir, PatchDescription.load(patch_dir), root / "trained" / patch_dir.name / "splats.ply")
         piece = mesh_patch(inputs, patch_settings(inputs, config), config, torch.device("cpu"))
-        centroids = (piece.vertices[piece.faces].mean(axis=1) @ inputs.world_to_aligned.T)[:, :2]
+        centroids = inputs.ground.to_ground(piece.vertices[piece.faces].mean(axis=1))
         assert inputs.cell.contains(centroids).all()           # nothing outside its own cell
         assert piece.record["faces"] < piece.record["faces_before_crop"]
         pieces.append(piece)
@@ -369,7 +368,7 @@ def test_pieces_tile_the_cells_and_the_floating_blob_is_removed(placed_scene, tm
     border = cells[0].x_max if np.isfinite(cells[0].x_max) else cells[0].y_max
     axis = 0 if np.isfinite(cells[0].x_max) else 1
     for piece, sign in zip(pieces, (-1, 1)):
-        aligned = piece.vertices @ inputs.world_to_aligned.T
+        aligned = inputs.ground.to_aligned(piece.vertices)
         assert np.min(np.abs(aligned[:, axis] - border)) < 0.1     # reaches the border
         assert np.max(sign * (aligned[:, axis] - border)) > 4.0    # and extends well into its cell
     blob = placed_scene["blob_centre"]
@@ -386,16 +385,16 @@ def test_pieces_tile_the_cells_and_the_floating_blob_is_removed(placed_scene, tm
     # voxel (about 45% of its length with these splats, whose surfaces differ from patch to patch).
     welded = totals["seam_vertices_welded"]
     assert welded["on_lattice_edges"] > 0 and welded["by_distance"] > 0
-    open_before = open_border_vertices(pieces, inputs.world_to_aligned, axis, border, config.voxel_size)
-    open_after = open_border_vertices([mesh], inputs.world_to_aligned, axis, border, config.voxel_size)
+    open_before = open_border_vertices(pieces, inputs.ground, axis, border, config.voxel_size)
+    open_after = open_border_vertices([mesh], inputs.ground, axis, border, config.voxel_size)
     assert open_after < 0.75 * open_before, (open_before, open_after)
 
 
-def open_border_vertices(meshes, world_to_aligned, axis: int, border: float, voxel: float) -> int:
+def open_border_vertices(meshes, ground: GroundFrame, axis: int, border: float, voxel: float) -> int:
     """Vertices on an open boundary within a voxel of the border, over the meshes."""
     count = 0
     for mesh in meshes:
-        aligned = np.asarray(mesh.vertices) @ world_to_aligned.T
+        aligned = ground.to_aligned(np.asarray(mesh.vertices))
         near = np.abs(aligned[:, axis] - border) < voxel
         count += int((boundary_vertices(np.asarray(mesh.faces), len(mesh.vertices)) & near).sum())
     return count

@@ -23,7 +23,7 @@ from patchsplat.mesh.report import print_mesh_table
 from patchsplat.prepare import canonical_frame, knn_spacing
 from patchsplat.scene_views import Camera
 from patchsplat.splat_io import write_splats_ply
-from patchsplat.split import split_scene
+from patchsplat.split import GroundFrame, split_scene
 from patchsplat.split.partition import Cell
 from patchsplat.train.records import TrainedMetrics
 
@@ -56,7 +56,7 @@ def seen_by(camera: Camera, points: np.ndarray) -> np.ndarray:
 def synthetic_patch(cameras: list[Camera], points: np.ndarray, trained_factor: int | None = 2) -> PatchInputs:
     """A one-patch scene held in memory (no files): an infinite core cell, the identity aligned frame."""
     return PatchInputs(
-        patch_id="p0", patch_dir=Path("p0"), cell=Cell(-np.inf, np.inf, -np.inf, np.inf), world_to_aligned=np.eye(3),
+        patch_id="p0", patch_dir=Path("p0"), cell=Cell(-np.inf, np.inf, -np.inf, np.inf), ground=GroundFrame(np.eye(3)),
         cameras=cameras, held_out=0, frame=canonical_frame(np.stack([c.centre for c in cameras]), points),
         points_world=points, splats={}, observed=[seen_by(camera, points) for camera in cameras],
         trained_factor=trained_factor, metrics_path=Path("trained/p0/metrics.json"),

@@ -15,8 +15,10 @@ from patchsplat.colmap_arrays import read_model_arrays
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.errors import InputError
-from patchsplat.split import SPLIT_FILE, split_scene
+from patchsplat.split import SPLIT_FILE, GroundFrame, PatchDescription, SplitLayout, split_scene
 from patchsplat.split.partition import Cell
+
+from patch_layouts import describe_patch
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
@@ -103,9 +105,8 @@ def test_patch_models_round_trip_through_pycolmap(scenes, tmp_path, scene_name, 
             assert image.name == original.name
             assert np.allclose(image.cam_from_world().matrix(), original.cam_from_world().matrix())
         # The images are referenced, not copied.
-        patch_json = json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())
-        images_dir = (tmp_path / "patches" / patch["id"] / patch_json["images_dir"]).resolve()
-        assert images_dir == (scenes[scene_name] / "images").resolve()
+        patch_dir = tmp_path / "patches" / patch["id"]
+        assert PatchDescription.load(patch_dir).images_folder(patch_dir) == (scenes[scene_name] / "images").resolve()
         assert not (tmp_path / "patches" / patch["id"] / "images").exists()
 
 
@@ -120,7 +121,7 @@ def test_cameras_that_see_a_patch_are_in_it(scenes, tmp_path):
         in_core = core.contains(point_xy)
         seen = np.bincount(source.obs_image[in_core[source.obs_point]], minlength=len(source.image_ids))
         should_have = {source.image_names[i] for i in np.flatnonzero(seen >= fraction * in_core.sum())}
-        has = set(json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())["image_names"])
+        has = set(PatchDescription.load(tmp_path / "patches" / patch["id"]).image_names)
         assert should_have <= has, f"{patch['id']} lacks cameras that see it: {sorted(should_have - has)[:5]}"
         added_by_visibility += patch["cameras_by_visibility"]
     assert added_by_visibility > 0, "the demo's oblique cameras should see into neighbouring cells"
@@ -230,8 +231,8 @@ def test_heldout_views_are_the_same_for_every_patch(scenes, tmp_path):
     source = read_model_arrays(scenes["demo"] / "sparse" / "0")
     globally = set(sorted(source.image_names)[::8])
     for patch in summary["patches"]:
-        patch_json = json.loads((tmp_path / "patches" / patch["id"] / "patch.json").read_text())
-        assert set(patch_json["heldout_image_names"]) == globally & set(patch_json["image_names"])
+        description = PatchDescription.load(tmp_path / "patches" / patch["id"])
+        assert set(description.heldout_image_names) == globally & set(description.image_names)
 
 
 def test_points_seen_by_the_cameras_join_the_patch(scenes, tmp_path):
@@ -240,11 +241,74 @@ def test_points_seen_by_the_cameras_join_the_patch(scenes, tmp_path):
     source = read_model_arrays(scenes["demo"] / "sparse" / "0")
     for before, after in zip(cell_only["patches"], seen["patches"]):
         assert after["num_points"] > before["num_points"]
-        names = set(json.loads((tmp_path / "seen" / after["id"] / "patch.json").read_text())["image_names"])
+        names = set(PatchDescription.load(tmp_path / "seen" / after["id"]).image_names)
         in_patch = np.array([name in names for name in source.image_names])
         seen_twice = np.bincount(source.obs_point[in_patch[source.obs_image]], minlength=len(source.point_ids)) >= 2
         model = read_model_arrays(tmp_path / "seen" / after["id"] / "sparse" / "0")
         assert set(model.point_ids) == set(source.point_ids[seen_twice])
+
+
+def test_the_layout_loads_back_as_the_split_wrote_it(scenes, tmp_path):
+    """patch.json through PatchDescription: every key read back, saved again byte for byte; the layout in number order."""
+    summary = _split(scenes["demo"], tmp_path / "patches", rows=2, cols=2)
+    layout = SplitLayout.load(tmp_path / "patches")
+    assert layout.ids == summary["patch_ids"] == [f"p{n}" for n in range(4)]
+    assert layout.ground.world_to_aligned.tolist() == summary["world_to_aligned"]
+    for patch, row in zip(layout.patches, summary["patches"]):
+        assert {**patch.split_row(), "flags": row["flags"]} == row
+        written = (tmp_path / "patches" / patch.id / "patch.json").read_text()
+        patch.save(tmp_path / "again" / patch.id)
+        assert (tmp_path / "again" / patch.id / "patch.json").read_text() == written
+    # Each camera centre has one owner: the patch whose core cell holds it.
+    centres = read_model_arrays(scenes["demo"] / "sparse" / "0").camera_centres
+    owners = layout.core_owners(centres)
+    for patch in layout.patches:
+        assert patch.core_contains(centres).sum() == owners.count(patch.id) == patch.num_core_cameras
+
+
+def _damaged(patch_dir: Path, changes: dict) -> Path:
+    path = patch_dir / "patch.json"
+    content = json.loads(path.read_text())
+    content.update(changes)
+    path.write_text(json.dumps({key: value for key, value in content.items() if value is not ...}))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"core_cell": ...}, "patch description lacks the key 'core_cell'"),
+    ({"image_names": ...}, "patch description lacks the key 'image_names'"),
+    ({"core_cell": [0, 1, 2]}, "patch description's 'core_cell' is not valid"),
+    ({"world_to_aligned": [[1, 0], [0, 1]]}, "patch description's 'world_to_aligned' is not valid"),
+    ({"heldout_image_names": "img001.png"}, "patch description's 'heldout_image_names' is not valid"),
+    ({"num_cameras": -1}, "patch description's 'num_cameras' is not valid"),
+    ({"world_to_aligned": [[0, 1, 0], [-1, 0, 0], [0, 0, 1]]}, "world_to_aligned differs from the other patches'"),
+    ({"id": "p0"}, "describes patch 'p0', not its folder's 'p1'"),
+])
+def test_a_damaged_layout_is_one_line_naming_the_file(tmp_path, changes, problem):
+    cells = {"p0": [None, 0.0, None, None], "p1": [0.0, None, None, None]}
+    SplitLayout(GroundFrame(np.eye(3)), tuple(describe_patch(pid, cell) for pid, cell in cells.items())).save(tmp_path)
+    # p1 is damaged: a frame is found to differ at the second patch, after the first set the frame.
+    path = _damaged(tmp_path / "p1", changes)
+    with pytest.raises(InputError) as raised:
+        SplitLayout.load(tmp_path)
+    assert str(raised.value).startswith(f"{path}: {problem}") and "\n" not in str(raised.value)
+
+
+def test_a_layout_without_patches_or_descriptions_is_refused(tmp_path):
+    with pytest.raises(InputError, match="patches folder not found: run the split first"):
+        SplitLayout.load(tmp_path / "nowhere")
+    with pytest.raises(InputError, match=r"holds no patch \(pN/patch.json\): run the split first"):
+        SplitLayout.load(tmp_path)
+    (tmp_path / "p0").mkdir()
+    with pytest.raises(InputError, match=r"p0: not a patch folder \(no patch.json\): run the split first"):
+        SplitLayout.load(tmp_path)
+
+
+def test_the_ground_projection_is_the_plain_product():
+    """The ground frame projects in row blocks (fast on a busy machine): the values are the plain product's."""
+    rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    points = np.random.default_rng(2).normal(scale=100.0, size=(50_000, 3))
+    assert np.array_equal(GroundFrame(rotation).to_ground(points), (points @ rotation.T)[:, :2])
 
 
 def test_fast_helpers_match_numpy():

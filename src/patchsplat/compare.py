@@ -22,6 +22,7 @@ from typing import Any
 from patchsplat.atomic import atomic_file
 from patchsplat.errors import InputError
 from patchsplat.output_folder import COMPARISON_PNG, PNG_SOFTWARE, check_replaceable_file
+from patchsplat.workspace import PATCH_ID_PATTERN, is_patch_id, patch_number
 
 PIPELINE_KIND_TAG = "patchsplat.kind"
 PIPELINE_KIND = "pipeline"
@@ -30,9 +31,8 @@ SWEEP_PARAM_TAG = "sweep.param"
 SWEEP_VALUE_TAG = "sweep.value"
 
 # Patch ids are p0, p1, ... (split/plan.py); anything else in that position is not a patch.
-_PATCH_ID = re.compile(r"p\d+")
-_TRAIN_PER_PATCH = re.compile(r"train\.(p\d+)\.(.+)")
-_EVALUATE_PER_PATCH = re.compile(r"evaluate\.images\.per_patch\.(p\d+)\.(.+)")
+_TRAIN_PER_PATCH = re.compile(rf"train\.({PATCH_ID_PATTERN})\.(.+)")
+_EVALUATE_PER_PATCH = re.compile(rf"evaluate\.images\.per_patch\.({PATCH_ID_PATTERN})\.(.+)")
 # Per-patch metrics of the scene-wide evaluation are keyed apart from training's own held-out
 # metrics: both have a "psnr", measured on different views.
 SCENE_PREFIX = "scene_"
@@ -274,7 +274,7 @@ def split_metrics(run: RunSummary) -> tuple[dict[str, float], dict[str, dict[str
             patch, metric = match.groups()
         elif (match := _EVALUATE_PER_PATCH.fullmatch(name)) is not None:
             patch, metric = match.group(1), SCENE_PREFIX + match.group(2)
-        elif lone_patch and _PATCH_ID.fullmatch(lone_patch) and name.startswith("final_"):
+        elif lone_patch and is_patch_id(lone_patch) and name.startswith("final_"):
             # A lone train run logs its end results as final_<name> (train/stage.py).
             patch, metric = lone_patch, name[len("final_"):]
         elif lone_patch and f"final_{name}" in run.metrics:
@@ -292,7 +292,7 @@ def _ordered(names, first: tuple[str, ...]) -> list[str]:
 
 
 def _patch_order(patch: str) -> tuple[int, str]:
-    return (int(patch[1:]), patch) if _PATCH_ID.fullmatch(patch) else (10**9, patch)
+    return (patch_number(patch), patch) if is_patch_id(patch) else (10**9, patch)
 
 
 def compare_runs(runs: list[RunSummary]) -> Comparison:

@@ -8,7 +8,6 @@ out-of-range value stops the run with one line naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-import re
 import typing
 from typing import Any, Literal, Optional
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from patchsplat.errors import InputError
+from patchsplat.workspace import is_patch_id
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -484,7 +484,7 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
     except ValidationError as error:
         raise InputError(source, _format_validation_error(source, error), kind="bad_params") from None
     for patch_id, override in params.patch_overrides.items():
-        if not re.fullmatch(r"p\d+", patch_id):
+        if not is_patch_id(patch_id):
             raise InputError(source, f"patch_overrides.{patch_id}: not a patch id (p0, p1, ...)", kind="bad_params")
         try:
             TrainConfig.model_validate(deep_merge(params.train.model_dump(), override or {}))

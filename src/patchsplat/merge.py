@@ -5,7 +5,7 @@ so every Gaussian of the merged scene comes from exactly one patch, and the over
 regions — trained twice, once at each patch's border — are taken from the patch whose
 interior they are ("seamless merging", VastGaussian).
 
-Contract: :func:`merge_patches` reads ``patches_dir/split.json`` and
+Contract: :func:`merge_patches` reads ``patches_dir/pN/patch.json`` (:class:`patchsplat.split.SplitLayout`) and
 ``trained_dir/<id>/splats.ply`` (world frame) and writes ``out_dir`` atomically:
 ``splats.ply`` (INRIA layout, world frame) and ``merge.json`` (counts per patch).
 """
@@ -22,16 +22,8 @@ from patchsplat.config import MergeConfig
 from patchsplat.errors import InputError
 from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.output_folder import MERGE, check_replaceable
-from patchsplat.split import SPLIT_FILE
-from patchsplat.split.partition import Cell
+from patchsplat.split import SplitLayout
 from patchsplat.splat_io import read_splats_ply, write_splats_ply
-from patchsplat.reading import read_json_object, require_keys
-
-
-def core_mask(means: torch.Tensor, core: Cell, world_to_aligned: np.ndarray) -> np.ndarray:
-    """Which Gaussian centres lie in the (half-open) core cell, on the aligned ground plane."""
-    xy = (means.double().numpy() @ np.asarray(world_to_aligned).T)[:, :2]
-    return core.contains(xy)
 
 
 def _pad_sh(shN: torch.Tensor, coefficients: int) -> torch.Tensor:
@@ -45,23 +37,18 @@ def _pad_sh(shN: torch.Tensor, coefficients: int) -> torch.Tensor:
 
 def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: MergeConfig) -> dict:
     check_replaceable(out_dir, MERGE, (patches_dir, trained_dir))
-    split_file = Path(patches_dir) / SPLIT_FILE
-    if not split_file.exists():
-        raise InputError(split_file, "not found: run the split first", kind="missing_file")
-    split = read_json_object(split_file, "split description", ["world_to_aligned", "patches"])
-    world_to_aligned = np.asarray(split["world_to_aligned"])
     pieces, rows = [], []
-    for patch in split["patches"]:
-        require_keys(patch, ["id", "core_cell"], split_file, "a patch of the split description")
-        ply = Path(trained_dir) / patch["id"] / "splats.ply"
+    for patch in SplitLayout.load(patches_dir).patches:
+        ply = Path(trained_dir) / patch.id / "splats.ply"
         if not ply.exists():
-            raise InputError(ply, f"patch {patch['id']} has no trained splats: train it first", kind="missing_file")
+            raise InputError(ply, f"patch {patch.id} has no trained splats: train it first", kind="missing_file")
         splats = read_splats_ply(ply)
-        inside = core_mask(splats["means"], Cell.from_list(patch["core_cell"]), world_to_aligned)
+        # Ownership on the aligned ground plane: each Gaussian goes to the patch whose core cell holds its centre.
+        inside = patch.core_contains(splats["means"].double().numpy())
         opaque = torch.sigmoid(splats["opacities"]).numpy() >= config.min_opacity
         keep = torch.from_numpy(np.flatnonzero(inside & opaque))
         pieces.append({key: splats[key][keep] for key in GAUSSIAN_FIELDS})
-        rows.append({"id": patch["id"], "trained": int(len(inside)), "kept": int(len(keep)),
+        rows.append({"id": patch.id, "trained": int(len(inside)), "kept": int(len(keep)),
                      "outside_core": int((~inside).sum()), "below_min_opacity": int((inside & ~opaque).sum())})
     coefficients = max(piece["shN"].shape[1] for piece in pieces)
     merged = {key: torch.cat([_pad_sh(p[key], coefficients) if key == "shN" else p[key] for p in pieces]) for key in GAUSSIAN_FIELDS}

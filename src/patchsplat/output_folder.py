@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchsplat.errors import InputError
+from patchsplat.workspace import PATCH_ID_PATTERN
 
 MARKER = ".patchsplat-output"
 
@@ -53,7 +54,7 @@ SCENE = OutputKind("scene", _DEMO_ENTRIES + ("scene.json", "undistorted"), signa
 UNDISTORT = OutputKind("validate --undistort", ("images", "sparse"), signature=("sparse",))  # the rule before markers
 # A patch folder holds its model and description; `patchsplat train PATCH` writes its outputs beside them
 # (PATCH/trained...), and a re-split must not delete those.
-SPLIT = OutputKind("split", (r"p\d+", "split.json", "layout.png"), signature=("split.json",),
+SPLIT = OutputKind("split", (PATCH_ID_PATTERN, "split.json", "layout.png"), signature=("split.json",),
                    nested=("sparse", "patch.json"))
 PREPARE = OutputKind("prepare", ("init.npz", "prepare.json"), signature=("prepare.json",))
 TRAIN = OutputKind("train", _TRAIN_ENTRIES, signature=("metrics.json", "attempts.json"))

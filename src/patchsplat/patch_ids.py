@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from patchsplat.errors import InputError
+from patchsplat.workspace import PATCH_ID_PATTERN, is_patch_id
 
 PER_PATCH_KEY = "${key}"
 
@@ -134,7 +135,7 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
         prefix, _, suffix = template.partition(PER_PATCH_KEY)
         # data/trained/${key}/splats.ply: the whole data/trained/<id> folder is that patch's.
         suffix = "" if suffix.startswith("/") else suffix
-        owned = re.compile(re.escape(prefix) + r"(p\d+)(\.failed\.json)?" + re.escape(suffix))
+        owned = re.compile(re.escape(prefix) + rf"({PATCH_ID_PATTERN})(\.failed\.json)?" + re.escape(suffix))
         for match in sorted(glob.glob(glob.escape(str(workspace)) + "/" + prefix + "*" + suffix)):
             path = Path(match)
             # Matched on the path relative to the workspace: str(Path) drops the template's trailing
@@ -149,7 +150,7 @@ def sync_patch_ids(new_ids: list[str], workspace: Path = Path(".")) -> SyncResul
         stages = lock.get("stages", {})
         for name in list(stages):
             stage, at, patch_id = name.partition("@")
-            if at and patch_id.startswith("p") and patch_id[1:].isdigit() and patch_id not in keep:
+            if at and is_patch_id(patch_id) and patch_id not in keep:
                 del stages[name]
                 removed_entries.append(name)
         if removed_entries:

@@ -205,9 +205,9 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
     # What it reads is the patch's model and patch.json: `patchsplat train` keeps PATCH_DIR/trained.prepared beside them.
     inputs = (patch_dir / "sparse", patch_dir / "patch.json")
     check_replaceable(out_dir, PREPARE, inputs)
-    from patchsplat.split import read_patch_description
+    from patchsplat.split import PatchDescription
 
-    patch = read_patch_description(patch_dir)
+    patch = PatchDescription.load(patch_dir)
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     point_indices = np.flatnonzero(finite)
@@ -218,7 +218,7 @@ def prepare_patch(patch_dir: Path, out_dir: Path, config: TrainConfig, patch_id:
         raise InputError(patch_dir / "sparse" / "0", "the patch has no finite 3D points to start from", kind="empty_patch")
     frame = canonical_frame(arrays.camera_centres, arrays.xyz[point_indices])
     prepared = PreparedPatch(
-        patch_id=patch_id or patch.get("id"),
+        patch_id=patch_id or patch.id,
         frame=frame,
         settings={key: value for key, value in config.model_dump(mode="json").items() if key in PREPARE_SETTINGS},
         num_cameras=int(len(arrays.image_ids)),

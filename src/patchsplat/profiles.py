@@ -99,11 +99,11 @@ class PatchFacts:
     @staticmethod
     def of_patch(patch_dir: Path) -> PatchFacts:
         from patchsplat.colmap_arrays import parse_cameras, read_model_arrays
-        from patchsplat.split import read_patch_description
+        from patchsplat.split import PatchDescription
 
         arrays = read_model_arrays(Path(patch_dir) / "sparse" / "0")
         cameras = parse_cameras(arrays.cameras_bin)
-        held_out = set(read_patch_description(Path(patch_dir))["heldout_image_names"])
+        held_out = set(PatchDescription.load(Path(patch_dir)).heldout_image_names)
         train_images = sum(1 for name in arrays.image_names if name not in held_out)
         num_points = len(arrays.point_ids)
         return PatchFacts(

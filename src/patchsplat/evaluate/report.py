@@ -29,27 +29,29 @@ from patchsplat.errors import InputError
 from patchsplat.evaluate.grid import GridRow, choose_grid_views, comparison_grid_png
 from patchsplat.evaluate.images import ViewResult, evaluate_views, mean_of
 from patchsplat.evaluate.mesh import GROUND_TRUTH_KEYS, PROXY_KEYS, evaluate_mesh
-from patchsplat.evaluate.patches import assign_to_cells, read_patch_cells
 from patchsplat.evaluate.perceptual import LPIPS_NET, lpips_metric
 from patchsplat.evaluate.resolution import evaluation_resolution
 from patchsplat.render import select_backend
 from patchsplat.scene_layout import locate_scene
 from patchsplat.scene_views import SceneCameras, describe_resolution
 from patchsplat.splat_io import read_splats_ply
+from patchsplat.split import SplitLayout
+from patchsplat.workspace import patch_ids_in
 
 METRIC_NAMES = ("psnr", "ssim", "lpips", "l1")
 
 
 def _patch_assignment(patches_dir: Path | None, cameras) -> tuple[dict[str, str | None], list[str], str]:
-    """(view name -> patch id, patch ids, status) for the held-out cameras."""
+    """(view name -> patch id, patch ids, status) for the held-out cameras: each view belongs to the patch
+    whose core cell holds its camera centre (the core cells of a split tile the ground, so there is one)."""
     if patches_dir is None:
         return {}, [], "not assigned: no patches folder was given"
-    cells = read_patch_cells(Path(patches_dir))
-    if cells is None:
+    if not patch_ids_in(Path(patches_dir)):
         return {}, [], f"not assigned: no patches (pN/patch.json) in {patches_dir}"
-    owners = assign_to_cells(np.stack([camera.centre for camera in cameras]), cells.world_to_aligned, cells.cells)
+    layout = SplitLayout.load(Path(patches_dir))
+    owners = layout.core_owners(np.stack([camera.centre for camera in cameras]))
     status = "each held-out view belongs to the patch whose core cell holds its camera centre (aligned ground frame)"
-    return {camera.name: owner for camera, owner in zip(cameras, owners)}, list(cells.cells), status
+    return {camera.name: owner for camera, owner in zip(cameras, owners)}, layout.ids, status
 
 
 def _summaries(views: list[ViewResult]) -> tuple[dict, list[str]]:

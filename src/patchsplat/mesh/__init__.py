@@ -11,13 +11,13 @@ budget from the observed point depths), :class:`VoxelGrid` / :func:`lattice_box`
 :func:`weld_seams`, :func:`remove_small_components` (mesh arrays).
 """
 
-from patchsplat.mesh.extract import extract_scene_mesh, fusion_device, list_patches
+from patchsplat.mesh.extract import extract_scene_mesh, fusion_device
 from patchsplat.mesh.grid import VoxelGrid, lattice_box, patch_grid
 from patchsplat.mesh.ops import crop_to_cell, remove_small_components, weld_seams
 from patchsplat.mesh.surface import extract_surface
 from patchsplat.mesh.tsdf import TsdfVolume
 
 __all__ = [
-    "extract_scene_mesh", "fusion_device", "list_patches", "VoxelGrid", "lattice_box", "patch_grid",
+    "extract_scene_mesh", "fusion_device", "VoxelGrid", "lattice_box", "patch_grid",
     "TsdfVolume", "extract_surface", "crop_to_cell", "weld_seams", "remove_small_components",
 ]

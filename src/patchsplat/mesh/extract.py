@@ -18,7 +18,6 @@ remove the connected components with fewer than ``min_component_fraction`` of th
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from patchsplat.mesh.fuse import PatchPiece, load_patch, mesh_patch, patch_setti
 from patchsplat.mesh.ops import remove_small_components, weld_seams
 from patchsplat.mesh.tsdf import TsdfVolume
 from patchsplat.output_folder import MESH, check_replaceable
-from patchsplat.split import PATCH_FILE
+from patchsplat.split import SplitLayout
 
 # Border vertices of different pieces not on a shared lattice edge are welded when mutual nearest
 # neighbours closer than this many (smaller) voxels: 0.5, 1 and 1.5 closed 37%, 44% and 47% of a
@@ -46,17 +45,6 @@ def fusion_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def list_patches(patches_dir: Path) -> list[Path]:
-    """The patch folders (``pN`` holding a patch.json), in patch-number order."""
-    if not patches_dir.is_dir():
-        raise InputError(patches_dir, "patches folder not found: run the split first", kind="missing_file")
-    found = [path for path in patches_dir.iterdir()
-             if path.is_dir() and re.fullmatch(r"p\d+", path.name) and (path / PATCH_FILE).exists()]
-    if not found:
-        raise InputError(patches_dir, "holds no patch (pN/patch.json): run the split first", kind="missing_file")
-    return sorted(found, key=lambda path: int(path.name[1:]))
-
-
 def join_pieces(pieces: list[PatchPiece], config: MeshConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Concatenate the pieces, weld their seams and drop small components; returns the mesh and totals."""
     pieces = [piece for piece in pieces if len(piece.faces)]
@@ -67,9 +55,9 @@ def join_pieces(pieces: list[PatchPiece], config: MeshConfig) -> tuple[np.ndarra
     colours = np.concatenate([piece.colours for piece in pieces])
     owner = np.repeat(np.arange(len(pieces)), sizes)
     # Pieces fused with the same voxel size in the same frame share a lattice (see grid.lattice_box).
-    lattices = [(piece.record["voxel_size"], piece.world_to_aligned.tobytes()) for piece in pieces]
+    lattices = [(piece.record["voxel_size"], piece.ground.world_to_aligned.tobytes()) for piece in pieces]
     lattice_of_piece = np.array([lattices.index(lattice) for lattice in lattices])
-    lattice = np.concatenate([(piece.vertices @ piece.world_to_aligned.T) / piece.record["voxel_size"] for piece in pieces])
+    lattice = np.concatenate([piece.ground.to_aligned(piece.vertices) / piece.record["voxel_size"] for piece in pieces])
     totals = {"vertices_concatenated": int(len(vertices)), "faces_concatenated": int(len(faces))}
     tolerance = WELD_TOLERANCE_VOXELS * min(piece.record["voxel_size"] for piece in pieces)
     vertices, faces, colours, welded = weld_seams(vertices, faces, colours, owner, lattice, lattice_of_piece[owner], tolerance)
@@ -117,9 +105,10 @@ def extract_scene_mesh(patches_dir: Path, trained_dir: Path, out_dir: Path, conf
     device = device or fusion_device()
     started = time.perf_counter()
     pieces: list[PatchPiece] = []
+    layout = SplitLayout.load(patches_dir)
     with Progress(console=console, disable=not progress, transient=True) as bar:
-        for patch_dir in list_patches(patches_dir):
-            inputs = load_patch(patch_dir, trained_dir / patch_dir.name / "splats.ply")
+        for patch in layout.patches:
+            inputs = load_patch(patches_dir / patch.id, patch, trained_dir / patch.id / "splats.ply")
             task = bar.add_task(f"meshing {inputs.patch_id}", total=len(inputs.cameras))
             chosen = time.perf_counter()
             settings = patch_settings(inputs, config)

@@ -2,7 +2,7 @@
 
 Contract::
 
-    inputs = load_patch(patch_dir, splats_path)             # cameras, observations, cell, frame, points, splats
+    inputs = load_patch(patch_dir, patch, splats_path)      # cameras, observations, cell, frames, points, splats
     settings = patch_settings(inputs, config)               # resolution, voxel, truncations, grid + why
     piece = mesh_patch(inputs, settings, config, device)    # PatchPiece: world-frame mesh + record
 
@@ -36,7 +36,7 @@ from patchsplat.mesh.tsdf import TsdfVolume
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.scene_views import Camera, SceneCameras, describe_resolution, render_world
 from patchsplat.splat_io import read_splats_ply
-from patchsplat.split import patch_images_dir, read_patch_description
+from patchsplat.split import GroundFrame, PatchDescription
 from patchsplat.split.partition import Cell
 from patchsplat.train.records import METRICS_FILE, TrainedMetrics
 
@@ -50,7 +50,7 @@ class PatchInputs:
     patch_id: str
     patch_dir: Path
     cell: Cell                      # core cell, aligned ground frame
-    world_to_aligned: np.ndarray    # (3, 3)
+    ground: GroundFrame             # the split's gravity-aligned frame the cell is drawn in
     cameras: list[Camera]           # the views to fuse (training views only)
     held_out: int                   # views of the patch left out because they are held out
     frame: CanonicalFrame           # the patch's canonical frame: scene scale = 1 / frame.scale
@@ -85,29 +85,29 @@ class PatchPiece:
     vertices: np.ndarray
     faces: np.ndarray
     colours: np.ndarray
-    world_to_aligned: np.ndarray    # the frame of the lattice it was fused on (voxel size: record)
+    ground: GroundFrame             # the frame of the lattice it was fused on (voxel size: record)
     record: dict = field(default_factory=dict)
 
 
-def load_patch(patch_dir: Path, splats_path: Path) -> PatchInputs:
-    """Read what meshing a patch needs; InputError naming the file when something is missing."""
-    patch = read_patch_description(patch_dir)
+def load_patch(patch_dir: Path, patch: PatchDescription, splats_path: Path) -> PatchInputs:
+    """Read what meshing the patch ``patch`` (described in ``patch_dir``) needs; InputError naming the file
+    when something is missing."""
     if not splats_path.exists():
         raise InputError(splats_path, "trained splats not found: train this patch first", kind="missing_file")
     model_dir = patch_dir / "sparse" / "0"
     arrays = read_model_arrays(model_dir)
-    scene_cameras = SceneCameras(model_dir, patch_images_dir(patch_dir, patch), arrays)
-    held_out = set(patch.get("heldout_image_names", []))
-    wanted = set(patch.get("image_names", scene_cameras.by_name)) - held_out
+    scene_cameras = SceneCameras(model_dir, patch.images_folder(patch_dir), arrays)
+    held_out = set(patch.heldout_image_names)
+    wanted = patch.training_image_names()
     cameras = [camera for camera in scene_cameras.cameras if camera.name in wanted]
     index_of = {name: index for index, name in enumerate(arrays.image_names)}
     observed = [arrays.obs_point[arrays.observations_of(np.array([index_of[camera.name]]))] for camera in cameras]
     metrics_path = splats_path.parent / METRICS_FILE
     return PatchInputs(
-        patch_id=str(patch.get("id", patch_dir.name)),
+        patch_id=patch.id,
         patch_dir=patch_dir,
-        cell=Cell.from_list(patch["core_cell"]),
-        world_to_aligned=np.asarray(patch["world_to_aligned"], dtype=np.float64),
+        cell=patch.core_cell,
+        ground=patch.ground,
         cameras=cameras,
         held_out=sum(1 for camera in scene_cameras.cameras if camera.name in held_out),
         frame=scene_cameras.frame,
@@ -170,12 +170,12 @@ def _grid_points(inputs: PatchInputs, depths: list[np.ndarray], seen: list[np.nd
 def _fit_grid(inputs: PatchInputs, config: MeshConfig, voxel: float, points_world: np.ndarray,
               reach: float) -> defaults.Fitted:
     """The patch's grid at ``voxel``, coarsened to fit mesh.memory_budget_gb unless the voxel was given."""
-    points_aligned = points_world @ inputs.world_to_aligned.T
-    cameras_aligned = np.array([camera.centre for camera in inputs.cameras], np.float64).reshape(-1, 3) @ inputs.world_to_aligned.T
+    points_aligned = inputs.ground.to_aligned(points_world)
+    cameras_aligned = inputs.ground.to_aligned(np.array([camera.centre for camera in inputs.cameras], np.float64))
 
     def make_grid(size: float) -> VoxelGrid | None:
         margin = config.sdf_trunc_voxels * size + BORDER_VOXELS * size
-        return patch_grid(points_aligned, inputs.cell, size, margin, inputs.world_to_aligned, cameras_aligned, reach)
+        return patch_grid(points_aligned, inputs.cell, size, margin, inputs.ground.world_to_aligned, cameras_aligned, reach)
 
     budget = config.memory_budget_gb * 2**30
     fitted = defaults.fit_to_budget(make_grid, voxel, budget, coarsen=config.voxel_size is None)
@@ -284,9 +284,9 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
         **settings.record,
     }
     empty = PatchPiece(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.float32),
-                       inputs.world_to_aligned, record)
-    points_aligned = np.asarray(inputs.points_world, np.float64) @ inputs.world_to_aligned.T
-    cameras_aligned = np.array([camera.centre for camera in inputs.cameras], np.float64).reshape(-1, 3) @ inputs.world_to_aligned.T
+                       inputs.ground, record)
+    points_aligned = inputs.ground.to_aligned(inputs.points_world)
+    cameras_aligned = inputs.ground.to_aligned(np.array([camera.centre for camera in inputs.cameras], np.float64))
     grid = settings.grid
     if grid is None:
         record.update(skipped="no sparse point observed within depth_trunc in the core cell",
@@ -314,4 +314,4 @@ def mesh_patch(inputs: PatchInputs, settings: PatchSettings, config: MeshConfig,
     )
     if len(kept_faces) == 0:
         record.update(_point_distance(points_aligned, cameras_aligned))
-    return PatchPiece(grid.aligned_to_world(kept_vertices), kept_faces, kept_colours, inputs.world_to_aligned, record)
+    return PatchPiece(grid.aligned_to_world(kept_vertices), kept_faces, kept_colours, inputs.ground, record)

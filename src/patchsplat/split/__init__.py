@@ -27,13 +27,12 @@ from patchsplat.errors import InputError
 from patchsplat.output_folder import SPLIT, check_replaceable
 from patchsplat.split.compare import flag_outlier_patches
 from patchsplat.split.auto import SplitBudget
+from patchsplat.split.layout import PATCH_FILE, GroundFrame, PatchDescription, SplitLayout
 from patchsplat.split.plan import PatchPlan, SplitPlan, plan_split
-from patchsplat.reading import read_json_object
 
-__all__ = ["split_scene", "plan_split", "SplitResult", "patch_images_dir", "read_patch_description", "PATCH_FILE",
+__all__ = ["split_scene", "plan_split", "SplitResult", "GroundFrame", "PatchDescription", "SplitLayout", "PATCH_FILE",
            "SPLIT_FILE"]
 
-PATCH_FILE = "patch.json"
 SPLIT_FILE = "split.json"
 LAYOUT_FILE = "layout.png"
 
@@ -104,23 +103,29 @@ def _result(job: Future, jobs: list[Future]):
         raise
 
 
-# The keys of patch.json the stages read: a patch description without one is refused at its first reading,
-# before a stage writes anything.
-PATCH_KEYS = ("core_cell", "world_to_aligned", "images_dir", "heldout_image_names")
-
-
-def read_patch_description(patch_dir: Path) -> dict:
-    """``patch_dir/patch.json`` as the split wrote it; one InputError line for a missing or damaged one."""
-    if not (Path(patch_dir) / PATCH_FILE).exists():
-        raise InputError(patch_dir, f"not a patch folder (no {PATCH_FILE}): run the split first", kind="missing_file")
-    return read_json_object(Path(patch_dir) / PATCH_FILE, "patch description", PATCH_KEYS)
-
-
-def patch_images_dir(patch_dir: Path, description: dict | None = None) -> Path:
-    """The images folder a patch references (stored relative to the patch folder when possible); ``description``:
-    its patch.json if already read."""
-    reference = (description or read_patch_description(patch_dir))["images_dir"]
-    return (patch_dir / reference).resolve() if not os.path.isabs(reference) else Path(reference)
+def _describe(patch: PatchPlan, plan: SplitPlan, arrays: ModelArrays, statistics: dict, images_reference: str,
+              heldout: set[str]) -> PatchDescription:
+    """The description of a planned patch, with its measured ``statistics``."""
+    image_names = tuple(arrays.image_names[i] for i in patch.image_indices)
+    return PatchDescription(
+        id=patch.patch_id,
+        core_cell=patch.core,
+        expanded_cell=patch.expanded,
+        ground=plan.ground,
+        images_dir=images_reference,
+        image_names=image_names,
+        # Held out for evaluation scene-wide (every 8th image of the whole scene by name), so
+        # no patch trains on a view the merged scene is evaluated on.
+        heldout_image_names=tuple(sorted(set(image_names) & heldout)),
+        num_cameras=len(patch.image_indices),
+        num_points=len(patch.point_indices),
+        num_core_cameras=patch.num_core_cameras,
+        num_core_points=patch.num_core_points,
+        cameras_inside_expanded=patch.cameras_inside_expanded,
+        cameras_by_visibility=patch.cameras_by_visibility,
+        cameras_dropped_by_cap=patch.cameras_dropped_by_cap,
+        statistics=statistics,
+    )
 
 
 def _images_reference(images_dir: Path, final_patch_dir: Path) -> str:
@@ -158,11 +163,11 @@ def split_scene(
     from patchsplat.scene_layout import locate_scene
     from patchsplat.split.plot import plot_layout
 
-    layout = locate_scene(scene_dir)
-    inputs = (scene_dir, layout.images_dir, layout.model_dir)
+    scene = locate_scene(scene_dir)
+    inputs = (scene_dir, scene.images_dir, scene.model_dir)
     check_replaceable(out_dir, SPLIT, inputs)  # before the work: a refused folder costs nothing
-    arrays = read_model_arrays(layout.model_dir)
-    plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(layout.model_dir), budget=budget)
+    arrays = read_model_arrays(scene.model_dir)
+    plan = plan_split(arrays, config, stats_config.robust_percentile, source=str(scene.model_dir), budget=budget)
     if check_ids is not None:
         check_ids([patch.patch_id for patch in plan.patches])
     warnings = _small_patch_problems(plan, config)
@@ -173,8 +178,7 @@ def split_scene(
     points_xy = plan.point_xy
     # Per-patch NN statistics sample fewer points so the split's cost does not grow with the patch count.
     sample = max(2_000, stats_config.nn_sample // max(len(plan.patches), 1))
-    patch_stats: dict[str, dict] = {}
-    patch_rows = []
+    descriptions: list[PatchDescription] = []
     with atomic_dir(out_dir, SPLIT, inputs) as tmp, Progress(disable=not progress, transient=True) as bar, \
             ThreadPoolExecutor(max_workers=_patch_workers(len(plan.patches))) as pool:
         task = bar.add_task("writing patches", total=len(plan.patches))
@@ -184,38 +188,14 @@ def split_scene(
         jobs = [pool.submit(_write_patch, arrays, patch, tmp / patch.patch_id, stats_config, sample, points_xy)
                 for patch in plan.patches]
         for patch, job in zip(plan.patches, jobs):
-            patch_dir = tmp / patch.patch_id
-            stats = _result(job, jobs)
-            patch_stats[patch.patch_id] = stats
-            row = {
-                "id": patch.patch_id,
-                "core_cell": patch.core.to_list(),
-                "expanded_cell": patch.expanded.to_list(),
-                "num_cameras": len(patch.image_indices),
-                "num_points": len(patch.point_indices),
-                "num_core_cameras": patch.num_core_cameras,
-                "num_core_points": patch.num_core_points,
-                "cameras_inside_expanded": patch.cameras_inside_expanded,
-                "cameras_by_visibility": patch.cameras_by_visibility,
-                "cameras_dropped_by_cap": patch.cameras_dropped_by_cap,
-                "stats": stats,
-            }
-            patch_rows.append(row)
-            write_json(patch_dir / PATCH_FILE, {
-                **row,
-                "world_to_aligned": plan.world_to_aligned.tolist(),
-                "images_dir": _images_reference(layout.images_dir, out_dir / patch.patch_id),
-                "image_names": [arrays.image_names[i] for i in patch.image_indices],
-                # Held out for evaluation scene-wide (every 8th image of the whole scene by name), so
-                # no patch trains on a view the merged scene is evaluated on.
-                "heldout_image_names": sorted(set(arrays.image_names[i] for i in patch.image_indices) & heldout),
-            })
+            descriptions.append(_describe(patch, plan, arrays, _result(job, jobs),
+                                          _images_reference(scene.images_dir, out_dir / patch.patch_id), heldout))
             bar.advance(task)
+        SplitLayout(plan.ground, tuple(descriptions)).save(tmp)
 
-        flags = flag_outlier_patches(patch_stats, config.extent_ratio, config.spacing_ratio)
-        for row in patch_rows:
-            row["flags"] = flags[row["id"]]
-        centres_xy = (arrays.camera_centres @ plan.world_to_aligned.T)[:, :2]
+        flags = flag_outlier_patches({d.id: d.statistics for d in descriptions}, config.extent_ratio, config.spacing_ratio)
+        patch_rows = [{**description.split_row(), "flags": flags[description.id]} for description in descriptions]
+        centres_xy = plan.ground.to_ground(arrays.camera_centres)
         plot_layout(
             tmp / LAYOUT_FILE, centres_xy, points_xy, plan.core_of_camera,
             [p.core for p in plan.patches], [p.expanded for p in plan.patches],
@@ -228,7 +208,7 @@ def split_scene(
             "num_patches": len(plan.patches),
             "patch_ids": [p.patch_id for p in plan.patches],
             "up_method": plan.up_method,
-            "world_to_aligned": plan.world_to_aligned.tolist(),
+            "world_to_aligned": plan.ground.to_list(),
             "bounds": plan.bounds.to_list(),
             "num_cameras": len(arrays.image_ids),
             "num_points": len(arrays.point_ids),

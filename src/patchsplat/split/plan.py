@@ -11,6 +11,7 @@ from patchsplat.config import SplitConfig, TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.split.alignment import estimate_up, ground_rotation
 from patchsplat.split.auto import SplitBudget, balanced_grid_cells, decide, grid_shape
+from patchsplat.split.layout import GroundFrame
 from patchsplat.split.partition import (
     WHOLE_PLANE,
     Cell,
@@ -21,6 +22,7 @@ from patchsplat.split.partition import (
     sort_cells,
     union,
 )
+from patchsplat.workspace import patch_id_of
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class PatchPlan:
 
 @dataclass(frozen=True)
 class SplitPlan:
-    world_to_aligned: np.ndarray       # (3, 3) rotation; rows are the aligned axes in world coordinates
+    ground: GroundFrame                # the gravity-aligned frame the cells are drawn in
     up_method: str
     bounds: Cell                       # finite extent of the content on the ground (aligned frame)
     patches: list[PatchPlan]
@@ -89,22 +91,6 @@ def _merge_small(cells: list[Cell], camera_xy: np.ndarray, point_xy: np.ndarray,
             return cells
 
 
-# Rows per matrix product in _ground_xy: small enough that OpenBLAS keeps each product on one thread.
-_GROUND_ROWS = 8192
-
-
-def _ground_xy(xyz: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """(N, 2) ground positions ``(xyz @ rotation.T)[:, :2]``, the same values, computed in row blocks.
-
-    One (N, 3) x (3, 3) product over a million points is spread over BLAS threads; their start-up and
-    synchronisation cost 10-100x the arithmetic (0.4 s measured on a busy 2-core machine, 5 ms in blocks).
-    """
-    out = np.empty((len(xyz), 3))
-    for begin in range(0, len(xyz), _GROUND_ROWS):
-        np.matmul(xyz[begin : begin + _GROUND_ROWS], rotation.T, out=out[begin : begin + _GROUND_ROWS])
-    return out[:, :2]
-
-
 def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: float = 1.0, source: str = "split",
                budget: SplitBudget | None = None) -> SplitPlan:
     """Partition the scene into patches. ``source`` names the input in error messages; ``budget`` is what one
@@ -114,14 +100,14 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
         raise InputError(source, f"{num_images} registered images: nothing to split", kind="too_small")
     centres = arrays.camera_centres
     up, up_method = estimate_up(arrays.rotations, arrays.xyz, centres, config.up)
-    rotation = ground_rotation(up, centres, config.ground_axes)
-    camera_xy = (centres @ rotation.T)[:, :2]
+    ground = GroundFrame(ground_rotation(up, centres, config.ground_axes))
+    camera_xy = ground.to_ground(centres)
     finite = np.all(np.isfinite(arrays.xyz), axis=1)
     if finite.all():  # the usual case: no copy of the points
-        point_xy = _ground_xy(arrays.xyz, rotation)
+        point_xy = ground.to_ground(arrays.xyz)
     else:
         point_xy = np.full((num_points, 2), np.nan)
-        point_xy[finite] = _ground_xy(arrays.xyz[finite], rotation)
+        point_xy[finite] = ground.to_ground(arrays.xyz[finite])
     bounds = content_bounds(camera_xy, point_xy, robust_percentile)
 
     notes: list[str] = []
@@ -185,7 +171,7 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
         points = np.flatnonzero(candidate & (observations_by_patch >= 2))
         patches.append(
             PatchPlan(
-                patch_id=f"p{index}",
+                patch_id=patch_id_of(index),
                 core=core,
                 expanded=expanded,
                 image_indices=chosen,
@@ -197,7 +183,7 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
                 cameras_dropped_by_cap=dropped,
             )
         )
-    return SplitPlan(rotation, up_method, bounds, patches, core_of_camera, core_of_point, point_xy, notes, decision)
+    return SplitPlan(ground, up_method, bounds, patches, core_of_camera, core_of_point, point_xy, notes, decision)
 
 
 def _auto_cells(arrays: ModelArrays, camera_xy: np.ndarray, point_xy: np.ndarray, config: SplitConfig,

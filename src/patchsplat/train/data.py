@@ -49,12 +49,12 @@ class PatchViews:
     """The views of one patch, split into training and held-out views, with a bounded image cache."""
 
     def __init__(self, patch_dir: Path, frame: CanonicalFrame, resolution_factor: int = 1, cache_images: int = 64) -> None:
-        from patchsplat.split import patch_images_dir, read_patch_description
+        from patchsplat.split import PatchDescription
 
-        description = read_patch_description(patch_dir)
+        description = PatchDescription.load(patch_dir)
         arrays = read_model_arrays(patch_dir / "sparse" / "0")
         cameras = parse_cameras(arrays.cameras_bin)
-        self.images_dir = patch_images_dir(patch_dir, description)
+        self.images_dir = description.images_folder(patch_dir)
         self.resolution_factor = resolution_factor
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = max(1, cache_images)
@@ -88,7 +88,7 @@ class PatchViews:
                 width=width, height=height,
             ))
         self.all_views = views
-        held_out = set(description["heldout_image_names"])
+        held_out = set(description.heldout_image_names)
         self.test_views = [view for view in views if view.name in held_out]
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
@@ -125,9 +125,9 @@ def check_patch_images(patch_dir: Path) -> None:
     written, so that `patchsplat train` on a patch whose images moved or changed stops at once with one line
     (the pipeline's validate stage decodes every image; a standalone train reads only the headers, which is
     quick at any scale, so an image damaged past its header is still found when training first loads it)."""
-    from patchsplat.split import patch_images_dir
+    from patchsplat.split import PatchDescription
 
-    images_dir = patch_images_dir(patch_dir)  # first: a folder that is not a patch is named as such
+    images_dir = PatchDescription.load(patch_dir).images_folder(patch_dir)  # first: a folder that is not a patch is named as such
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     cameras = parse_cameras(arrays.cameras_bin)
     for name, camera_id in zip(arrays.image_names, arrays.camera_ids):
