@@ -12,7 +12,7 @@ import yaml
 
 from patchsplat.config import parse_params
 from patchsplat.errors import InputError, PipelineFailed
-from patchsplat.orchestrate.dvc_lock import pipeline_hash_tags, stage_hash_tags, tag_key
+from patchsplat.orchestrate.dvc_steps import pipeline_hash_tags, stage_hash_tags, tag_key
 from patchsplat.orchestrate.schedule import build_deployment, check_cron
 from patchsplat.orchestrate.sweep import check_sweep, parse_values, run_sweep, sweep_key
 from patchsplat.train.loop import Fault

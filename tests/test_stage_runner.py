@@ -11,11 +11,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from patchsplat.errors import CRASHED, DVC_FAILED, INTERNAL_ERROR
+from patchsplat.errors import CRASHED, DVC_FAILED, INTERNAL_ERROR, worth_a_retry
 from patchsplat.orchestrate.stage_runner import run_repro, run_stage, stage_environment
 from patchsplat.workspace import Workspace
 
@@ -111,3 +110,24 @@ def test_a_whole_repro_hands_over_every_stage_record_and_names_the_failed_stage(
     assert [(record.stage, record.outcome, record.kind) for record in records] == [
         ("train@p3", "failed", "training_failed")]
     assert json.loads(records[0].to_json())["patch"] == "p3"
+
+
+def test_the_guard_records_a_refused_write_as_a_file_error_not_bad_input(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from patchsplat.console import guarded
+    from patchsplat.stage_record import RECORDS_ENV, read_records
+
+    monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "records.jsonl"))
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "data/merged/splats.ply")
+
+    with pytest.raises(SystemExit) as exited:
+        guarded(full_disk, stage="merge")
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: data/merged/splats.ply: No space left on device"
+    started, closing = read_records(tmp_path / "records.jsonl")
+    assert (started.stage, started.outcome, closing.outcome, closing.kind, closing.patch) == (
+        "merge", "started", "failed", "file_error", None)
+    assert closing.reason == "data/merged/splats.ply: No space left on device" and not worth_a_retry(closing.kind)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchsplat.config import Params
-from patchsplat.orchestrate.dvc_lock import lock_entries, pipeline_hash_tags, stage_hash_tags
+from patchsplat.orchestrate.dvc_steps import lock_entries, pipeline_hash_tags, stage_hash_tags
 from patchsplat.tracking import (
     ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, context_tags, experiment_id, flat_numbers, flatten, tracking_enabled, tracking_uri,
 )
