@@ -177,7 +177,8 @@ def test_second_run_with_nothing_changed_does_no_work(workspace):
 
 
 def test_a_failing_patch_is_reported_while_the_others_complete(workspace, monkeypatch):
-    from patchsplat.orchestrate.flow import PipelineFailed, run_pipeline
+    from patchsplat.errors import PipelineFailed
+    from patchsplat.orchestrate.flow import run_pipeline
 
     edit_params(workspace, lambda params: params["train"].update({"seed": 1}))  # every patch trains again
     monkeypatch.setenv("PATCHSPLAT_FAULTS", FAIL_P1)
@@ -186,6 +187,9 @@ def test_a_failing_patch_is_reported_while_the_others_complete(workspace, monkey
     message = failed.value.one_line()
     assert "1 of 4 patches failed (p1: " in message and "training failed after" in message
     assert "merge, mesh and evaluate were not run" in message
+    # what failed, as the stage recorded it: the kind of failure (worth a retry) and the patch
+    (p1_outcome,) = [stage for stage in failed.value.summary["stages"] if stage["stage"] == "train@p1"]
+    assert (p1_outcome["kind"], p1_outcome["patch"]) == ("training_failed", "p1")
 
     # the other patches trained with the new setting and DVC recorded them
     assert _dvc_status(workspace, "train@p0", "train@p2", "train@p3") == {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from patchsplat.errors import InputError
+from patchsplat.errors import InputError, ToolFailed
 from patchsplat.pipeline_definition import pipeline_root
 from patchsplat.workspace_init import (
     init_workspace,
@@ -120,12 +120,12 @@ def test_a_failure_half_way_leaves_nothing(tmp_path, make_scene, monkeypatch):
     from patchsplat import workspace_init
 
     def broken_git(*_args, **_kwargs):
-        raise InputError("git init", "failed with exit status 128: simulated", kind="tool_failed")
+        raise ToolFailed("git init", "failed with exit status 128: simulated")
 
     monkeypatch.setattr(workspace_init, "_commit", broken_git)
     scene = make_scene()
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(InputError, match="simulated"):
+    with pytest.raises(ToolFailed, match="simulated"):
         init_workspace(tmp_path / "new" / "deeper" / "ws", scene)
     assert sorted(os.listdir(tmp_path)) == before  # no workspace, no temporary folder, no created parents
 
@@ -192,10 +192,11 @@ def test_init_writes_a_workspace_for_the_scene(tmp_path, make_scene):
     from patchsplat.config import load_params
     from patchsplat.patch_ids import planned_patch_ids
     from patchsplat.scene_source import prepare_scene
+    from patchsplat.workspace import Workspace
 
     # The ids are those `patchsplat repro` would sync to once the scene stage has run.
     prepare_scene(load_params(target / "params.yaml").scene, target / "data" / "scene")
-    assert list(params["patch_overrides"]) == result.patch_ids == planned_patch_ids(target)
+    assert list(params["patch_overrides"]) == result.patch_ids == planned_patch_ids(Workspace(target))
 
     assert not (target / "stages").exists()  # no code: the links reach the installed patchsplat's
     assert os.readlink(target / ".patchsplat" / "code") == str(ROOT / "src" / "patchsplat")

@@ -323,14 +323,14 @@ guarded(main)
 def _stage_process(tmp_path: Path, mode: str, stage: str = "mesh") -> subprocess.Popen:
     script = tmp_path / "stage.py"
     script.write_text(STAGE_SCRIPT)
-    env = {**os.environ, "DVC_STAGE": stage, "PATCHSPLAT_STAGE_TIMES": str(tmp_path / "times.jsonl"),
+    env = {**os.environ, "DVC_STAGE": stage, "PATCHSPLAT_STAGE_RECORDS": str(tmp_path / "records.jsonl"),
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _times(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+def _records(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
@@ -342,7 +342,9 @@ def test_a_stage_stops_on_sigint_or_sigterm_with_one_line_and_its_status(tmp_pat
     assert stage.returncode == 128 + number
     assert re.fullmatch(r"mesh: interrupted after \d+\.\d s\n", err), err
     assert "Traceback" not in out + err
-    assert [(t["stage"], t["outcome"]) for t in _times(tmp_path)] == [("mesh", "interrupted")]
+    records = _records(tmp_path)
+    assert [(r["stage"], r["outcome"]) for r in records] == [("mesh", "started"), ("mesh", "interrupted")]
+    assert re.fullmatch(r"interrupted after \d+\.\d s", records[-1]["reason"]) and records[-1]["patch"] is None
 
 
 def test_a_stage_ends_with_its_time(tmp_path):
@@ -350,7 +352,9 @@ def test_a_stage_ends_with_its_time(tmp_path):
     out, err = stage.communicate(timeout=60)
     assert stage.returncode == 0, err
     assert re.search(r"^train@p3 done in \d+\.\d s$", out, re.MULTILINE), out
-    assert [(t["stage"], t["outcome"]) for t in _times(tmp_path)] == [("train@p3", "ran")]
+    records = _records(tmp_path)
+    assert [(r["stage"], r["outcome"], r["patch"]) for r in records] == [("train@p3", "started", "p3"), ("train@p3", "done", "p3")]
+    assert records[-1]["kind"] is None and records[-1]["seconds"] >= 0
 
 
 def test_a_quiet_stage_says_it_is_still_running_when_its_output_is_a_pipe(tmp_path):
@@ -377,15 +381,15 @@ def test_the_flow_summary_lists_every_stage_each_patch_and_the_total():
     from patchsplat.orchestrate.flow import FlowSummary
     from patchsplat.orchestrate.report import flow_rows
 
-    def outcome(stage, seconds, ran=True, returncode=0, error=None, interrupted=False):
-        return {"stage": stage, "ran": ran, "seconds": seconds, "returncode": returncode, "error": error,
-                "reported": False, "interrupted": interrupted}
+    def outcome(stage, seconds, ran=True, returncode=0, reason=None, interrupted=False):
+        return {"stage": stage, "ran": ran, "seconds": seconds, "returncode": returncode, "reason": reason,
+                "kind": None, "patch": stage.partition("@")[2] or None, "interrupted": interrupted}
 
     summary = FlowSummary("interrupted", ".", patch_ids=["p0", "p1", "p2"], stages=[
         outcome("scene", 1.0, ran=False), outcome("validate", 2.0), outcome("split", 3.0),
-        outcome("prepare@p0", 1.5), outcome("train@p0", 20.0, returncode=255, error="interrupted", interrupted=True),
+        outcome("prepare@p0", 1.5), outcome("train@p0", 20.0, returncode=255, reason="interrupted", interrupted=True),
         outcome("prepare@p1", 1.0), outcome("train@p1", 30.0),
-        outcome("prepare@p2", 0.0, ran=False, returncode=130, error="not started", interrupted=True)])
+        outcome("prepare@p2", 0.0, ran=False, returncode=130, reason="not started", interrupted=True)])
     rows = {row[0]: row[1:] for row in flow_rows(summary)}
     assert list(rows) == ["scene", "validate", "split", "p0 (prepare + train)", "p1 (prepare + train)",
                           "p2 (prepare + train)", "merge", "mesh", "evaluate"]

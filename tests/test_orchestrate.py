@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from patchsplat.config import parse_params
-from patchsplat.errors import InputError
-from patchsplat.orchestrate.dvc_steps import pipeline_hash_tags, stage_hash_tags, tag_key
+from patchsplat.errors import InputError, PipelineFailed
+from patchsplat.orchestrate.dvc_lock import pipeline_hash_tags, stage_hash_tags, tag_key
 from patchsplat.orchestrate.schedule import build_deployment, check_cron
 from patchsplat.orchestrate.sweep import check_sweep, parse_values, run_sweep, sweep_key
 from patchsplat.train.loop import Fault
+from patchsplat.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,7 @@ def test_sweep_runs_every_value_with_the_baseline_last_and_restores_params(works
         settings = parse_params(yaml.safe_load(params.read_text()))
         seen.append((settings.train_settings("p1").init_scale, run_tags["sweep.baseline"]))
         if settings.train_settings("p1").init_scale == 2.0:
-            raise InputError("dvc.yaml", "1 of 4 patches failed")
+            raise PipelineFailed("dvc.yaml", "1 of 4 patches failed")
         return {"mlflow_run_id": f"run-{len(seen)}"}
 
     result = run_sweep(workspace, "init_scale", [0.5, 1.0, 2.0], "p1", fake_flow)
@@ -111,7 +112,7 @@ def test_lock_hashes_become_mlflow_tags(workspace):
     (workspace / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert stage_hash_tags(lock["stages"]["split"]) == {
         "dvc.deps.data/scene": "aaa.dir", "dvc.deps.stages/split.py": "bbb", "dvc.outs.data/patches": "ccc.dir"}
-    tags = pipeline_hash_tags(workspace)
+    tags = pipeline_hash_tags(Workspace(workspace))
     # inputs are the deps no stage produces (data/patches/p0 lies inside split's output)
     assert {key for key in tags if key.startswith("dvc.inputs.")} == {"dvc.inputs.data/scene", "dvc.inputs.stages/split.py"}
     assert tags["dvc.outs.data/trained/p0/splats.ply"] == "eee" and len(tags["dvc.lock.md5"]) == 32
@@ -133,7 +134,7 @@ def test_orchestration_settings_are_validated_once_with_one_line_errors():
 
 
 def test_patches_failing_for_one_reason_are_named_together():
-    from patchsplat.orchestrate.flow import group_failures
+    from patchsplat.orchestrate.stage_runner import group_failures
 
     camera = "data/patches/{}/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL"
     ladder = "training failed after 6 attempts; last: nonfinite (attempts record: data/trained/p2.failed.json)"
@@ -143,33 +144,33 @@ def test_patches_failing_for_one_reason_are_named_together():
 
 
 @pytest.mark.parametrize(
-    ("printed", "ladder_record", "runs"),
+    ("kind", "reason", "runs"),
     [
-        ("error: data/patches/p0/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL", False, 1),  # bad input: no retry
-        ("error: data/patches/p0: training failed after 6 attempts", True, 3),                  # the ladder ran out
-        ("Killed", False, 3),                                                                    # a crash
+        ("unsupported_camera_model", "data/patches/p0/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL", 1),  # bad input
+        ("file_error", "data/trained/p0/splats.ply: No space left on device", 1),  # a refused write: would recur
+        ("training_failed", "data/patches/p0: training failed after 6 attempts", 3),  # the ladder ran out: resume
+        ("internal_error", "unexpected ZeroDivisionError: division by zero (full trace in /tmp/t.txt)", 3),  # a bug
+        ("crashed", "the stage process ended without a record (killed? out of memory?)", 3),
+        ("dvc_failed", "Unable to acquire lock", 3),  # DVC failed before the stage ran
     ],
 )
-def test_prefect_retries_a_patch_unless_its_input_is_bad(tmp_path, monkeypatch, prefect_harness, printed, ladder_record, runs):
-    """A retry resumes a crashed or exhausted training; for bad input it would only repeat the same one line."""
+def test_prefect_retries_a_patch_by_the_kind_of_its_failure(tmp_path, monkeypatch, prefect_harness, kind, reason, runs):
+    """A retry resumes a crashed or exhausted training; for bad input it would only repeat the same one line.
+    The decision reads the kind of the stage's outcome (from its record), not the wording of its reason."""
     from prefect import flow
 
     from patchsplat.orchestrate import flow as flow_module
-    from patchsplat.orchestrate.dvc_steps import StageOutcome
+    from patchsplat.orchestrate.stage_runner import StageOutcome
 
     calls = []
 
-    def fake_stage(stage, workspace, environment, log):
+    def fake_stage(stage, workspace, environment, log, on_records=None):
         calls.append(stage)
         if stage.startswith("prepare@"):
-            return StageOutcome(stage, True, 0.0, 0)
-        if ladder_record:
-            (workspace / "data" / "trained").mkdir(parents=True, exist_ok=True)
-            (workspace / "data" / "trained" / "p0.failed.json").write_text("[]")
-        reported = printed.startswith("error: ")
-        return StageOutcome(stage, True, 0.0, 1, printed.removeprefix("error: "), reported=reported)
+            return StageOutcome(stage, True, 0.0, 0, patch="p0")
+        return StageOutcome(stage, kind != "dvc_failed", 0.0, 1, reason, kind, "p0")
 
-    monkeypatch.setattr(flow_module, "run_dvc_stage", fake_stage)
+    monkeypatch.setattr(flow_module, "run_stage", fake_stage)
 
     @flow
     def one_patch() -> tuple[bool, str]:
@@ -177,16 +178,17 @@ def test_prefect_retries_a_patch_unless_its_input_is_bad(tmp_path, monkeypatch, 
                                                                                      return_state=True)
         return state.is_failed(), state.message
 
-    assert one_patch() == (True, f"train@p0: {printed.removeprefix('error: ')}")
+    assert one_patch() == (True, f"train@p0: {reason}")
     assert calls.count("train@p0") == runs
 
 
-def test_an_unexpected_error_line_is_a_crash_worth_a_retry_not_a_report_of_bad_input():
-    """Stages end an internal error with one "error: unexpected ..." line (the trace goes to a file): the flow must
-    still retry it like a traceback, while a stage's report of bad input is never retried."""
-    from patchsplat.orchestrate.dvc_steps import _reported
+def test_only_failures_a_second_run_may_not_repeat_are_worth_a_retry():
+    from patchsplat.errors import FileError, InputError, TrainingFailed, worth_a_retry
+    from patchsplat.orchestrate.stage_runner import StageOutcome
 
-    assert _reported(1, "data/patches/p0/sparse/0/cameras.bin: camera 1 is SIMPLE_RADIAL", interrupted=False)
-    assert not _reported(1, "unexpected ZeroDivisionError: division by zero (full trace in /tmp/t.txt)", interrupted=False)
-    assert not _reported(130, "data/patches/p0: interrupted", interrupted=True)
-    assert not _reported(0, None, interrupted=False)
+    assert worth_a_retry(TrainingFailed("p0", "ladder ran out").kind) and worth_a_retry("internal_error")
+    assert not worth_a_retry(InputError("cameras.bin", "SIMPLE_RADIAL", kind="unsupported_camera_model").kind)
+    assert not worth_a_retry(InputError("params.yaml", "bad").kind) and not worth_a_retry(FileError("x", "disk full").kind)
+    assert not worth_a_retry(None)
+    assert not StageOutcome("train@p0", True, 1.0, 130, "interrupted", "training_failed", "p0", interrupted=True).worth_a_retry
+    assert not StageOutcome("train@p0", True, 1.0, 0, patch="p0").worth_a_retry

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from patchsplat.patch_ids import sync_patch_ids
+from patchsplat.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_PATCH = ("data/prepared/{}", "data/trained/{}", "data/checkpoints/{}")
@@ -35,7 +36,7 @@ def test_unchanged_ids_remove_nothing(workspace, monkeypatch, relative):
     before = _left(workspace)
     if relative:  # how `patchsplat repro` calls it: Path(".") in the workspace
         monkeypatch.chdir(workspace)
-    result = sync_patch_ids(["p0", "p1", "p2", "p3"], Path(".") if relative else workspace)
+    result = sync_patch_ids(["p0", "p1", "p2", "p3"], Workspace(Path(".") if relative else workspace))
     assert not result.changed and result.removed_outputs == []
     assert _left(workspace) == before
 
@@ -44,7 +45,7 @@ def test_unchanged_ids_remove_nothing(workspace, monkeypatch, relative):
 def test_fewer_ids_remove_only_the_dropped_patches_outputs(workspace, monkeypatch, relative):
     if relative:
         monkeypatch.chdir(workspace)
-    result = sync_patch_ids(["p0", "p1", "p2"], Path(".") if relative else workspace)
+    result = sync_patch_ids(["p0", "p1", "p2"], Workspace(Path(".") if relative else workspace))
     assert sorted(result.removed_outputs) == ["data/checkpoints/p3", "data/prepared/p3", "data/trained/p3",
                                               "data/trained/p3.failed.json"]
     assert "data/trained/p1.failed.json" in _left(workspace) and "data/trained/p0" in _left(workspace)

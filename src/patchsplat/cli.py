@@ -9,7 +9,8 @@ import typer
 
 from patchsplat.config import DEFAULT_PARAMS, load_params
 from patchsplat.console import console, guarded
-from patchsplat.errors import InputError
+from patchsplat.errors import InputError, PatchsplatError, PipelineFailed
+from patchsplat.workspace import Workspace
 
 app = typer.Typer(
     name="patchsplat",
@@ -93,7 +94,7 @@ def validate(
 @app.command("split")
 def split(
     scene_dir: Annotated[Path, typer.Argument(help="A COLMAP folder: images/ plus sparse/0 (or sparse/).")],
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the patches into (replaced atomically).")] = Path("data/patches"),
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the patches into (replaced atomically).")] = Workspace().patches_dir,
     params: ParamsOption = DEFAULT_PARAMS,
     mode: Annotated[Optional[str], typer.Option(help="Override split.mode (auto | grid | max_cameras).")] = None,
     rows: Annotated[Optional[int], typer.Option(help="Override split.rows.")] = None,
@@ -177,9 +178,9 @@ def train(
 
 @app.command("merge")
 def merge(
-    patches_dir: Annotated[Path, typer.Argument(help="The split's output folder (split.json + one folder per patch).")] = Path("data/patches"),
-    trained_dir: Annotated[Path, typer.Argument(help="Folder holding <patch id>/splats.ply for every patch.")] = Path("data/trained"),
-    out_dir: Annotated[Path, typer.Argument(help="Where the merged splats.ply and merge.json go.")] = Path("data/merged"),
+    patches_dir: Annotated[Path, typer.Argument(help="The split's output folder (split.json + one folder per patch).")] = Workspace().patches_dir,
+    trained_dir: Annotated[Path, typer.Argument(help="Folder holding <patch id>/splats.ply for every patch.")] = Workspace().trained_dir,
+    out_dir: Annotated[Path, typer.Argument(help="Where the merged splats.ply and merge.json go.")] = Workspace().merged_dir,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Merge trained patches into one scene PLY, each patch keeping the Gaussians of its core cell."""
@@ -197,7 +198,7 @@ def merge(
 @app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repro_command(
     ctx: typer.Context,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Patches trained at once (one CPU thread each); 0 = one per CPU core.")] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Patches trained at once (sharing the CPU cores); 0 = one per CPU core.")] = 0,
 ) -> None:
     """Run the pipeline (dvc repro), first re-syncing the patch ids in params.yaml with the split.
 
@@ -206,21 +207,19 @@ def repro_command(
     """
 
     def run() -> None:
-        from patchsplat.orchestrate import interrupts
-        from patchsplat.patch_ids import StageTimes, repro
-
         import os
 
-        load_params(DEFAULT_PARAMS)  # bad params: one line before dvc starts (it would run the validate stage first)
-        _sync_workspace(Path("."))
-        times = StageTimes()
-        try:
-            # Ctrl-C/SIGTERM: the dvc processes stop (training saves a checkpoint), one line naming the
-            # stages the interrupt stopped (they report it in `times`), exit 130/143.
-            result = interrupts.run(lambda: repro(Path("."), tuple(ctx.args), jobs=jobs or os.cpu_count() or 1, times=times),
-                                    "patchsplat repro", interrupted_stages=times.interrupted)
-        finally:
-            times.close()
+        from patchsplat.orchestrate import interrupts
+        from patchsplat.orchestrate.repro import ReproRecords, repro
+
+        workspace = Workspace()
+        load_params(workspace.params_file)  # bad params: one line before dvc starts (it would run the validate stage first)
+        _sync_workspace(workspace)
+        records = ReproRecords()
+        # Ctrl-C/SIGTERM: the dvc processes stop (training saves a checkpoint), one line naming the
+        # stages the interrupt stopped (their records say so), exit 130/143.
+        result = interrupts.run(lambda: repro(workspace, tuple(ctx.args), jobs=jobs or os.cpu_count() or 1, records=records),
+                                "patchsplat repro", interrupted_stages=records.interrupted)
         if result.changed:
             console.print(f"patch ids re-synced: {len(result.old_ids)} -> {len(result.new_ids)} patches")
         for path in result.removed_outputs:
@@ -236,7 +235,7 @@ def _run_flow(**arguments) -> dict:
     from patchsplat.orchestrate.flow import run_pipeline
     from patchsplat.orchestrate.prefect_api import start_temporary_server
 
-    load_params(Path(arguments.get("workspace", ".")) / "params.yaml")  # bad params: one line before Prefect starts
+    load_params(Workspace(Path(arguments.get("workspace", "."))).params_file)  # bad params: one line before Prefect starts
     start_temporary_server()  # where a Ctrl-C cannot kill it (see patchsplat.orchestrate.prefect_api)
     return run_pipeline(**arguments)
 
@@ -261,14 +260,13 @@ def run_command(
     """Run the pipeline as the Prefect flow `reconstruct` (DVC-consistent: a second run with nothing changed does nothing)."""
 
     def run() -> None:
-        load_params(workspace / "params.yaml")  # bad params: one line before anything changes
-        _sync_workspace(workspace)
+        load_params(Workspace(workspace).params_file)  # bad params: one line before anything changes
+        _sync_workspace(Workspace(workspace))
         arguments: dict = {"workspace": str(workspace), "max_concurrent_patches": jobs}
         if dask is not None:
             arguments.update(task_runner="dask", dask_address=None if dask == "local" else dask)
         from patchsplat.atomic import write_json
         from patchsplat.orchestrate import interrupts
-        from patchsplat.orchestrate.flow import PipelineFailed
         from patchsplat.orchestrate.prefect_api import stop_temporary_server
 
         def work() -> dict:
@@ -306,6 +304,7 @@ def serve_command(
     def run() -> None:
         from patchsplat.orchestrate.schedule import serve
 
+        _sync_workspace(Workspace(workspace))  # the scheduled runs run this patchsplat, as `run` and `repro` do
         serve(workspace, cron, name, timezone)
 
     guarded(run)
@@ -366,7 +365,7 @@ def sweep_command(
             MlflowClient(tracking_uri(tracking, Path("."))).log_artifact(baseline, str(png), "sweep")
         console.print(f"sweep {result.sweep_id}: {len(result.run_ids)} runs of {result.key}; comparison plot: {png}")
         if result.failures:
-            raise InputError(result.key, f"{len(result.failures)} of {len(result.values)} values failed", kind="sweep_failed")
+            raise PipelineFailed(result.key, f"{len(result.failures)} of {len(result.values)} values failed", kind="sweep_failed")
 
     guarded(run)
 
@@ -388,7 +387,7 @@ def show_config(
 
 
 @app.command("summary")
-def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the stages' reports.")] = Path("reports")) -> None:
+def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the stages' reports.")] = Workspace().reports_dir) -> None:
     """Print a short table of what the pipeline produced and where to find it."""
 
     def run() -> None:
@@ -424,7 +423,7 @@ def init_command(
         if distorted:
             models = ", ".join(f"{name} x{count}" for name, count in sorted(distorted.items()))
             console.print(f"  cameras with lens distortion ({models}): the scene stage writes an undistorted copy into "
-                          "data/scene (scene.undistort: auto)", markup=False, soft_wrap=True)
+                          f"{Workspace().scene_dir} (scene.undistort: auto)", markup=False, soft_wrap=True)
         from patchsplat.profiles import machine_profile
 
         console.print(f"  split: {result.split_decision}", markup=False, soft_wrap=True)
@@ -457,16 +456,16 @@ def stage_command(
 
     try:
         stage_script(name)
-    except InputError as error:  # an unknown stage, no pipeline definition: one line (not `guarded`, which
+    except PatchsplatError as error:  # an unknown stage, no pipeline definition: one line (not `guarded`, which
         fail(error)              # would also count this process as the DVC stage that ran)
     run_stage(name, list(ctx.args))  # the script reports its own errors (guarded) and sets the exit status
 
 
-def _sync_workspace(workspace: Path) -> None:
+def _sync_workspace(workspace: Workspace) -> None:
     """An `init` workspace's code links and code dependencies follow the patchsplat that runs (one line per change)."""
     from patchsplat.pipeline_deps import sync_workspace
 
-    for message in sync_workspace(workspace):
+    for message in sync_workspace(workspace.root):
         console.print(message, markup=False, soft_wrap=True)
 
 

@@ -188,7 +188,7 @@ def link_targets() -> dict[str, Path]:
 
 def point_links(workspace: Path) -> list[str]:
     """Make ``.patchsplat/code`` and ``.patchsplat/pipeline`` point at the running patchsplat; what changed."""
-    from patchsplat.errors import InputError
+    from patchsplat.errors import FileError
 
     folder = workspace / WORKSPACE_FOLDER
     folder.mkdir(exist_ok=True)
@@ -204,7 +204,7 @@ def point_links(workspace: Path) -> list[str]:
             os.symlink(target, temporary, target_is_directory=True)
             os.replace(temporary, link)
         except OSError as error:
-            raise InputError(link, f"cannot make the symbolic link to {target} ({error.strerror or error}): "
+            raise FileError(link, f"cannot make the symbolic link to {target} ({error.strerror or error}): "
                              "a workspace needs symbolic links (Linux, macOS)", kind="write_failed") from None
         changed.append(f"{WORKSPACE_FOLDER}/{name} -> {target}")
     return changed

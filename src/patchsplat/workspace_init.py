@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchsplat.errors import InputError
+from patchsplat.errors import InputError, ToolFailed
 from patchsplat.pipeline_definition import pipeline_root
 from patchsplat.workspace import Workspace
 
@@ -219,10 +219,10 @@ def _run(command: list[str], cwd: Path, what: str) -> str:
     try:
         completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, check=False)
     except OSError as error:
-        raise InputError(what, f"could not run ({error.strerror or error})", kind="tool_failed") from None
+        raise ToolFailed(what, f"could not run ({error.strerror or error})", kind="tool_failed") from None
     if completed.returncode != 0:
         detail = " ".join((completed.stderr or completed.stdout).split())[-300:]
-        raise InputError(what, f"failed with exit status {completed.returncode}: {detail}", kind="tool_failed")
+        raise ToolFailed(what, f"failed with exit status {completed.returncode}: {detail}", kind="tool_failed")
     return completed.stdout
 
 

@@ -6,7 +6,7 @@ a patch failed (after the other patches finished) the flow run ends Failed with 
 :func:`run_pipeline` turns that into :class:`PipelineFailed`.
 
 How it stays one pipeline with ``dvc repro``: every stage runs as ``dvc repro --single-item``
-(:mod:`patchsplat.orchestrate.dvc_steps`), so DVC decides what is out of date and records what ran
+(:mod:`patchsplat.orchestrate.stage_runner`), so DVC decides what is out of date and records what ran
 in ``dvc.lock``; after a flow run ``dvc status`` is clean, and a second run with nothing changed
 sees that from one ``dvc status`` and does nothing else.
 
@@ -16,14 +16,14 @@ this machine (each patch's training a process of its own, ``max_concurrent_patch
 a Dask cluster (prefect-dask). A patch that fails after its own recovery ladder is retried by
 Prefect (``patch_retries``; a retry resumes from the patch's checkpoint); if it still fails, the
 other patches complete, the failure is reported with its reason, and merge/mesh/evaluate (which
-need every patch) are not run.
+need every patch) are not run. Whether a failure is worth a retry is decided by its kind, from the
+stage's own record (bad input never is).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +35,13 @@ from prefect.states import Cancelled, Failed
 
 from patchsplat.config import OrchestrationConfig, load_params
 from patchsplat.console import Interrupted
-from patchsplat.errors import InputError
+from patchsplat.errors import CRASHED, InputError, PatchsplatError, PipelineFailed, TrainingFailed
 from patchsplat.orchestrate import interrupts
-from patchsplat.orchestrate.dvc_steps import StageOutcome, pipeline_up_to_date, run_dvc_stage, stage_environment
 from patchsplat.orchestrate.pipeline_run import PipelineRun
+from patchsplat.orchestrate.stage_runner import (
+    StageOutcome, group_failures, pipeline_up_to_date, run_stage, stage_environment, threads_per_patch,
+)
+from patchsplat.workspace import Workspace
 
 HEAD_STAGES = ("scene", "validate")
 TAIL_STAGES = ("merge", "mesh", "evaluate")
@@ -48,7 +51,8 @@ class StageFailed(RuntimeError):
     """A stage (or a patch's training) failed; the message is its one-line reason.
 
     ``retryable``: whether running it again could end differently (a crash, a lost worker, a recovery
-    ladder that ran out) or would only repeat the stage's report of bad input.
+    ladder that ran out) or would only repeat the stage's report of bad input (the failure's kind says:
+    :attr:`StageOutcome.worth_a_retry`).
     """
 
     def __init__(self, message: str, retryable: bool = True, outcomes: list[dict] | None = None) -> None:
@@ -106,17 +110,8 @@ def _failed(message: str, retryable: bool, outcomes: list[StageOutcome] | None =
 def worth_retrying(task, task_run, state: State) -> bool:
     """Prefect's retry condition: retry a crash, a lost worker or a recovery ladder that ran out (a retry
     resumes from the checkpoint, maybe with more memory free), never a stage's report of bad input,
-    which a retry would only repeat."""
+    which a retry would only repeat: what the failed task's outcome said (a task that crashed says nothing)."""
     return not isinstance(state.data, StageFailed) or state.data.retryable
-
-
-class PipelineFailed(InputError):
-    """The flow run failed: which stage or patches, and why (one line); ``summary`` what did run."""
-
-    def __init__(self, message: str, summary: dict | None = None) -> None:
-        where, _, problem = message.partition(": ")
-        super().__init__(where, problem, kind="pipeline_failed")
-        self.summary = summary or {}
 
 
 def run_pipeline(**arguments) -> dict:
@@ -134,7 +129,8 @@ def run_pipeline(**arguments) -> dict:
         stopped = interrupts.stopped_stages() or [f"train@{patch_id}" for patch_id in
                                                   (summary or {}).get("interrupted_patches", [])]
         raise Interrupted(interrupts.describe(stopped, "patchsplat run"), 128 + (interrupts.signal_number() or 2))
-    raise PipelineFailed(state.message or f"flow run ended {state.name}", summary if isinstance(summary, dict) else None)
+    where, _, problem = (state.message or f"reconstruct: flow run ended {state.name}").partition(": ")
+    raise PipelineFailed(where, problem, summary=summary if isinstance(summary, dict) else None)
 
 
 @dataclass
@@ -161,13 +157,13 @@ class FlowSummary:
 def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> StageOutcome | State:
     """``dvc repro --single-item <stage>``, its output in the Prefect log."""
     logger = get_run_logger()
-    outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
+    outcome = run_stage(stage, Workspace(Path(workspace)), environment, logger.info)
     if outcome.interrupted:
         return _interrupted(stage, [outcome])
     if outcome.failed:
         # A Failed state, not an exception: Prefect retries it all the same (unless it is the stage's
         # report of bad input), without logging a traceback for what is the stage's own one-line report.
-        return _failed(f"{stage}: {outcome.error}", retryable=not outcome.reported, outcomes=[outcome])
+        return _failed(f"{stage}: {outcome.reason}", retryable=outcome.worth_a_retry, outcomes=[outcome])
     logger.info("%s: %s in %.1f s", stage, "ran" if outcome.ran else "up to date", outcome.seconds)
     return outcome
 
@@ -175,59 +171,40 @@ def stage_task(stage: str, workspace: str, environment: dict[str, str]) -> Stage
 @task(name="patch", task_run_name="train-{patch_id}", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def patch_task(patch_id: str, workspace: str, environment: dict[str, str]) -> list[StageOutcome] | State:
     """One patch: ``prepare@<id>`` then ``train@<id>``; every training attempt in the Prefect log."""
-    from patchsplat.train.records import AttemptsRecord
-    from patchsplat.train.stage import attempt_lines
-    from patchsplat.workspace import failed_record_of
-
     import socket
 
     if interrupts.interrupted.is_set():  # its turn came after Ctrl-C
-        return _interrupted(f"prepare@{patch_id}", [StageOutcome(f"prepare@{patch_id}", False, 0.0, 130, "not started",
-                                                                  interrupted=True)])
+        return _interrupted(f"prepare@{patch_id}", [StageOutcome.not_started(f"prepare@{patch_id}")])
     logger = get_run_logger()
     # Where it ran: with a Dask cluster, a worker process on some machine.
     logger.info("patch %s on %s, process %d", patch_id, socket.gethostname(), os.getpid())
+    layout = Workspace(Path(workspace))
     outcomes = []
-    out_dir = Path(workspace) / "data" / "trained" / patch_id
     for stage in (f"prepare@{patch_id}", f"train@{patch_id}"):
-        failed_record_before = _file_signature(failed_record_of(out_dir))
-        outcome = run_dvc_stage(stage, Path(workspace), environment, logger.info)
+        outcome = run_stage(stage, layout, environment, logger.info)
         outcomes.append(outcome)
         if outcome.interrupted:
             return _interrupted(stage, outcomes)
-        ladder_ran_out = False
         if outcome.ran and stage.startswith("train@"):
-            record = failed_record_of(out_dir) if outcome.failed else out_dir / "attempts.json"
-            if record.exists():
-                # Written by this attempt, not left by an earlier run (compared by identity, not by clock:
-                # file times come from a coarser clock than time.time() and can read a few ms earlier).
-                ladder_ran_out = outcome.failed and _file_signature(record) != failed_record_before
-                for line in attempt_lines(AttemptsRecord.load(record).attempts):
-                    (logger.warning if "failed" in line else logger.info)("[%s] %s", patch_id, line)
+            _log_attempts(layout, outcome, logger)
         if outcome.failed:
-            return _failed(f"{stage}: {outcome.error}", retryable=ladder_ran_out or not outcome.reported,
-                           outcomes=outcomes)
+            return _failed(f"{stage}: {outcome.reason}", retryable=outcome.worth_a_retry, outcomes=outcomes)
     return outcomes
 
 
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
-    """(inode, modification time in ns, size) of ``path``, None if absent: changes whenever it is rewritten."""
-    try:
-        status = path.stat()
-    except OSError:
-        return None
-    return status.st_ino, status.st_mtime_ns, status.st_size
+def _log_attempts(workspace: Workspace, outcome: StageOutcome, logger) -> None:
+    """The training's attempts, one line each: from its attempts record (the failed-training record
+    when its recovery ladder ran out; none when it failed otherwise)."""
+    from patchsplat.train.records import ATTEMPTS_FILE, AttemptsRecord
+    from patchsplat.train.stage import attempt_lines
 
-
-def group_failures(failed_patches: dict[str, str]) -> str:
-    """``p0: R0; p1: R1`` with patches failing for the same reason named once together: ``p0, p1: R``
-    (a scene problem, e.g. distorted cameras, fails every patch alike; its path is written with ``<patch>``)."""
-    groups: dict[str, list[str]] = {}
-    for patch_id, reason in failed_patches.items():
-        general = re.sub(rf"(?<![\w.-]){re.escape(patch_id)}(?![\w.-])", "<patch>", reason)
-        groups.setdefault(general, []).append(patch_id)
-    return "; ".join(f"{ids[0]}: {failed_patches[ids[0]]}" if len(ids) == 1 else f"{', '.join(ids)}: {reason}"
-                     for reason, ids in groups.items())
+    paths = workspace.patch(outcome.patch)
+    if outcome.failed and outcome.kind != TrainingFailed.default_kind:
+        return
+    record = paths.failed_record if outcome.failed else paths.trained_dir / ATTEMPTS_FILE
+    if record.exists():
+        for line in attempt_lines(AttemptsRecord.load(record).attempts):
+            (logger.warning if "failed" in line else logger.info)("[%s] %s", outcome.patch, line)
 
 
 def default_concurrency(patch_count: int) -> int:
@@ -241,13 +218,13 @@ def default_concurrency(patch_count: int) -> int:
     return max(1, min(patch_count, devices or os.cpu_count() or 1))
 
 
-def patch_task_runner(config: OrchestrationConfig, concurrency: int):
-    """The task runner patch tasks are submitted to (a context manager)."""
+def patch_task_runner(config: OrchestrationConfig, concurrency: int, params_file: Path):
+    """The task runner patch tasks are submitted to (a context manager); ``params_file`` holds ``config``."""
     if config.task_runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError as error:
-            raise InputError("params.yaml", f"orchestration.task_runner: dask needs prefect-dask ({error})") from None
+            raise InputError(params_file, f"orchestration.task_runner: dask needs prefect-dask ({error})") from None
         if config.dask_address:
             return DaskTaskRunner(address=config.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": concurrency, "threads_per_worker": 1, "processes": True})
@@ -257,12 +234,12 @@ def patch_task_runner(config: OrchestrationConfig, concurrency: int):
     return ThreadPoolTaskRunner(max_workers=concurrency)
 
 
-def _run_stage(stage: str, workspace: Path, environment: dict, pipeline: PipelineRun, retries: int, delay: float,
+def _run_stage(stage: str, workspace: Workspace, environment: dict, pipeline: PipelineRun, retries: int, delay: float,
                summary: FlowSummary) -> None:
     if interrupts.interrupted.is_set():
         raise FlowInterrupted()
-    state = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace), environment,
-                                                                               return_state=True)
+    state = stage_task.with_options(retries=retries, retry_delay_seconds=delay)(stage, str(workspace.root),
+                                                                               environment, return_state=True)
     if not state.is_completed():
         summary.stages.extend(_outcomes_of(state))
         if state.is_cancelled():
@@ -272,7 +249,7 @@ def _run_stage(stage: str, workspace: Path, environment: dict, pipeline: Pipelin
     pipeline.tag_stage(stage)
 
 
-def _sync_patch_ids(workspace: Path) -> list[str]:
+def _sync_patch_ids(workspace: Workspace) -> list[str]:
     """Patch ids follow the split (params.yaml's patch_overrides keys; see patchsplat.patch_ids)."""
     from patchsplat.patch_ids import planned_patch_ids, sync_patch_ids
 
@@ -300,17 +277,17 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
     from patchsplat.orchestrate.report import print_flow_summary
 
     started = time.perf_counter()
-    root = Path(workspace).resolve()
+    root = Workspace(Path(workspace).resolve())
     logger = get_run_logger()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root.params_file)
     except InputError as error:
         return Failed(message=error.one_line())
     overrides = {key: value for key, value in {"max_concurrent_patches": max_concurrent_patches, "task_runner": task_runner,
                                                "dask_address": dask_address}.items() if value is not None}
     orchestration = params.orchestration.model_copy(update=overrides)
     flow_run_id = str(flow_run.id) if flow_run.id else None
-    summary = FlowSummary("succeeded", str(root), flow_run_id=flow_run_id)
+    summary = FlowSummary("succeeded", str(root.root), flow_run_id=flow_run_id)
 
     if not always_record and pipeline_up_to_date(root, stage_environment()) and not interrupts.interrupted.is_set():
         logger.info("nothing to do: every stage is up to date (dvc status is clean)")
@@ -332,7 +309,7 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
             _run_stage(stage, root, environment, pipeline, retries, delay, summary)
         patch_ids = summary.patch_ids = _sync_patch_ids(root)
         _run_stage("split", root, environment, pipeline, retries, delay, summary)
-        summary.failed_patches = _train_patches(root, patch_ids, orchestration, environment, pipeline, summary)
+        summary.failed_patches = _train_patches(root, patch_ids, orchestration, pipeline, summary)
         if interrupts.interrupted.is_set() or summary.interrupted_patches:
             raise FlowInterrupted()
         if summary.failed_patches:
@@ -348,7 +325,7 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
         failure, finished = "interrupted", True
     except StageFailed as error:
         failure, finished = str(error), True
-    except InputError as error:
+    except PatchsplatError as error:
         failure, finished = error.one_line(), True
     finally:
         if not finished:
@@ -363,31 +340,31 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
         print_flow_summary(summary)
     if summary.outcome == "interrupted":
         # Cancelled, like its interrupted tasks: stopped by the user, not failed.
-        return Cancelled(message=f"{root / 'dvc.yaml'}: interrupted", data=asdict(summary))
+        return Cancelled(message=f"{root.dvc_yaml}: interrupted", data=asdict(summary))
     if failure:
         # A Failed state rather than an exception: the run ends Failed with this one line as its
         # message, without Prefect logging a traceback for what is a reported outcome, not a bug.
-        return Failed(message=f"{root / 'dvc.yaml'}: {failure}", data=asdict(summary))
+        return Failed(message=f"{root.dvc_yaml}: {failure}", data=asdict(summary))
     return asdict(summary)
 
 
-def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationConfig, environment: dict,
-                   pipeline: PipelineRun, summary: FlowSummary) -> dict[str, str]:
+def _train_patches(workspace: Workspace, patch_ids: list[str], config: OrchestrationConfig, pipeline: PipelineRun,
+                   summary: FlowSummary) -> dict[str, str]:
     """Submit every patch at once (the runner bounds concurrency); wait for all; the failed ones with reasons."""
     logger = get_run_logger()
     concurrency = config.max_concurrent_patches or default_concurrency(len(patch_ids))
-    if config.task_runner == "local":
-        # Patches share this machine's cores: each training process gets its share of threads.
-        environment = {**environment, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // concurrency))}
+    # Patches on this machine share its cores: each training process gets its share of threads.
+    threads = threads_per_patch(concurrency) if config.task_runner == "local" else None
+    environment = stage_environment(pipeline.child_environment(), threads=threads)
     logger.info("training %d patches, %s at a time (%s runner)", len(patch_ids), concurrency if config.task_runner == "local"
                 or not config.dask_address else "as many as the cluster's workers", config.task_runner)
     one_patch = patch_task.with_options(retries=config.patch_retries, retry_delay_seconds=config.retry_delay_seconds)
     failed: dict[str, str] = {}
-    runner = patch_task_runner(config, concurrency)
+    runner = patch_task_runner(config, concurrency, workspace.params_file)
     try:
         # A Dask cluster is reached (or a local one started) here or at the first submit.
         runner.__enter__()
-        futures = {pid: runner.submit(one_patch, parameters={"patch_id": pid, "workspace": str(workspace),
+        futures = {pid: runner.submit(one_patch, parameters={"patch_id": pid, "workspace": str(workspace.root),
                                                                "environment": environment}) for pid in patch_ids}
     except Exception as error:  # noqa: BLE001 - a cluster that cannot be reached or started is a setting's problem
         runner.__exit__(None, None, None)
@@ -410,10 +387,10 @@ def _train_patches(workspace: Path, patch_ids: list[str], config: OrchestrationC
             # The task's own one-line reason (or Prefect's, for a crashed worker)
             failed[patch_id] = (state.message or state.name).removeprefix(f"train@{patch_id}: ")
             if outcomes:  # the last is the stage that failed
-                outcomes[-1]["error"] = failed[patch_id]
+                outcomes[-1]["reason"] = failed[patch_id]
             else:  # a crashed worker: nothing came back
-                summary.stages.append({"stage": f"train@{patch_id}", "ran": True, "seconds": 0.0, "returncode": 1,
-                                       "error": failed[patch_id]})
+                summary.stages.append(asdict(StageOutcome(f"train@{patch_id}", True, 0.0, 1, failed[patch_id], CRASHED,
+                                                          patch_id)))
             logger.error("patch %s failed: %s", patch_id, failed[patch_id])
     finally:
         runner.__exit__(None, None, None)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from patchsplat.console import Interrupted
+from patchsplat.workspace import Workspace
 
 T = TypeVar("T")
 
@@ -205,7 +206,7 @@ def describe(stages: list[str], command: str) -> str:
     parts = ([f"training of {', '.join(patches)}"] if patches else []) + others
     what = f"{' and '.join([', '.join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]} stopped" if parts \
         else "no stage was running"
-    kept = " (checkpoints kept in data/checkpoints)" if patches else ""
+    kept = f" (checkpoints kept in {Workspace().checkpoints_dir})" if patches else ""
     return f"interrupted: {what}{kept}; run `{command}` again to {'resume' if patches else 'continue'}"
 
 

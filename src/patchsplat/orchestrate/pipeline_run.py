@@ -16,28 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from patchsplat.config import Params
-from patchsplat.orchestrate.dvc_steps import lock_entries, pipeline_hash_tags, stage_hash_tags
+from patchsplat.errors import PatchsplatError
+from patchsplat.orchestrate.dvc_lock import lock_entries, pipeline_hash_tags, stage_hash_tags
 from patchsplat.tracking import (
     ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, context_tags, experiment_id, flat_numbers, flatten, tracking_enabled, tracking_uri,
 )
+from patchsplat.train.records import ATTEMPTS_FILE, METRICS_FILE, TrainedMetrics
+from patchsplat.workspace import Workspace
 
 PIPELINE_KIND = "pipeline"
-# The reports every pipeline run is judged on: (file, metric prefix, depth of nesting kept).
-REPORT_METRICS = (
-    ("reports/validation.json", "validate", 2),
-    ("reports/split.json", "split", 1),
-    ("reports/evaluation.json", "evaluate", 4),
-)
-REPORT_ARTIFACTS = ("reports/validation.json", "reports/split.json", "reports/split_layout.png",
-                    "reports/evaluation.json", "reports/evaluation_grid.png")
-PATCH_ARTIFACTS = ("metrics.json", "heldout.png", "attempts.json")
+PATCH_ARTIFACTS = (METRICS_FILE, "heldout.png", ATTEMPTS_FILE)
+
+
+def _report_metrics(workspace: Workspace) -> tuple[tuple[Path, str, int], ...]:
+    """The reports every pipeline run is judged on: (file, metric prefix, depth of nesting kept)."""
+    return ((workspace.validation_report, "validate", 2), (workspace.split_report, "split", 1),
+            (workspace.evaluation_report, "evaluate", 4))
+
+
+def _report_artifacts(workspace: Workspace) -> tuple[Path, ...]:
+    return (workspace.validation_report, workspace.split_report, workspace.split_layout_png,
+            workspace.evaluation_report, workspace.evaluation_grid)
 
 
 @dataclass
 class PipelineRun:
     """A started parent run (``run_id`` None when tracking is off: every method is then a no-op)."""
 
-    workspace: Path
+    workspace: Workspace
     params: Params
     run_id: str | None = None
     flow_run_id: str | None = None
@@ -45,7 +51,7 @@ class PipelineRun:
     _client: object = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, workspace: Path, params: Params, flow_run_id: str | None, run_name: str,
+    def start(cls, workspace: Workspace, params: Params, flow_run_id: str | None, run_name: str,
               tags: dict[str, str] | None = None) -> "PipelineRun":
         run = cls(workspace, params, flow_run_id=flow_run_id)
         if not tracking_enabled(params.tracking):
@@ -53,9 +59,9 @@ class PipelineRun:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        run.experiment = experiment_id(params.tracking, workspace)
-        run._client = MlflowClient(tracking_uri(params.tracking, workspace))
-        all_tags = {**context_tags(workspace), "patchsplat.kind": PIPELINE_KIND, "workspace": str(workspace.resolve()),
+        run.experiment = experiment_id(params.tracking, workspace.root)
+        run._client = MlflowClient(tracking_uri(params.tracking, workspace.root))
+        all_tags = {**context_tags(workspace.root), "patchsplat.kind": PIPELINE_KIND, "workspace": str(workspace.root.resolve()),
                     **({"prefect.flow_run_id": flow_run_id} if flow_run_id else {}), **(tags or {})}
         created = run._client.create_run(run.experiment, run_name=run_name, tags=all_tags)
         run.run_id = created.info.run_id
@@ -108,27 +114,35 @@ class PipelineRun:
         from mlflow.entities import Metric
 
         numbers: dict[str, float] = {}
-        for path, prefix, depth in REPORT_METRICS:
-            numbers.update(flat_numbers(_read_json(self.workspace / path), prefix, depth))
+        for path, prefix, depth in _report_metrics(self.workspace):
+            numbers.update(flat_numbers(_read_json(path), prefix, depth))
         for patch_id in patch_ids:
-            numbers.update(flat_numbers(_read_json(self.workspace / "data/trained" / patch_id / "metrics.json"),
-                                        f"train.{patch_id}", 1))
+            metrics = _trained_metrics(self.workspace.patch(patch_id).trained_dir / METRICS_FILE)
+            numbers.update(flat_numbers(metrics, f"train.{patch_id}", 1))
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, 0) for key, value in numbers.items()]
         for start in range(0, len(metrics), 1000):
             self._client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
-        for path in REPORT_ARTIFACTS:
-            if (self.workspace / path).exists():
-                self._client.log_artifact(self.run_id, str(self.workspace / path), "reports")
+        for path in _report_artifacts(self.workspace):
+            if path.exists():
+                self._client.log_artifact(self.run_id, str(path), "reports")
         for patch_id in patch_ids:
             for name in PATCH_ARTIFACTS:
-                file = self.workspace / "data/trained" / patch_id / name
+                file = self.workspace.patch(patch_id).trained_dir / name
                 if file.exists():
                     self._client.log_artifact(self.run_id, str(file), f"patches/{patch_id}")
         self.tag({**pipeline_hash_tags(self.workspace), "patchsplat.outcome": outcome})
         # KILLED for a run stopped by Ctrl-C/SIGTERM: MLflow's status for a run ended by the user.
         status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
         self._client.set_terminated(self.run_id, status)
+
+
+def _trained_metrics(path: Path) -> dict:
+    """A patch's training metrics; {} when it has none (a failed or interrupted run still closes its MLflow run)."""
+    try:
+        return TrainedMetrics.load(path).model_dump()
+    except PatchsplatError:
+        return {}
 
 
 def _read_json(path: Path) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import subprocess
 
-from patchsplat.errors import InputError
+from patchsplat.errors import ToolFailed
 
 # The server imports and migrates its database on start: ~15 s on an idle 2-core machine, over Prefect's
 # default limit of 20 s when the machine is busy (measured: "Timed out while attempting to connect").
@@ -79,7 +79,7 @@ def start_temporary_server() -> str | None:
         server.start(timeout=timeout)
     except Exception as error:  # noqa: BLE001 - whatever stopped it, the remedy is the same
         reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise InputError("Prefect", f"its temporary API server did not start within {timeout} s ({reason[:200]}); "
+        raise ToolFailed("Prefect", f"its temporary API server did not start within {timeout} s ({reason[:200]}); "
                          "start one with `prefect server start` and set PREFECT_API_URL", kind="prefect_server") from None
     return server.api_url
 

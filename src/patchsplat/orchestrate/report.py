@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from patchsplat.console import console
+from patchsplat.stage_record import StageRecord
 
 
 def _result(outcome: dict) -> str:
@@ -22,9 +23,9 @@ def _patch_row(patch_id: str, outcomes: list[dict]) -> tuple[str, str, str, str]
     result = result or ("ran" if "ran" in results else "up to date")
     seconds = sum(outcome["seconds"] for outcome in outcomes)
     parts = [f"{outcome['stage'].split('@')[0]} {outcome['seconds']:.1f} s" for outcome in outcomes if outcome["seconds"]]
-    errors = [outcome["error"] for outcome in outcomes if outcome.get("error") and not outcome.get("interrupted")]
+    reasons = [outcome["reason"] for outcome in outcomes if outcome.get("reason") and not outcome.get("interrupted")]
     shown = "" if result == "not started" else f"{seconds:.1f}"
-    return f"{patch_id} (prepare + train)", result, shown, "; ".join([", ".join(parts), *errors]).strip("; ")
+    return f"{patch_id} (prepare + train)", result, shown, "; ".join([", ".join(parts), *reasons]).strip("; ")
 
 
 def flow_rows(summary) -> list[tuple[str, str, str, str]]:
@@ -42,7 +43,7 @@ def flow_rows(summary) -> list[tuple[str, str, str, str]]:
             rows.append(_patch_row(stage, outcomes) if outcomes else (f"{stage} (prepare + train)", "not run", "", ""))
         elif stage in by_stage:
             outcome = by_stage[stage][-1]
-            note = "" if outcome.get("interrupted") else outcome.get("error") or ""
+            note = "" if outcome.get("interrupted") else outcome.get("reason") or ""
             rows.append((stage, _result(outcome), f"{outcome['seconds']:.1f}", note))
         else:
             rows.append((stage, "not run", "", ""))
@@ -62,14 +63,15 @@ def print_flow_summary(summary) -> None:
         console.print(f"MLflow pipeline run {summary.mlflow_run_id}; compare runs with `patchsplat compare`")
 
 
-def print_stage_times(records: list[dict], seconds: float, title: str) -> None:
+def print_stage_times(records: list[StageRecord], seconds: float, title: str) -> None:
     """The stages a ``dvc repro`` ran, in the order they ended, with their times (as the stages measured
-    them, from the :class:`patchsplat.patch_ids.StageTimes` records), and the total wall time."""
+    them, from their records: :mod:`patchsplat.stage_record`), and the total wall time."""
     if not records:
         console.print(f"{title}: no stage ran (every stage up to date or none reached) in {seconds:.1f} s")
         return
     # Only the stages that ran are listed: the others were up to date (or not reached, after a failure).
-    rows = [(record["stage"], record.get("outcome", "?"), f"{record.get('seconds', 0.0):.1f}") for record in records]
+    rows = [(record.stage, f"{record.outcome} ({record.kind})" if record.kind else record.outcome,
+             f"{record.seconds:.1f}") for record in records]
     _print_stage_table(f"{title}: stages run in {seconds:.0f} s", rows, ("total", "", f"{seconds:.1f}"))
 
 

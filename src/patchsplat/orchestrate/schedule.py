@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from patchsplat.errors import InputError
+from patchsplat.workspace import Workspace
 
 
 def check_cron(cron: str, timezone: str | None = None) -> None:
@@ -37,11 +38,12 @@ def build_deployment(workspace: Path, cron: str, name: str | None = None, timezo
     from patchsplat.orchestrate.flow import reconstruct
 
     check_cron(cron, timezone)
-    if not (workspace / "params.yaml").exists() or not (workspace / "dvc.yaml").exists():
+    layout = Workspace(workspace)
+    if not layout.params_file.exists() or not layout.dvc_yaml.exists():
         raise InputError(workspace, "not a patchsplat workspace (params.yaml and dvc.yaml expected)", kind="bad_workspace")
     from patchsplat.config import load_params
 
-    load_params(workspace / "params.yaml")  # bad params: one line now, not a failed run at the first scheduled time
+    load_params(layout.params_file)  # bad params: one line now, not a failed run at the first scheduled time
     return reconstruct.to_deployment(
         name=name or deployment_name(workspace),
         schedules=[Schedule(cron=cron, timezone=timezone)],

@@ -22,7 +22,8 @@ from typing import Any
 
 
 from patchsplat.config import load_params, parse_params, parse_yaml_value, read_yaml
-from patchsplat.errors import InputError
+from patchsplat.errors import InputError, PatchsplatError
+from patchsplat.workspace import Workspace
 
 MISSING = object()
 
@@ -131,7 +132,7 @@ def run_sweep(workspace: Path, param: str, values: list[Any], patch_id: str | No
     ``run_pipeline(workspace=..., run_tags=..., always_record=True)`` is the flow (a parameter so
     the sweep logic is independent of how the flow is run).
     """
-    params_path = workspace / "params.yaml"
+    params_path = Workspace(workspace).params_file
     key, current = check_sweep(params_path, param, values, patch_id)
     ordered = [value for value in values if value != current] + [current]
     result = SweepResult(f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", key, ordered)
@@ -147,7 +148,7 @@ def run_sweep(workspace: Path, param: str, values: list[Any], patch_id: str | No
                     "sweep.baseline": str(baseline).lower()}
             try:
                 summary = run_pipeline(workspace=str(workspace), run_tags=tags, always_record=True)
-            except InputError as error:  # that value failed; the others still run
+            except PatchsplatError as error:  # that value's run failed; the others still run
                 result.failures[str(value)] = error.problem
                 continue
             if summary.get("mlflow_run_id"):

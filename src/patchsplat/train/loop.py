@@ -38,7 +38,7 @@ import torch
 
 from patchsplat.atomic import atomic_dir, atomic_file, write_json
 from patchsplat.config import RecoveryStep, TrainConfig
-from patchsplat.errors import InputError
+from patchsplat.errors import TrainingFailed
 from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.output_folder import TRAIN, check_replaceable
 from patchsplat.prepare import INIT_FILE, PreparedPatch
@@ -62,7 +62,7 @@ CHECKPOINT_SUFFIX = ".pt"
 LAST_CHECKPOINT = "last.pt"
 
 
-class PatchTrainingFailed(InputError):
+class PatchTrainingFailed(TrainingFailed):
     """Training failed on every rung of the recovery ladder; the attempts say what was tried."""
 
 
