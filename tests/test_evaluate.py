@@ -16,7 +16,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from patchsplat.atomic import write_json
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import EvaluateConfig
 from patchsplat.errors import InputError
 from patchsplat.evaluate import evaluate_scene

@@ -279,7 +279,7 @@ def _train_in_parallel(patch_ids: list[str], jobs: int, workspace: Path, environ
 
 def planned_patch_ids(workspace: Path = Path(".")) -> list[str]:
     """The ids the split stage will produce with the current scene and params (plan only, nothing written)."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
     from patchsplat.config import load_params
     from patchsplat.scene_layout import locate_scene
     from patchsplat.scene_source import resolve_scene_dir
