@@ -282,7 +282,7 @@ def place_splats(patches_dir: Path, trained_dir: Path) -> None:
     points, sized by their spacing and coloured by the points' colours."""
     import torch
 
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
     from patchsplat.prepare import knn_spacing
     from patchsplat.splat_io import write_splats_ply
 

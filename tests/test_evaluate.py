@@ -19,7 +19,7 @@ from conftest import trained_metrics
 from patch_layouts import describe_patch
 
 from patchsplat.atomic import write_json
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import EvaluateConfig
 from patchsplat.errors import InputError
 from patchsplat.evaluate import evaluate_scene

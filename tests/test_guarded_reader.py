@@ -4,7 +4,7 @@ Each case damages one thing in a small valid scene (conftest.build_scene) and ru
 user runs, in a real subprocess:
 
 - ``patchsplat split SCENE OUT`` and ``patchsplat init WS --colmap SCENE`` (both read the model
-  through :func:`patchsplat.colmap_arrays.read_model_arrays`);
+  through :func:`patchsplat.colmap_io.arrays.read_model_arrays`);
 - the ``scene`` stage (``python stages/scene.py`` in a workspace) for a SIMPLE_RADIAL capture,
   which undistorts it (``scene.undistort: auto``).
 
@@ -168,7 +168,7 @@ def test_undistortion_refuses_a_bad_model_before_pycolmap(make_scene, scene_snap
 
 def test_a_good_scene_still_splits_and_undistorts(make_scene, tmp_path):
     """The guards refuse nothing the pipeline used to read."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
 
     for options in ({}, {"model_format": "txt"}):
         arrays = read_model_arrays(make_scene(**options) / "sparse" / "0")
@@ -184,7 +184,7 @@ def test_points_out_of_id_order_are_read_by_the_bounded_walk(make_scene):
     """A hand-edited points3D.bin (records not sorted by id) is valid: it takes the walked path, same arrays."""
     import numpy as np
 
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
 
     scene = make_scene()
     expected = read_model_arrays(scene / "sparse" / "0")

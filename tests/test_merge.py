@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from patchsplat import metrics
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import MergeConfig, SplitConfig, TrainConfig, ValidateConfig, deep_merge
 from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.errors import InputError

@@ -274,7 +274,7 @@ def blob_spot(ground_points: np.ndarray, scene: Path, cameras) -> np.ndarray:
 def placed_scene(demo_scene) -> dict:
     """1 x 2 split of the small demo scene with splats placed on each patch's points, and a tiny
     floating blob of splats added to p0 (above the ground, inside its core cell)."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
 
     root = demo_scene.parent / "placed-1x2"
     split_scene(demo_scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=2, min_cameras=1), ValidateConfig(),

@@ -203,7 +203,7 @@ def forward_facing_scene(out: Path) -> Path:
 
 def place_splats(patch_dir: Path, target: Path) -> None:
     """Opaque isotropic Gaussians on the patch's points, sized by their spacing (a stand-in for training)."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
 
     arrays = read_model_arrays(patch_dir / "sparse" / "0")
     spacing, count = knn_spacing(arrays.xyz, 3), len(arrays.xyz)

@@ -11,7 +11,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.demo import generate_demo_scene, with_overrides
 from patchsplat.errors import InputError
@@ -313,7 +313,7 @@ def test_the_ground_projection_is_the_plain_product():
 
 def test_fast_helpers_match_numpy():
     """The split's faster stand-ins give exactly NumPy's answers: a stable sort, a 2D histogram."""
-    from patchsplat.colmap_arrays import _stable_order
+    from patchsplat.colmap_io.arrays import _stable_order
     from patchsplat.split.plot import density_histogram
 
     rng = np.random.default_rng(3)
@@ -355,7 +355,7 @@ def test_auto_cuts_a_wide_capture_into_balanced_cells(scenes, tmp_path):
 
 def test_auto_never_makes_a_patch_without_points(scenes, tmp_path):
     """A region with cameras but no points (sky, water) is merged into a neighbour before any model is written."""
-    from patchsplat.colmap_arrays import write_model_subset
+    from patchsplat.colmap_io.arrays import write_model_subset
     from patchsplat.split.plan import plan_split
 
     source = read_model_arrays(scenes["large"] / "sparse" / "0")

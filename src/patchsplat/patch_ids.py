@@ -161,7 +161,7 @@ def sync_patch_ids(new_ids: list[str], workspace: Workspace = Workspace()) -> Sy
 
 def planned_patch_ids(workspace: Workspace = Workspace()) -> list[str]:
     """The ids the split stage will produce with the current scene and params (plan only, nothing written)."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
     from patchsplat.config import load_params
     from patchsplat.scene_layout import locate_scene
     from patchsplat.scene_source import resolve_scene_dir

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from patchsplat.atomic import atomic_dir, write_json
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.gaussians import SH_C0

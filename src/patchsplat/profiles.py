@@ -98,7 +98,7 @@ class PatchFacts:
 
     @staticmethod
     def of_patch(patch_dir: Path) -> PatchFacts:
-        from patchsplat.colmap_arrays import parse_cameras, read_model_arrays
+        from patchsplat.colmap_io.arrays import parse_cameras, read_model_arrays
         from patchsplat.split import PatchDescription
 
         arrays = read_model_arrays(Path(patch_dir) / "sparse" / "0")

@@ -88,23 +88,17 @@ def camera_models(scene_root: Path) -> dict[int, str]:
 
     A file this cannot parse gives {}: the validation stage names what is wrong with it.
     """
+    from patchsplat.colmap_io.binary import CorruptFile, walk_cameras
+    from patchsplat.colmap_io.text import read_cameras
     from patchsplat.scene_layout import locate_scene
-    from patchsplat.validate.bin_format import CorruptFile, camera_model_num_params, walk_cameras
 
     layout = locate_scene(scene_root)
     cameras_file = layout.model_file("cameras")
     try:
-        if layout.model_format == "bin":
-            names = camera_model_num_params()
-            return {camera_id: names[entry.model_id][0] for camera_id, entry in walk_cameras(cameras_file).items()}
-        models = {}
-        for line in cameras_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            tokens = line.split()
-            if tokens and not tokens[0].startswith("#"):
-                models[int(tokens[0])] = tokens[1]
-        return models
-    except (CorruptFile, OSError, ValueError, IndexError):
+        cameras = walk_cameras(cameras_file) if layout.model_format == "bin" else read_cameras(cameras_file)
+    except (CorruptFile, OSError):
         return {}
+    return {camera_id: camera.model for camera_id, camera in cameras.items()}
 
 
 def distorted_camera_models(scene_root: Path) -> dict[str, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchsplat.colmap_arrays import ModelArrays, parse_cameras, read_model_arrays
+from patchsplat.colmap_io.arrays import ModelArrays, parse_cameras, read_model_arrays
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame, canonical_frame
 from patchsplat.split import heldout_names

@@ -106,7 +106,7 @@ def _check_target(target: Path) -> None:
 
 def _check_scene(colmap: Path, target: Path) -> Path:
     """The absolute scene folder, checked to hold images/ and a readable sparse model."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
     from patchsplat.scene_layout import locate_scene
 
     source = Path(colmap).expanduser().resolve()
@@ -200,7 +200,7 @@ def workspace_params_yaml(template: str, colmap_path: Path, patch_ids: list[str]
 
 def planned_ids(workspace: Path, colmap_path: Path) -> tuple[list[str], str]:
     """The patch ids the split stage will make of ``colmap_path`` with the workspace's params, and why."""
-    from patchsplat.colmap_arrays import read_model_arrays
+    from patchsplat.colmap_io.arrays import read_model_arrays
     from patchsplat.config import load_params
     from patchsplat.scene_layout import locate_scene
     from patchsplat.split import plan_split

@@ -22,7 +22,7 @@ import torch
 from rich.table import Table
 
 from patchsplat.atomic import atomic_file, write_json
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import EvaluateConfig
 from patchsplat.console import console
 from patchsplat.errors import InputError

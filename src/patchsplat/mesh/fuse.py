@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchsplat.colmap_arrays import read_model_arrays
+from patchsplat.colmap_io.arrays import read_model_arrays
 from patchsplat.config import MeshConfig
 from patchsplat.errors import InputError
 from patchsplat.mesh import defaults

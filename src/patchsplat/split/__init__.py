@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from patchsplat.atomic import atomic_dir, write_json
-from patchsplat.colmap_arrays import ModelArrays, read_model_arrays, write_model_subset
+from patchsplat.colmap_io.arrays import ModelArrays, read_model_arrays, write_model_subset
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.errors import InputError
 from patchsplat.output_folder import SPLIT, check_replaceable

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patchsplat.colmap_arrays import ModelArrays, parse_cameras
+from patchsplat.colmap_io.arrays import ModelArrays, parse_cameras
 from patchsplat.split.partition import Cell, _quantile_cuts
 
 # Compact capture, convergence test: the point nearest every optical axis (least squares) lies

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from patchsplat.colmap_arrays import ModelArrays
+from patchsplat.colmap_io.arrays import ModelArrays
 from patchsplat.config import SplitConfig, TrainConfig
 from patchsplat.errors import InputError
 from patchsplat.split.alignment import estimate_up, ground_rotation

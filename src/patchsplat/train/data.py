@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from patchsplat.colmap_arrays import read_model_arrays, parse_cameras
+from patchsplat.colmap_io.arrays import read_model_arrays, parse_cameras
 from patchsplat.errors import InputError
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.validate.image_files import safe_image_path

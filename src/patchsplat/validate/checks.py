@@ -11,11 +11,12 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from patchsplat.colmap_io import binary, text
+from patchsplat.colmap_io.layout import CameraRecord
 from patchsplat.config import ValidateConfig
 from patchsplat.scene_layout import SceneLayout, model_format_of
-from patchsplat.validate import bin_format, txt_format
 from patchsplat.validate.findings import Finding, finding_for_items
-from patchsplat.validate.model_io import CameraRecord, SceneModel
+from patchsplat.validate.model_io import SceneModel
 from patchsplat.validate.stats import PointFlags
 
 # Models the trainer renders directly.
@@ -196,7 +197,7 @@ def other_model_sizes(layout: SceneLayout) -> list[tuple[Path, int | None]]:
         count = None
         if path.is_file():
             try:
-                count = bin_format.header_count(path) if model_format == "bin" else txt_format.header_count(path, "images")
+                count = binary.header_count(path) if model_format == "bin" else text.header_count(path, "images")
             except OSError:
                 count = None
         sizes.append((folder, count))

@@ -1,14 +1,14 @@
 """The validator's guards for the stages that read a model as arrays (split, init, prepare, train...).
 
-:func:`patchsplat.colmap_arrays.read_model_arrays` reads a model with vectorised numpy. Before it
+:func:`patchsplat.colmap_io.arrays.read_model_arrays` reads a model with vectorised numpy. Before it
 does, the files go through the same checks as :func:`.model_io.read_scene_model`, so a damaged
 model is a one-line :class:`InputError` naming the file, never a traceback, an allocation until
 ``std::bad_alloc`` or a silently wrong patch:
 
 - files present, readable, regular (:func:`.model_io.model_files`);
 - binary files walked record by record with counts checked against the file's length
-  (:mod:`.bin_format`, the one implementation of the layouts);
-- a text model read by pycolmap with its errors mapped to file and line (:mod:`.txt_format`) and
+  (:mod:`patchsplat.colmap_io.binary`, the validator's walk);
+- a text model read by pycolmap with its errors mapped to file and line (:mod:`patchsplat.colmap_io.text`) and
   its ``# Number of`` headers compared with what was read, then written as binary;
 - what the arrays need to be right: images whose cameras exist, cameras of positive size with
   finite parameters, finite poses, image names that stay inside ``images/``, and at least one
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from patchsplat.colmap_io import binary
+from patchsplat.colmap_io.layout import CameraRecord
 from patchsplat.errors import InputError
 from patchsplat.scene_layout import SceneLayout, model_format_of
-from patchsplat.validate import bin_format
 from patchsplat.validate.image_files import name_escapes
 from patchsplat.validate.model_io import ModelFileError, model_files
 
@@ -45,7 +46,7 @@ def one_line_errors():
         yield
     except ModelFileError as failure:
         raise InputError(failure.finding.file or "model", failure.finding.message, kind=failure.finding.kind) from None
-    except bin_format.CorruptFile as corrupt:
+    except binary.CorruptFile as corrupt:
         raise InputError(corrupt.path, corrupt.problem, kind="corrupt_file") from None
 
 
@@ -55,18 +56,18 @@ def checked_files(layout: SceneLayout) -> dict[str, Path]:
         return model_files(layout)
 
 
-def walk_binary(files: dict[str, Path]) -> tuple[dict[int, bin_format.CameraEntry], bin_format.ImagesWalk]:
+def walk_binary(files: dict[str, Path]) -> tuple[dict[int, CameraRecord], binary.ImagesWalk]:
     """Walk cameras (rigs, frames) and images; check what the arrays rely on. Points are walked by the reader."""
     with one_line_errors():
-        cameras = bin_format.walk_cameras(files["cameras"])
+        cameras = binary.walk_cameras(files["cameras"])
         for stem in ("rigs", "frames"):
             if stem in files:
-                getattr(bin_format, f"walk_{stem}")(files[stem])
-        images = bin_format.walk_images(files["images"])
+                getattr(binary, f"walk_{stem}")(files[stem])
+        images = binary.walk_images(files["images"])
     return cameras, images
 
 
-def check_cameras(cameras: dict[int, bin_format.CameraEntry], cameras_file: Path) -> None:
+def check_cameras(cameras: dict[int, CameraRecord], cameras_file: Path) -> None:
     if not cameras:
         raise InputError(cameras_file, "holds no cameras", kind="corrupt_file")
     for camera in cameras.values():
@@ -78,7 +79,7 @@ def check_cameras(cameras: dict[int, bin_format.CameraEntry], cameras_file: Path
                              kind="bogus_intrinsics")
 
 
-def check_images(images: bin_format.ImagesWalk, cameras: dict, images_file: Path, cameras_file: Path) -> None:
+def check_images(images: binary.ImagesWalk, cameras: dict[int, CameraRecord], images_file: Path, cameras_file: Path) -> None:
     if not images.image_ids:
         raise InputError(images_file, "holds no images", kind="missing_images")
     unknown = sorted({cid for cid in images.camera_ids if cid not in cameras})

@@ -6,10 +6,10 @@ carrying one error :class:`Finding` that names the file at fault:
 
 1. every model file must exist, be a regular file and be readable; rigs and frames
    (COLMAP >= 3.12) are optional but come as a pair;
-2. binary files are walked structurally in Python first (:mod:`.bin_format`), because
-   pycolmap can hang or exhaust memory on them;
+2. binary files are walked structurally in Python first (:mod:`patchsplat.colmap_io.binary`),
+   because pycolmap can hang or exhaust memory on them;
 3. pycolmap reads the model; its exceptions are mapped to the file they concern
-   (for text models by re-reading the files line by line, :mod:`.txt_format`);
+   (for text models by re-reading the files line by line, :mod:`patchsplat.colmap_io.text`);
 4. what was read is cross-checked: the record counts of the walk, the ``# Number of``
    headers of text files, and the number of observations the images claim against
    the total length of the points' tracks (pycolmap accepts a ``points3D`` file that
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from patchsplat.colmap_io import binary, text
+from patchsplat.colmap_io.layout import CameraRecord
 from patchsplat.scene_layout import MODEL_STEMS, OPTIONAL_STEMS, SceneLayout
-from patchsplat.validate import bin_format, txt_format
 from patchsplat.validate.findings import Finding
 
 
@@ -44,15 +45,6 @@ class ModelFileError(Exception):
 
 def _error(kind: str, path: Path, message: str) -> ModelFileError:
     return ModelFileError(Finding("error", kind, message, str(path)))
-
-
-@dataclass(frozen=True)
-class CameraRecord:
-    camera_id: int
-    model: str
-    width: int
-    height: int
-    params: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -156,18 +148,18 @@ def read_scene_model(layout: SceneLayout) -> SceneModel:
 class _Walked:
     num_cameras: int
     num_images: int
-    points: bin_format.PointArrays
+    points: binary.PointArrays
 
 
 def _walk_binary(files: dict[str, Path]) -> _Walked:
     stem = "cameras"
     try:
-        cameras = bin_format.walk_cameras(files[stem])
+        cameras = binary.walk_cameras(files[stem])
         for stem in ("rigs", "frames"):
             if stem in files:
-                getattr(bin_format, f"walk_{stem}")(files[stem])
+                getattr(binary, f"walk_{stem}")(files[stem])
         stem = "images"
-        images = bin_format.walk_images(files[stem])
+        images = binary.walk_images(files[stem])
         unknown = sorted({cid for cid in images.camera_ids if cid not in cameras})
         if unknown:
             raise _error(
@@ -175,8 +167,8 @@ def _walk_binary(files: dict[str, Path]) -> _Walked:
                 f"images use camera ids {', '.join(map(str, unknown[:10]))} that {files['cameras'].name} does not define",
             )
         stem = "points3D"
-        points = bin_format.read_points(files[stem])
-    except bin_format.CorruptFile as corrupt:
+        points = binary.read_points(files[stem])
+    except binary.CorruptFile as corrupt:
         raise _error("corrupt_file", corrupt.path, corrupt.problem) from None
     except OSError as error:
         raise _error("unreadable_file", files[stem], f"cannot be read: {error.strerror or error}") from None
@@ -225,7 +217,7 @@ _MESSAGE_FILES: tuple[tuple[str, str], ...] = (
 def _read_failure(layout: SceneLayout, files: dict[str, Path], error: Exception) -> ModelFileError:
     detail = " ".join(str(error).split()) or type(error).__name__
     if layout.model_format == "txt":
-        diagnosis = txt_format.diagnose_text_model(files)
+        diagnosis = text.diagnose_text_model(files)
         if diagnosis is not None:
             path, problem = diagnosis
             return _error("corrupt_file", path, problem)
@@ -256,7 +248,7 @@ def _check_text_headers(reconstruction, files: dict[str, Path]) -> None:
         "points3D": reconstruction.num_points3D(),
     }
     for stem, count in read.items():
-        declared = txt_format.header_count(files[stem], stem)
+        declared = text.header_count(files[stem], stem)
         if declared is not None and declared != count:
             raise _error(
                 "corrupt_file", files[stem],
@@ -264,15 +256,15 @@ def _check_text_headers(reconstruction, files: dict[str, Path]) -> None:
             )
 
 
-def _points_of_text_model(reconstruction) -> bin_format.PointArrays:
+def _points_of_text_model(reconstruction) -> binary.PointArrays:
     # Written as binary by pycolmap (C++) and walked: no per-point Python object, and
     # the same code path as binary models.
     with tempfile.TemporaryDirectory(prefix="patchsplat-validate-") as tmp, quiet_colmap():
         reconstruction.write_binary(tmp)
-        return bin_format.read_points(Path(tmp) / "points3D.bin")
+        return binary.read_points(Path(tmp) / "points3D.bin")
 
 
-def _check_observations(reconstruction, points: bin_format.PointArrays, files: dict[str, Path]) -> None:
+def _check_observations(reconstruction, points: binary.PointArrays, files: dict[str, Path]) -> None:
     observations = reconstruction.compute_num_observations()
     if observations != points.total_track_length:
         raise _error(
@@ -282,7 +274,7 @@ def _check_observations(reconstruction, points: bin_format.PointArrays, files: d
         )
 
 
-def _scene_model(layout: SceneLayout, files: dict[str, Path], reconstruction, points: bin_format.PointArrays) -> SceneModel:
+def _scene_model(layout: SceneLayout, files: dict[str, Path], reconstruction, points: binary.PointArrays) -> SceneModel:
     cameras = {
         camera_id: CameraRecord(
             camera_id, camera.model.name, int(camera.width), int(camera.height), tuple(float(p) for p in camera.params)

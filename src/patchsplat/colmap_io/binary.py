@@ -17,7 +17,7 @@ camera / image). ``points3D.bin`` is walked with one ``struct`` read per point (
 are then gathered with numpy at the record offsets (~0.05 s), so the validator gets
 float64 coordinates without a per-point Python object.
 
-Layouts (little-endian, packed) follow COLMAP's ``reconstruction_io_binary.cc``.
+The layouts are :mod:`.layout`'s (COLMAP's ``reconstruction_io_binary.cc``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,34 @@ import array
 import mmap
 import struct
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from patchsplat.colmap_io.layout import (
+    CAMERA_HEAD,
+    CAMERA_PARAM_BYTES,
+    COUNT,
+    DATA_ID,
+    FRAME_HEAD,
+    IMAGE_HEAD,
+    POINT2D_BYTES,
+    POINT_HEAD_BYTES,
+    POINT_ID_AT,
+    POINT_TRACK_LENGTH_AT,
+    POINT_XYZ_AT,
+    RIG_HEAD,
+    RIG_SENSOR_POSE_BYTES,
+    SENSOR,
+    SENSOR_TYPES,
+    TRACK_ELEMENT_BYTES,
+    CameraRecord,
+    camera_models,
+)
+
 
 class CorruptFile(Exception):
-    """``path`` is not a well-formed COLMAP binary file; ``problem`` says where and why."""
+    """``path`` is not a well-formed COLMAP file; ``problem`` says where and why."""
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
@@ -41,41 +61,11 @@ class CorruptFile(Exception):
         super().__init__(f"{path}: {problem}")
 
 
-_U64 = struct.Struct("<Q")
-_CAMERA_HEAD = struct.Struct("<IiQQ")          # camera_id, model_id, width, height
-_IMAGE_HEAD = struct.Struct("<I7dI")           # image_id, qw qx qy qz, tx ty tz, camera_id
-_POINT_FIXED_BYTES = 8 + 24 + 3 + 8 + 8        # id, xyz, rgb, error, track length = 51
-_POINT_TRACK_LENGTH_AT = 8 + 24 + 3 + 8        # byte offset of the track length in a record = 43
-_TRACK_ELEMENT_BYTES = 8                       # image_id u32, point2D_idx u32
-_POINT2D_BYTES = 24                            # x, y (f64), point3D_id (u64)
-_RIG_HEAD = struct.Struct("<II")               # rig_id, num_sensors
-_SENSOR = struct.Struct("<iI")                 # sensor type, sensor id
-_FRAME_HEAD = struct.Struct("<II7dI")          # frame_id, rig_id, rig_from_world (7 doubles), num_data_ids
-_DATA_ID_BYTES = 4 + 4 + 8                     # sensor type, sensor id, data id
-_SENSOR_TYPES = {0, 1}                         # CAMERA, IMU (pycolmap.SensorType)
-
-
-@cache
-def camera_model_num_params() -> dict[int, tuple[str, int]]:
-    """COLMAP camera model id -> (name, number of parameters), taken from pycolmap itself."""
-    from patchsplat.colmap_library import pycolmap as _pycolmap
-
-    pycolmap = _pycolmap()
-
-    table = {}
-    for model in pycolmap.CameraModelId.__members__.values():
-        if model.value < 0:  # INVALID
-            continue
-        camera = pycolmap.Camera.create_from_model_id(1, model, 1.0, 2, 2)
-        table[int(model.value)] = (model.name, len(camera.params))
-    return table
-
-
 def _read_count(data, path: Path, what: str, min_record_bytes: int) -> int:
-    if len(data) < 8:
+    if len(data) < COUNT.size:
         raise CorruptFile(path, f"{len(data)} bytes: too short to hold the number of {what}")
-    (count,) = _U64.unpack_from(data, 0)
-    if 8 + count * min_record_bytes > len(data):
+    (count,) = COUNT.unpack_from(data, 0)
+    if COUNT.size + count * min_record_bytes > len(data):
         raise CorruptFile(path, f"says it holds {count} {what} but its {len(data)} bytes cannot hold that many (truncated or corrupt)")
     return count
 
@@ -85,41 +75,32 @@ def _check_consumed(path: Path, offset: int, size: int, what: str) -> None:
         raise CorruptFile(path, f"{size - offset} unexpected bytes after the last of the {what} (corrupt, or appended data)")
 
 
-@dataclass(frozen=True)
-class CameraEntry:
-    camera_id: int
-    model_id: int
-    width: int
-    height: int
-    params: tuple[float, ...] = ()
-    record: bytes = b""          # the raw record, copied unchanged into sub-models
-
-
-def walk_cameras(path: Path) -> dict[int, CameraEntry]:
+def walk_cameras(path: Path) -> dict[int, CameraRecord]:
     """Walk ``cameras.bin``: every model id known, every record complete, nothing left over."""
     return walk_camera_bytes(path.read_bytes(), path)
 
 
-def walk_camera_bytes(data: bytes, path: Path) -> dict[int, CameraEntry]:
+def walk_camera_bytes(data: bytes, path: Path) -> dict[int, CameraRecord]:
     """:func:`walk_cameras` on the file's bytes (``path`` names it in errors)."""
-    count = _read_count(data, path, "cameras", _CAMERA_HEAD.size)
-    models = camera_model_num_params()
-    cameras: dict[int, CameraEntry] = {}
-    offset = 8
+    count = _read_count(data, path, "cameras", CAMERA_HEAD.size)
+    models = camera_models().by_id
+    cameras: dict[int, CameraRecord] = {}
+    offset = COUNT.size
     for index in range(count):
-        if offset + _CAMERA_HEAD.size > len(data):
+        if offset + CAMERA_HEAD.size > len(data):
             raise CorruptFile(path, f"truncated in camera record {index + 1} of {count}")
-        camera_id, model_id, width, height = _CAMERA_HEAD.unpack_from(data, offset)
+        camera_id, model_id, width, height = CAMERA_HEAD.unpack_from(data, offset)
         if model_id not in models:
             raise CorruptFile(path, f"camera record {index + 1} (id {camera_id}) has unknown camera model id {model_id} (corrupt file)")
-        start, num_params = offset, models[model_id][1]
-        offset += _CAMERA_HEAD.size + 8 * num_params
+        model = models[model_id]
+        params_at = offset + CAMERA_HEAD.size
+        offset = params_at + CAMERA_PARAM_BYTES * model.num_params
         if offset > len(data):
             raise CorruptFile(path, f"truncated in the parameters of camera {camera_id}")
         if camera_id in cameras:
             raise CorruptFile(path, f"camera id {camera_id} appears twice (corrupt file)")
-        params = struct.unpack_from(f"<{num_params}d", data, start + _CAMERA_HEAD.size)
-        cameras[camera_id] = CameraEntry(camera_id, model_id, width, height, params, bytes(data[start:offset]))
+        params = struct.unpack_from(f"<{model.num_params}d", data, params_at)
+        cameras[camera_id] = CameraRecord(camera_id, model.name, width, height, params)
     _check_consumed(path, offset, len(data), "cameras")
     return cameras
 
@@ -136,7 +117,7 @@ class ImagesWalk:
 
 def walk_images(path: Path) -> ImagesWalk:
     """Walk ``images.bin`` header by header, skipping each image's 2D points without reading them."""
-    min_record = _IMAGE_HEAD.size + 1 + 8  # empty name, no points
+    min_record = IMAGE_HEAD.size + 1 + COUNT.size  # empty name, no points
     image_ids: list[int] = []
     camera_ids: list[int] = []
     num_points: list[int] = []
@@ -146,14 +127,14 @@ def walk_images(path: Path) -> ImagesWalk:
     with _mapped(path) as data:
         size = len(data)
         count = _read_count(data, path, "images", min_record)
-        offset = 8
+        offset = COUNT.size
         seen: set[int] = set()
         for index in range(count):
-            if offset + _IMAGE_HEAD.size > size:
+            if offset + IMAGE_HEAD.size > size:
                 raise CorruptFile(path, f"truncated in image record {index + 1} of {count}")
-            fields = _IMAGE_HEAD.unpack_from(data, offset)
+            fields = IMAGE_HEAD.unpack_from(data, offset)
             image_id, camera_id = fields[0], fields[8]
-            offset += _IMAGE_HEAD.size
+            offset += IMAGE_HEAD.size
             name_end = data.find(b"\x00", offset)
             if name_end < 0:
                 raise CorruptFile(path, f"truncated in the name of image {image_id}")
@@ -162,10 +143,10 @@ def walk_images(path: Path) -> ImagesWalk:
             except UnicodeDecodeError:
                 raise CorruptFile(path, f"the name of image {image_id} is not valid UTF-8 (corrupt file)") from None
             offset = name_end + 1
-            if offset + 8 > size:
+            if offset + COUNT.size > size:
                 raise CorruptFile(path, f"truncated after the name of image {image_id}")
-            (points2d,) = _U64.unpack_from(data, offset)
-            offset += 8 + _POINT2D_BYTES * points2d
+            (points2d,) = COUNT.unpack_from(data, offset)
+            offset += COUNT.size + POINT2D_BYTES * points2d
             if offset > size:
                 raise CorruptFile(path, f"image {image_id} says it has {points2d} 2D points but the file ends before them (truncated or corrupt)")
             if image_id in seen:
@@ -176,7 +157,7 @@ def walk_images(path: Path) -> ImagesWalk:
             num_points.append(points2d)
             names.append(name)
             poses.append(fields[1:8])
-            points_at.append(offset - _POINT2D_BYTES * points2d)
+            points_at.append(offset - POINT2D_BYTES * points2d)
         _check_consumed(path, offset, size, "images")
     return ImagesWalk(tuple(image_ids), tuple(camera_ids), tuple(num_points), tuple(names), tuple(poses), tuple(points_at))
 
@@ -184,20 +165,20 @@ def walk_images(path: Path) -> ImagesWalk:
 def walk_rigs(path: Path) -> int:
     """Walk ``rigs.bin`` (COLMAP >= 3.12); return the number of rigs."""
     data = path.read_bytes()
-    count = _read_count(data, path, "rigs", _RIG_HEAD.size)
-    offset = 8
+    count = _read_count(data, path, "rigs", RIG_HEAD.size)
+    offset = COUNT.size
     try:
         for index in range(count):
-            rig_id, num_sensors = _RIG_HEAD.unpack_from(data, offset)
-            offset += _RIG_HEAD.size
+            rig_id, num_sensors = RIG_HEAD.unpack_from(data, offset)
+            offset += RIG_HEAD.size
             for sensor in range(num_sensors):
-                sensor_type, _ = _SENSOR.unpack_from(data, offset)
-                if sensor_type not in _SENSOR_TYPES:
+                sensor_type, _ = SENSOR.unpack_from(data, offset)
+                if sensor_type not in SENSOR_TYPES:
                     raise CorruptFile(path, f"rig {rig_id} has unknown sensor type {sensor_type} (corrupt file)")
-                offset += _SENSOR.size
+                offset += SENSOR.size
                 if sensor > 0:  # every sensor but the reference one carries an optional pose
                     has_pose = data[offset]
-                    offset += 1 + (56 if has_pose else 0)
+                    offset += 1 + (RIG_SENSOR_POSE_BYTES if has_pose else 0)
             if offset > len(data):
                 raise struct.error
     except (struct.error, IndexError):
@@ -209,20 +190,20 @@ def walk_rigs(path: Path) -> int:
 def walk_frames(path: Path) -> int:
     """Walk ``frames.bin`` (COLMAP >= 3.12); return the number of frames."""
     with _mapped(path) as data:
-        count = _read_count(data, path, "frames", _FRAME_HEAD.size)
-        offset = 8
+        count = _read_count(data, path, "frames", FRAME_HEAD.size)
+        offset = COUNT.size
         for index in range(count):
-            if offset + _FRAME_HEAD.size > len(data):
+            if offset + FRAME_HEAD.size > len(data):
                 raise CorruptFile(path, f"truncated in frame record {index + 1} of {count}")
-            fields = _FRAME_HEAD.unpack_from(data, offset)
+            fields = FRAME_HEAD.unpack_from(data, offset)
             frame_id, num_data = fields[0], fields[-1]
-            offset += _FRAME_HEAD.size
-            end = offset + _DATA_ID_BYTES * num_data
+            offset += FRAME_HEAD.size
+            end = offset + DATA_ID.size * num_data
             if end > len(data):
                 raise CorruptFile(path, f"frame {frame_id} says it has {num_data} data ids but the file ends before them (truncated or corrupt)")
-            for data_offset in range(offset, end, _DATA_ID_BYTES):
-                sensor_type, _ = _SENSOR.unpack_from(data, data_offset)
-                if sensor_type not in _SENSOR_TYPES:
+            for data_offset in range(offset, end, DATA_ID.size):
+                sensor_type, _ = SENSOR.unpack_from(data, data_offset)  # a data id starts with its sensor
+                if sensor_type not in SENSOR_TYPES:
                     raise CorruptFile(path, f"frame {frame_id} has unknown sensor type {sensor_type} (corrupt file)")
             offset = end
         _check_consumed(path, offset, len(data), "frames")
@@ -244,28 +225,29 @@ def read_points(path: Path) -> PointArrays:
     """Walk ``points3D.bin`` and gather ids and coordinates; raise :class:`CorruptFile` if malformed.
 
     The walk is the only per-record Python work; the gathers are vectorised. The
-    file must be consumed exactly: size == 8 + 51 N + 8 (total track length).
+    file must be consumed exactly: size == 8 + 51 N + 8 (total track length)
+    (:data:`.layout.POINT_HEAD` and :data:`.layout.TRACK_ELEMENT`).
     """
     with _mapped(path) as data:
         size = len(data)
-        count = _read_count(data, path, "3D points", _POINT_FIXED_BYTES)
+        count = _read_count(data, path, "3D points", POINT_HEAD_BYTES)
         starts = array.array("q")
         append = starts.append
-        unpack = _U64.unpack_from
-        offset = 8
+        unpack = COUNT.unpack_from
+        offset = COUNT.size
         # A garbage track length makes the offset jump past the end of the file: caught at
         # once, so the loop is bounded by the file size and never trusts a count blindly.
         index = 0
         try:
             for index in range(count):
                 append(offset)
-                offset += _POINT_FIXED_BYTES + _TRACK_ELEMENT_BYTES * unpack(data, offset + _POINT_TRACK_LENGTH_AT)[0]
+                offset += POINT_HEAD_BYTES + TRACK_ELEMENT_BYTES * unpack(data, offset + POINT_TRACK_LENGTH_AT)[0]
                 if offset > size:
                     break
         except struct.error:
             raise CorruptFile(path, f"truncated in 3D point record {index + 1} of {count}") from None
         if offset > size:
-            track_length = (offset - starts[-1] - _POINT_FIXED_BYTES) // _TRACK_ELEMENT_BYTES
+            track_length = (offset - starts[-1] - POINT_HEAD_BYTES) // TRACK_ELEMENT_BYTES
             raise CorruptFile(
                 path,
                 f"3D point record {index + 1} of {count} has a track of {track_length} elements, running "
@@ -288,8 +270,8 @@ def _gather_point_headers(buffer: np.ndarray, starts: np.ndarray) -> tuple[np.nd
     """Ids, xyz and track lengths of the records starting at ``starts``.
 
     A zero-copy sliding window over the bytes lets one fancy-index copy the fixed
-    51-byte head of every record (fast row copies; unaligned per-value gathers are
-    several times slower), then the fields are sliced out and reinterpreted.
+    51-byte head (:data:`.layout.POINT_HEAD`) of every record (fast row copies; unaligned
+    per-value gathers are several times slower), then the fields are sliced out and reinterpreted.
     """
     from numpy.lib.stride_tricks import as_strided
 
@@ -300,14 +282,14 @@ def _gather_point_headers(buffer: np.ndarray, starts: np.ndarray) -> tuple[np.nd
     if count == 0:
         return ids, xyz, track_lengths
     windows = as_strided(
-        buffer, shape=(len(buffer) - _POINT_FIXED_BYTES + 1, _POINT_FIXED_BYTES), strides=(1, 1), writeable=False
+        buffer, shape=(len(buffer) - POINT_HEAD_BYTES + 1, POINT_HEAD_BYTES), strides=(1, 1), writeable=False
     )
     for begin in range(0, count, _GATHER_CHUNK):
         end = min(begin + _GATHER_CHUNK, count)
         heads = windows[starts[begin:end]]
-        ids[begin:end] = np.ascontiguousarray(heads[:, 0:8]).view("<u8").ravel()
-        xyz[begin:end] = np.ascontiguousarray(heads[:, 8:32]).view("<f8")
-        track_lengths[begin:end] = np.ascontiguousarray(heads[:, _POINT_TRACK_LENGTH_AT:_POINT_FIXED_BYTES]).view("<u8").ravel()
+        ids[begin:end] = np.ascontiguousarray(heads[:, POINT_ID_AT : POINT_ID_AT + 8]).view("<u8").ravel()
+        xyz[begin:end] = np.ascontiguousarray(heads[:, POINT_XYZ_AT : POINT_XYZ_AT + 24]).view("<f8")
+        track_lengths[begin:end] = np.ascontiguousarray(heads[:, POINT_TRACK_LENGTH_AT : POINT_TRACK_LENGTH_AT + 8]).view("<u8").ravel()
     return ids, xyz, track_lengths
 
 
@@ -338,7 +320,7 @@ def header_count(path: Path) -> int | None:
     """The record count a binary model file starts with (8 bytes), or None if unreadable. Cheap."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(COUNT.size)
     except OSError:
         return None
-    return _U64.unpack(head)[0] if len(head) == 8 else None
+    return COUNT.unpack(head)[0] if len(head) == COUNT.size else None

@@ -1,4 +1,4 @@
-"""Find the broken file and line of a COLMAP text model.
+"""COLMAP text models: their headers, their cameras, and the broken file and line of a damaged one.
 
 pycolmap's text reader fails with messages such as ``Check failed: line_stream >>
 point3D_id >> ...`` that name neither the file nor the line, and it accepts some
@@ -7,6 +7,8 @@ as a model with half the points; an empty one as a model with none). So:
 
 - :func:`header_count` reads the ``# Number of ...: N`` line COLMAP writes at the top
   of each file (cheap: the first lines only), to compare with what was read;
+- :func:`read_cameras` reads ``cameras.txt`` as the same :class:`~.layout.CameraRecord` the
+  binary walk gives (cameras are few), checked against the camera model table;
 - :func:`diagnose_text_model` re-reads the files line by line in Python, only after
   pycolmap has failed, and returns the first file and line that is malformed or
   refers to a camera, image or 2D point that does not exist.
@@ -18,6 +20,9 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from patchsplat.colmap_io.binary import CorruptFile
+from patchsplat.colmap_io.layout import CameraRecord, camera_models
 
 _HEADER = re.compile(r"^#\s*Number of (cameras|images|points|rigs|frames)\s*:\s*(\d+)")
 _HEADER_NOUN = {"cameras": "cameras", "images": "images", "points3D": "points", "rigs": "rigs", "frames": "frames"}
@@ -63,11 +68,17 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.strip()
 
 
-def _camera_ids(path: Path) -> set[int]:
-    from patchsplat.validate.bin_format import camera_model_num_params
+def read_cameras(path: Path) -> dict[int, CameraRecord]:
+    """Read ``cameras.txt``: camera id -> its record; :class:`CorruptFile` naming the line of a malformed one."""
+    try:
+        return _cameras(path)
+    except _Malformed as problem:
+        raise CorruptFile(path, str(problem)) from None
 
-    num_params = {name: count for name, count in camera_model_num_params().values()}
-    ids: set[int] = set()
+
+def _cameras(path: Path) -> dict[int, CameraRecord]:
+    models = camera_models().by_name
+    cameras: dict[int, CameraRecord] = {}
     for number, line in _lines(path):
         if not line or line.startswith("#"):
             continue
@@ -77,22 +88,22 @@ def _camera_ids(path: Path) -> set[int]:
                 raise _Malformed(f"{len(tokens)} fields; expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS...")
             camera_id = _int(tokens[0], "camera id")
             model = tokens[1]
-            if model not in num_params:
+            if model not in models:
                 raise _Malformed(f"unknown camera model {model!r}")
-            _int(tokens[2], "width")
-            _int(tokens[3], "height")
-            params = [_float(t, "parameter") for t in tokens[4:]]
-            if len(params) != num_params[model]:
-                raise _Malformed(f"{model} takes {num_params[model]} parameters, found {len(params)}")
-            if camera_id in ids:
+            width = _int(tokens[2], "width")
+            height = _int(tokens[3], "height")
+            params = tuple(_float(t, "parameter") for t in tokens[4:])
+            if len(params) != models[model].num_params:
+                raise _Malformed(f"{model} takes {models[model].num_params} parameters, found {len(params)}")
+            if camera_id in cameras:
                 raise _Malformed(f"camera id {camera_id} appears twice")
         except _Malformed as problem:
             raise _Malformed(f"line {number}: {problem}") from None
-        ids.add(camera_id)
-    return ids
+        cameras[camera_id] = CameraRecord(camera_id, model, width, height, params)
+    return cameras
 
 
-def _image_points(path: Path, camera_ids: set[int]) -> dict[int, int]:
+def _image_points(path: Path, cameras: dict[int, CameraRecord]) -> dict[int, int]:
     """Image id -> number of 2D points, checking both lines of every image."""
     points: dict[int, int] = {}
     lines = _lines(path)
@@ -107,7 +118,7 @@ def _image_points(path: Path, camera_ids: set[int]) -> dict[int, int]:
             for token in tokens[1:8]:
                 _float(token, "pose value")
             camera_id = _int(tokens[8], "camera id")
-            if camera_id not in camera_ids:
+            if camera_id not in cameras:
                 raise _Malformed(f"image {image_id} uses camera {camera_id}, which the cameras file does not define")
             if image_id in points:
                 raise _Malformed(f"image id {image_id} appears twice")
@@ -170,11 +181,11 @@ def diagnose_text_model(files: dict[str, Path]) -> tuple[Path, str] | None:
     """
     stem = "cameras"
     try:
-        camera_ids = _camera_ids(files[stem])
-        if not camera_ids:
+        cameras = _cameras(files[stem])
+        if not cameras:
             raise _Malformed("holds no cameras (empty or truncated)")
         stem = "images"
-        image_points = _image_points(files[stem], camera_ids)
+        image_points = _image_points(files[stem], cameras)
         if not image_points:
             raise _Malformed("holds no images (empty or truncated)")
         stem = "points3D"

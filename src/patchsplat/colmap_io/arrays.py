@@ -10,10 +10,9 @@ if either fails (a hand-edited file), the points are taken from the validator's
 bounded record walk instead.
 
 Every read is guarded like the validation stage (:mod:`patchsplat.validate.model_guard`):
-the cameras and images files are walked record by record first (the validator's
-:mod:`~patchsplat.validate.bin_format`, the one implementation of the layouts), so a
-damaged file is a one-line :class:`InputError` naming it, never a traceback or an
-allocation sized by a garbage count.
+the cameras and images files are walked record by record first (:mod:`.binary`, the
+validator's walk), so a damaged file is a one-line :class:`InputError` naming it, never a
+traceback or an allocation sized by a garbage count. Both read the layouts of :mod:`.layout`.
 
 Text models are read by pycolmap (errors mapped to file and line as the validator
 does) and converted to binary in a temporary folder, so the result does not depend
@@ -28,7 +27,6 @@ in the tests.
 
 from __future__ import annotations
 
-import struct
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,11 +34,26 @@ from pathlib import Path
 
 import numpy as np
 
+from patchsplat.colmap_io.layout import (
+    COUNT,
+    IMAGE_HEAD,
+    INVALID_POINT3D_ID,
+    POINT2D,
+    POINT2D_BYTES,
+    POINT_ERROR_AT,
+    POINT_HEAD_BYTES,
+    POINT_ID_AT,
+    POINT_RGB_AT,
+    POINT_TRACK_LENGTH_AT,
+    POINT_XYZ_AT,
+    TRACK_ELEMENT,
+    TRACK_ELEMENT_BYTES,
+    CameraRecord,
+)
 from patchsplat.errors import InputError
 
-_INVALID_POINT3D_ID = np.uint64(2**64 - 1)
-_POINT_HEADER_BYTES = 8 + 24 + 3 + 8 + 8  # id, xyz, rgb, error, track length
-_OBSERVATION_DTYPE = np.dtype([("x", "<f8"), ("y", "<f8"), ("point3D_id", "<u8")])
+# Track elements are read and written as one little-endian 8-byte word: the image id is its low 4 bytes.
+assert TRACK_ELEMENT.fields["image_id"][1] == 0 and TRACK_ELEMENT_BYTES == 8
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ class ModelArrays:
     obs_image: np.ndarray          # (K,) int32
     obs_point: np.ndarray          # (K,) int32
     obs_xy: np.ndarray             # (K, 2) float64 (a view of obs_records)
-    obs_records: np.ndarray        # (K,) the images.bin records (x, y, point3D_id) of the observations
+    obs_records: np.ndarray        # (K,) the images.bin records (layout.POINT2D: x, y, point3D_id) of the observations
     cameras_bin: bytes             # the model's cameras.bin as read (cameras are few)
 
     @property
@@ -115,15 +128,15 @@ def quaternion_to_matrix(quaternions_wxyz: np.ndarray) -> np.ndarray:
 def _observations(images_file: Path, walk) -> tuple[np.ndarray, np.ndarray]:
     """Every 2D point's (x, y, point3D id) record and the index of its image, from the walked ``images.bin``.
 
-    The walk (:func:`patchsplat.validate.bin_format.walk_images`) has checked every count against
+    The walk (:func:`.binary.walk_images`) has checked every count against
     the file's length; the 2D-point blocks are copied out as one byte array and viewed as records
     (a structured concatenate is ~5x slower).
     """
     buffer = np.fromfile(images_file, dtype=np.uint8)
-    blocks = [buffer[at : at + 24 * count] for at, count in zip(walk.points2D_at, walk.num_points2D)]
+    blocks = [buffer[at : at + POINT2D_BYTES * count] for at, count in zip(walk.points2D_at, walk.num_points2D)]
     records = np.concatenate(blocks) if blocks else np.zeros(0, np.uint8)
     owners = np.repeat(np.arange(len(blocks), dtype=np.int32), np.asarray(walk.num_points2D, dtype=np.int64))
-    return records.view(_OBSERVATION_DTYPE), owners
+    return records.view(POINT2D), owners
 
 
 def _shifted_words(buffer: np.ndarray) -> list[np.ndarray]:
@@ -138,7 +151,7 @@ def _gather_field(words: list[np.ndarray], starts: np.ndarray, field_offset: int
 
     ``words`` are the file's buffer as 8-byte words at each byte alignment (:func:`_shifted_words`),
     so an unaligned value is one element gather, not 8 byte gathers. Record i starts at
-    8 + 51 i + 8 t (t: the track elements before it), so its alignment is (3 i) % 8: records
+    8 + 51 i + 8 t (t: the track elements before it), so its alignment is (8 + 51 i) % 8 = (3 i) % 8: records
     i = r, r + 8, ... share one, and each such group is read from strided views, without
     grouping the records by alignment first.
     """
@@ -156,33 +169,33 @@ def _parse_points_sorted(buffer: np.ndarray, point_ids: np.ndarray, track_length
     The file's length must equal what the images' observations imply, and every record's id and
     track length must sit where they say: then the whole record chain is proven, without a walk.
     """
-    record_sizes = _POINT_HEADER_BYTES + 8 * track_lengths.astype(np.int64)
-    expected_size = 8 + int(record_sizes.sum())
-    if len(buffer) != expected_size or len(buffer) < 8 or int(buffer[:8].view("<u8")[0]) != len(point_ids):
+    record_sizes = POINT_HEAD_BYTES + TRACK_ELEMENT_BYTES * track_lengths.astype(np.int64)
+    expected_size = COUNT.size + int(record_sizes.sum())
+    if len(buffer) != expected_size or len(buffer) < COUNT.size or int(buffer[: COUNT.size].view("<u8")[0]) != len(point_ids):
         return None
     starts = np.empty(len(record_sizes), dtype=np.int64)
-    starts[0:1] = 8
+    starts[0:1] = COUNT.size
     np.cumsum(record_sizes[:-1], out=starts[1:])
-    starts[1:] += 8
+    starts[1:] += COUNT.size
     words = _shifted_words(buffer)
-    if not np.array_equal(_gather_field(words, starts, 0), point_ids.astype(np.uint64)):
+    if not np.array_equal(_gather_field(words, starts, POINT_ID_AT), point_ids.astype(np.uint64)):
         return None
-    if not np.array_equal(_gather_field(words, starts, 43), track_lengths.astype(np.uint64)):
+    if not np.array_equal(_gather_field(words, starts, POINT_TRACK_LENGTH_AT), track_lengths.astype(np.uint64)):
         return None
-    xyz = np.stack([_gather_field(words, starts, 8 + 8 * axis).view("<f8") for axis in range(3)], axis=1).reshape(-1, 3)
-    rgb = buffer[starts[:, None] + 32 + np.arange(3)]
-    error = _gather_field(words, starts, 35).view("<f8")
+    xyz = np.stack([_gather_field(words, starts, POINT_XYZ_AT + 8 * axis).view("<f8") for axis in range(3)], axis=1).reshape(-1, 3)
+    rgb = buffer[starts[:, None] + POINT_RGB_AT + np.arange(3)]
+    error = _gather_field(words, starts, POINT_ERROR_AT).view("<f8")
     return xyz, rgb, error, starts
 
 
 def _parse_points_walked(points_file: Path, shown: Path, buffer: np.ndarray, point_ids: np.ndarray, track_lengths: np.ndarray):
     """Points of a file that is not sorted by id (hand-edited): walked by the validator's bounded walk,
     then matched with the points the images observe."""
-    from patchsplat.validate import bin_format
+    from patchsplat.colmap_io.binary import read_points
     from patchsplat.validate.model_guard import one_line_errors
 
     with one_line_errors():
-        walked = bin_format.read_points(points_file)
+        walked = read_points(points_file)
     order = np.argsort(walked.point_ids, kind="stable")
     file_ids = walked.point_ids[order]
     if len(file_ids) > 1 and (file_ids[1:] == file_ids[:-1]).any():
@@ -198,8 +211,8 @@ def _parse_points_walked(points_file: Path, shown: Path, buffer: np.ndarray, poi
         raise InputError(shown, f"the images refer to 3D points {int(track_lengths.sum())} times but the tracks of the points "
                          f"hold {walked.total_track_length} observations: the model was edited", kind="inconsistent_model")
     starts = walked.starts[rows]
-    rgb = buffer[starts[:, None] + 32 + np.arange(3)]
-    error = np.ascontiguousarray(buffer[starts[:, None] + 35 + np.arange(8)]).view("<f8").ravel()
+    rgb = buffer[starts[:, None] + POINT_RGB_AT + np.arange(3)]
+    error = np.ascontiguousarray(buffer[starts[:, None] + POINT_ERROR_AT + np.arange(8)]).view("<f8").ravel()
     return walked.xyz[rows], rgb, error, starts
 
 
@@ -213,7 +226,7 @@ def _check_track_images(buffer: np.ndarray, starts: np.ndarray, track_lengths: n
     every track (memory-bound, ~0.05 s per million elements), the price of knowing they resolve.
     """
     known = _image_id_table(image_ids)
-    first_element = starts + _POINT_HEADER_BYTES
+    first_element = starts + POINT_HEAD_BYTES
     alignment = first_element % 4
     # Indices fit in int32 for files under 8 GiB: half the memory traffic of int64.
     index_type = np.int32 if len(buffer) < 4 * 2**31 else np.int64
@@ -297,7 +310,7 @@ def _read_binary_model(files: dict[str, Path], shown: dict[str, Path]) -> ModelA
     model_guard.check_cameras(cameras, shown["cameras"])
     model_guard.check_images(images, cameras, shown["images"], shown["cameras"])
     observations, owners = _observations(files["images"], images)
-    valid = observations["point3D_id"] != _INVALID_POINT3D_ID
+    valid = observations["point3D_id"] != np.uint64(INVALID_POINT3D_ID)
     if not valid.all():  # keypoints without a 3D point: drop them (a copy, avoided when all are valid)
         observations, owners = observations[valid], owners[valid]
     # (K, 3) float64 view of the (x, y, id) records: x and y without a copy.
@@ -344,7 +357,7 @@ def _stable_order(keys: np.ndarray) -> np.ndarray:
 
 def _write_point_headers(words: list[np.ndarray], buffer: np.ndarray, starts: np.ndarray,
                          fields: list[tuple[int, np.ndarray]], rgb: np.ndarray) -> None:
-    """Write the 51-byte record headers of points3D.bin at byte offsets ``starts``.
+    """Write the 51-byte record headers (:data:`.layout.POINT_HEAD`) of points3D.bin at byte offsets ``starts``.
 
     As in :func:`_gather_field`, records i = r, r + 8, ... share an alignment, and each field
     is written for them from strided views, with no per-record grouping or gathering.
@@ -355,7 +368,7 @@ def _write_point_headers(words: list[np.ndarray], buffer: np.ndarray, starts: np
             shift = int(group_starts[0] + field_offset) % 8
             words[shift][(group_starts + (field_offset - shift)) // 8] = values[remainder::8]
     for channel in range(3):
-        buffer[starts + 32 + channel] = rgb[:, channel]
+        buffer[starts + POINT_RGB_AT + channel] = rgb[:, channel]
 
 
 def _write_tracks(words: list[np.ndarray], elements: np.ndarray, track_lengths: np.ndarray) -> None:
@@ -364,41 +377,23 @@ def _write_tracks(words: list[np.ndarray], elements: np.ndarray, track_lengths: 
     Element e of the file, of point i, sits at byte 8 + 51 (i + 1) + 8 e: its alignment is
     (3 + 3 i) % 8, shared by the points i = r, r + 8, ... (see :func:`_gather_field`).
     """
+    first_track_byte = COUNT.size + POINT_HEAD_BYTES  # of point 0 (59): point i's is 51 i later
     num_points = len(track_lengths)
     first_element = np.cumsum(track_lengths) - track_lengths
     for remainder in range(min(8, num_points)):
         lengths = track_lengths[remainder::8]
         points = np.arange(remainder, num_points, 8, dtype=np.int64)
-        shift = int(59 + 51 * remainder) % 8
+        shift = (first_track_byte + POINT_HEAD_BYTES * remainder) % 8
         # Element indices of these points, point by point: first_element[i] + (0 .. length - 1).
         local_first = np.cumsum(lengths) - lengths
         element = np.repeat(first_element[remainder::8] - local_first, lengths) + np.arange(int(lengths.sum()))
-        word = element + np.repeat((59 + 51 * points - shift) // 8, lengths)
+        word = element + np.repeat((first_track_byte + POINT_HEAD_BYTES * points - shift) // 8, lengths)
         words[shift][word] = elements[element]
 
 
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    camera_id: int
-    model: str
-    width: int
-    height: int
-    params: tuple[float, ...]
-
-
-def parse_cameras(cameras_bin: bytes) -> dict[int, CameraIntrinsics]:
-    """camera id -> its model, size and parameters, from the bytes of cameras.bin (walked by the validator's walk)."""
-    from patchsplat.validate.bin_format import camera_model_num_params
-
-    models = camera_model_num_params()
-    return {
-        camera_id: CameraIntrinsics(camera_id, models[entry.model_id][0], entry.width, entry.height, entry.params)
-        for camera_id, entry in _camera_entries(cameras_bin).items()
-    }
-
-
-def _camera_entries(cameras_bin: bytes) -> dict:
-    from patchsplat.validate.bin_format import walk_camera_bytes
+def parse_cameras(cameras_bin: bytes) -> dict[int, CameraRecord]:
+    """camera id -> its record, from the bytes of cameras.bin (walked by the validator's walk)."""
+    from patchsplat.colmap_io.binary import walk_camera_bytes
     from patchsplat.validate.model_guard import one_line_errors
 
     with one_line_errors():
@@ -429,23 +424,23 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     first_of_image = np.concatenate([[0], np.cumsum(per_image)[:-1]])
     point2d_index = np.arange(len(kept)) - first_of_image[kept_image]
 
-    # cameras.bin: the records of the cameras the kept images use, unchanged.
-    records = _camera_entries(arrays.cameras_bin)
+    # cameras.bin: the records of the cameras the kept images use, unchanged (re-encoded byte for byte).
+    cameras = parse_cameras(arrays.cameras_bin)
     camera_ids = sorted({int(arrays.camera_ids[i]) for i in image_indices})
-    (model_dir / "cameras.bin").write_bytes(struct.pack("<Q", len(camera_ids)) + b"".join(records[c].record for c in camera_ids))
+    (model_dir / "cameras.bin").write_bytes(COUNT.pack(len(camera_ids)) + b"".join(cameras[c].to_bytes() for c in camera_ids))
 
     # images.bin: each image's kept records (x, y and the unchanged point id) gathered as 8-byte
     # words (3x faster than gathering structured records) into one small reused block, which
     # stays in cache and spares allocating (and page-faulting) the whole file's records at once.
     block = np.empty((int(per_image.max(initial=0)), 3), dtype=np.uint64)
     with open(model_dir / "images.bin", "wb") as file:
-        file.write(struct.pack("<Q", len(image_indices)))
+        file.write(COUNT.pack(len(image_indices)))
         for index in image_indices:
             start, count = int(first_of_image[index]), int(per_image[index])
-            file.write(struct.pack("<I7dI", int(arrays.image_ids[index]), *arrays.quaternions_wxyz[index],
-                                   *arrays.translations[index], int(arrays.camera_ids[index])))
+            file.write(IMAGE_HEAD.pack(int(arrays.image_ids[index]), *arrays.quaternions_wxyz[index],
+                                       *arrays.translations[index], int(arrays.camera_ids[index])))
             file.write(arrays.image_names[index].encode("utf-8") + b"\x00")
-            file.write(struct.pack("<Q", count))
+            file.write(COUNT.pack(count))
             # mode="clip": with mode="raise" NumPy buffers `out` (the indices are valid either way).
             file.write(np.take(arrays.obs_words, kept[start : start + count], axis=0, out=block[:count], mode="clip"))
 
@@ -454,17 +449,17 @@ def write_model_subset(arrays: ModelArrays, image_indices: np.ndarray, point_ind
     points = np.flatnonzero(in_point)
     by_point = _stable_order(kept_point)
     track_lengths = np.bincount(kept_point, minlength=len(arrays.point_ids))[points].astype(np.int64)
-    record_sizes = _POINT_HEADER_BYTES + 8 * track_lengths
-    starts = 8 + np.cumsum(record_sizes) - record_sizes
-    buffer = np.zeros(8 + int(record_sizes.sum()), dtype=np.uint8)
-    buffer[:8] = np.frombuffer(struct.pack("<Q", len(points)), dtype=np.uint8)
+    record_sizes = POINT_HEAD_BYTES + TRACK_ELEMENT_BYTES * track_lengths
+    starts = COUNT.size + np.cumsum(record_sizes) - record_sizes
+    buffer = np.zeros(COUNT.size + int(record_sizes.sum()), dtype=np.uint8)
+    buffer[: COUNT.size] = np.frombuffer(COUNT.pack(len(points)), dtype=np.uint8)
     words = _shifted_words(buffer)
     xyz = arrays.xyz[points].astype("<f8", copy=False)  # written as little-endian words
     _write_point_headers(words, buffer, starts, [
-        (0, arrays.point_ids[points].astype("<u8")),
-        (8, xyz[:, 0].view("<u8")), (16, xyz[:, 1].view("<u8")), (24, xyz[:, 2].view("<u8")),
-        (35, arrays.error[points].astype("<f8").view("<u8")),
-        (43, track_lengths.astype("<u8")),
+        (POINT_ID_AT, arrays.point_ids[points].astype("<u8")),
+        *((POINT_XYZ_AT + 8 * axis, xyz[:, axis].view("<u8")) for axis in range(3)),
+        (POINT_ERROR_AT, arrays.error[points].astype("<f8").view("<u8")),
+        (POINT_TRACK_LENGTH_AT, track_lengths.astype("<u8")),
     ], arrays.rgb[points])
     # A track element is one 8-byte word: image id (u32), then the 2D point index (u32).
     elements = arrays.image_ids.astype(np.uint64)[kept_image] | (point2d_index.astype(np.uint64) << np.uint64(32))
