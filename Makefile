@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 # OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test bench clean-demo wheel deps
+.PHONY: setup demo test bench clean-demo wheel deps browser
 
 setup: $(STAMP)
 
@@ -34,8 +34,19 @@ demo: setup
 	patchsplat repro
 	patchsplat summary
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
+
+# tests/test_view.py loads `patchsplat view` in Debian's Chromium (driven by playwright, which downloads no
+# browser): installed with apt-get when missing and this is root or has sudo; otherwise that test skips, saying so.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  as_root=; [ "$$(id -u)" = 0 ] || as_root="sudo -n"; \
+	  if command -v apt-get >/dev/null && { [ -z "$$as_root" ] || sudo -n true 2>/dev/null; }; then \
+	    echo "installing Debian's chromium for tests/test_view.py (log in $${TMPDIR:-/tmp}/patchsplat-apt.log)"; \
+	    { $$as_root apt-get update -q && $$as_root apt-get install -y -q chromium; } >"$${TMPDIR:-/tmp}/patchsplat-apt.log" 2>&1; \
+	  fi; \
+	  test -x /usr/bin/chromium || echo "chromium not installed (apt-get needs root or sudo): tests/test_view.py's browser test will skip"; }
 
 # A wheel that works alone (dist/): it carries the pipeline definition (setup.py).
 wheel: setup

@@ -398,6 +398,23 @@ def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the s
     guarded(run)
 
 
+@app.command("view")
+def view_command(
+    workspace: Annotated[Path, typer.Argument(help="The patchsplat workspace (after merge; the mesh when the mesh stage ran).")] = Path("."),
+    patch: Annotated[Optional[str], typer.Option("--patch", help="Show this trained patch's splats and cameras instead of the merged scene.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to serve on: 127.0.0.1 is this machine only; 0.0.0.0 lets other machines connect.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (the next free one if taken; 0: any free port).", min=0, max=65535)] = 8080,
+) -> None:
+    """Show the splats, cameras (training / held-out), patch cells and mesh in a browser; prints the URL."""
+
+    def run() -> None:
+        from patchsplat.view import ViewerOptions, load_view_scene, serve_until_interrupted
+
+        serve_until_interrupted(load_view_scene(Workspace(workspace), patch), ViewerOptions(host, port), say=console.print)
+
+    guarded(run)
+
+
 @app.command("init")
 def init_command(
     directory: Annotated[Path, typer.Argument(help="The new workspace folder (must not exist, or be empty).")],
