@@ -2,8 +2,8 @@
 
 The browser test drives Debian's Chromium (``/usr/bin/chromium``) with playwright; ``make test`` installs both
 (playwright from the ``test`` extra, chromium with apt-get when it can). Without them it skips, saying which is
-missing. Its screenshot is saved as ``viewer.png`` (and ``viewer-mesh.png``) in the test's tmp folder, whose
-path the test prints (``pytest -s`` or ``-rA`` shows it).
+missing. Its screenshots are saved as ``viewer.png`` (then ``viewer-camera.png``, ``viewer-mesh.png``) in the
+test's tmp folder, whose path the test prints (``pytest -s`` or ``-rA`` shows it).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _wait_for(measure, condition, timeout: float) -> float:
 
 
 @pytest.mark.timeout(600)
-def test_the_page_shows_the_splats_in_headless_chromium_and_the_mesh_toggles(workspace, tmp_path):
+def test_the_page_shows_the_splats_in_headless_chromium_and_its_controls_work(workspace, tmp_path):
     sync_playwright = _playwright_or_skip()
     viewer = ViewerProcess(str(workspace), "--port", "0")
     try:
@@ -276,11 +276,20 @@ def test_the_page_shows_the_splats_in_headless_chromium_and_the_mesh_toggles(wor
             for label in ("training cameras (14)", "held-out cameras (2)", "core cells", "expanded cells", "mesh (12 faces)"):
                 assert page.get_by_text(label).count() == 1, f"no {label!r} control (screenshot: {screenshot})"
 
+            # The camera panel: looking through the first held-out camera (4 units from the splats' cube) fills
+            # much more of the view; its photo beside patchsplat's render appears as an image in the panel.
+            page.get_by_text("look through it").click()
+            closer = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction > 3 * shown, timeout=60)
+            page.get_by_text("photo | patchsplat render").click()
+            page.get_by_text("img001.png: photo | render").wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "viewer-camera.png"))
+            assert closer > 3 * shown, f"'look through it' did not move the view (screenshot: {tmp_path / 'viewer-camera.png'})"
+
             # The mesh (an opaque box around the splats) is off at first; its checkbox shows it, hiding the splats.
             page.get_by_text("mesh (12 faces)").click()
-            covered = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction < shown / 4, timeout=60)
+            covered = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction < closer / 4, timeout=60)
             page.screenshot(path=str(tmp_path / "viewer-mesh.png"))
-            assert covered < shown / 4, f"the mesh checkbox did not show the mesh (screenshot: {tmp_path / 'viewer-mesh.png'})"
+            assert covered < closer / 4, f"the mesh checkbox did not show the mesh (screenshot: {tmp_path / 'viewer-mesh.png'})"
             browser.close()
         assert outside == [], f"the page asked the internet for {outside}"
     finally:
