@@ -155,6 +155,18 @@ def test_the_viewer_serves_its_page_on_127_0_0_1_from_the_wheel(workspace):
         server.stop()
 
 
+def test_a_damaged_mesh_is_refused_before_the_viewer_serves(workspace, tmp_path):
+    from dataclasses import replace
+
+    from patchsplat.view import ViewerOptions, start_viewer
+
+    damaged = tmp_path / "mesh.ply"
+    damaged.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 99\n")
+    with pytest.raises(InputError) as refused:
+        start_viewer(replace(load_view_scene(Workspace(workspace)), mesh_path=damaged), ViewerOptions(port=0))
+    assert refused.value.where == str(damaged)
+
+
 def _run_view(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "patchsplat.cli", "view", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
