@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 # OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test bench clean-demo wheel deps
+.PHONY: setup demo test bench clean-demo wheel deps js-readers
 
 setup: $(STAMP)
 
@@ -34,8 +34,18 @@ demo: setup
 	patchsplat repro
 	patchsplat summary
 
-test: setup
+test: setup js-readers
 	$(BIN)/python -m pytest
+
+# The npm readers tests/test_export.py checks the exports with (@playcanvas/splat-transform, the Khronos glTF
+# validator), at the versions tests/js/package-lock.json pins. Without npm those tests skip, saying why.
+JS_STAMP := tests/js/node_modules/.installed
+js-readers: $(JS_STAMP)
+
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/js --ignore-scripts --no-audit --no-fund --loglevel=error && touch $(JS_STAMP); \
+	else echo "npm not found: tests/test_export.py will skip its checks against npm readers (apt-get install nodejs npm)"; fi
 
 # A wheel that works alone (dist/): it carries the pipeline definition (setup.py).
 wheel: setup

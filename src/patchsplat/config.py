@@ -318,6 +318,11 @@ class TrainConfig(_Section):
     recovery: RecoveryConfig = RecoveryConfig()
 
 
+# The formats `patchsplat export` writes (patchsplat.export has what each stores): the INRIA PLY, antimatter15's
+# .splat, Niantic's SPZ, glTF 2.0 with KHR_gaussian_splatting (.glb).
+ExportFormat = Literal["ply", "splat", "spz", "gltf"]
+
+
 class MergeConfig(_Section):
     """Merging the patches: each patch keeps the Gaussians whose centre lies in its core cell."""
 
