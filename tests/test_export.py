@@ -277,3 +277,42 @@ def test_export_command_refuses_bad_input_in_one_line(workspace, tmp_path):
     (workspace / "data" / "merged" / "splats.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\n")
     assert_one_line(_cli(str(workspace), str(tmp_path / "a.spz")), "splats.ply")
     assert not (tmp_path / "a.spz").exists()
+
+
+# ---------------------------------------------------------------- the merge stage
+
+
+def test_merge_writes_the_chosen_formats_beside_the_ply(tmp_path):
+    from conftest import build_scene
+    from patchsplat.config import MergeConfig, SplitConfig, ValidateConfig
+    from patchsplat.merge import merge_patches
+    from patchsplat.split import split_scene
+
+    build_scene(tmp_path / "scene", num_images=8, num_points=300)
+    split_scene(tmp_path / "scene", tmp_path / "patches", SplitConfig(mode="grid", rows=1, cols=2, min_cameras=1),
+                ValidateConfig(), progress=False)
+    for seed, patch in enumerate(("p0", "p1")):
+        write_splats_ply(tmp_path / "trained" / patch / "splats.ply", **kept(gaussians(count=30, seed=seed, reach=1.0)))
+    config = MergeConfig(export_formats=["spz", "gltf"])
+    for _ in range(2):  # and again: the merge folder with its exports is the merge's own to replace
+        summary = merge_patches(tmp_path / "patches", tmp_path / "trained", tmp_path / "merged", config)
+    assert summary["exports"] == {"spz": "splats.spz", "gltf": "splats.glb"}
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir() if not p.name.startswith(".")) == [
+        "merge.json", "splats.glb", "splats.ply", "splats.spz"]
+    splat_transform(tmp_path / "merged" / "splats.spz", tmp_path / "back.ply")
+    merged = read_splats_ply(tmp_path / "merged" / "splats.ply")
+    back = read_ply(tmp_path / "back.ply")
+    assert len(back["means"]) == summary["num_gaussians"] == len(merged["means"])
+    np.testing.assert_allclose(back["means"], merged["means"].numpy(), atol=2.0 ** -13 + 1e-6)
+    _, glb = _accessors(tmp_path / "merged" / "splats.glb")
+    np.testing.assert_array_equal(glb["POSITION"], merged["means"].numpy() * np.float32([-1, -1, 1]))
+
+
+def test_merge_export_formats_default_to_none_and_are_checked():
+    from pydantic import ValidationError
+
+    from patchsplat.config import MergeConfig, load_params
+
+    assert MergeConfig().export_formats == [] == load_params(Path(__file__).resolve().parents[1] / "params.yaml").merge.export_formats
+    with pytest.raises(ValidationError):
+        MergeConfig(export_formats=["obj"])

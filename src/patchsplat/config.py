@@ -327,6 +327,9 @@ class MergeConfig(_Section):
     """Merging the patches: each patch keeps the Gaussians whose centre lies in its core cell."""
 
     min_opacity: float = Field(0.0, ge=0.0, lt=1.0, description="Also drop Gaussians below this opacity (0 keeps all).")
+    export_formats: list[ExportFormat] = Field(
+        default_factory=list, description="Also write the merged scene as data/merged/splats.<ext> in these formats "
+        "(splat -> .splat, spz -> .spz, gltf -> .glb; ply is always written). Default: none.")
 
 
 class MeshConfig(_Section):
