@@ -5,7 +5,10 @@ One entry, :func:`export_splats`, for every format; one module per format says w
 * ``ply``   the INRIA layout :mod:`patchsplat.splat_io` writes (every value, float32),
 * ``splat`` antimatter15's 32-byte records (:mod:`.splat`): no SH beyond degree 0, 8-bit colour and rotation,
 * ``spz``   Niantic's compressed format, written by the gsply library (:mod:`.spz`),
-* ``gltf``  a .glb with the KHR_gaussian_splatting extension, written with pygltflib (:mod:`.gltf`).
+* ``gltf``  a .glb with the KHR_gaussian_splatting extension, written with pygltflib (:mod:`.gltf`), turned
+            into glTF's y-up frame as @playcanvas/splat-transform turns a PLY (half a turn about z).
+
+The other formats keep the scene's frame, as the PLY.
 
 Every format drops a Gaussian that has a value not finite in float32, alone, as the PLY writer does
 (and, where the format stores unit quaternions, one whose quaternion has length 0), and says which.
