@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 # OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test bench clean-demo wheel deps browser
+.PHONY: setup demo test bench clean-demo wheel deps browser js-readers
 
 setup: $(STAMP)
 
@@ -34,7 +34,7 @@ demo: setup
 	patchsplat repro
 	patchsplat summary
 
-test: setup browser
+test: setup browser js-readers
 	$(BIN)/python -m pytest
 
 # tests/test_view.py loads `patchsplat view` in Debian's Chromium (driven by playwright, which downloads no
@@ -47,6 +47,16 @@ browser:
 	    { $$as_root apt-get update -q && $$as_root apt-get install -y -q chromium; } >"$${TMPDIR:-/tmp}/patchsplat-apt.log" 2>&1; \
 	  fi; \
 	  test -x /usr/bin/chromium || echo "chromium not installed (apt-get needs root or sudo): tests/test_view.py's browser test will skip"; }
+
+# The npm readers tests/test_export.py checks the exports with (@playcanvas/splat-transform, the Khronos glTF
+# validator), at the versions tests/js/package-lock.json pins. Without npm those tests skip, saying why.
+JS_STAMP := tests/js/node_modules/.installed
+js-readers: $(JS_STAMP)
+
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/js --ignore-scripts --no-audit --no-fund --loglevel=error && touch $(JS_STAMP); \
+	else echo "npm not found: tests/test_export.py will skip its checks against npm readers (apt-get install nodejs npm)"; fi
 
 # A wheel that works alone (dist/): it carries the pipeline definition (setup.py).
 wheel: setup

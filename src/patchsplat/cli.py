@@ -195,6 +195,25 @@ def merge(
     guarded(run)
 
 
+@app.command("export")
+def export_command(
+    workspace: Annotated[Path, typer.Argument(help="The workspace (its data/merged/splats.ply, or a patch's with --patch).")],
+    out: Annotated[Path, typer.Argument(help="The file to write: .ply, .splat, .spz or .glb.")],
+    format: Annotated[Optional[str], typer.Option("--format", help="ply | splat | spz | gltf (default: from OUT's extension).")] = None,
+    patch: Annotated[Optional[str], typer.Option("--patch", help="Export this patch's trained splats instead of the merged scene.")] = None,
+) -> None:
+    """Export the merged scene (or one patch) for viewers: PLY, .splat, SPZ or glTF (.glb, KHR_gaussian_splatting)."""
+
+    def run() -> None:
+        from patchsplat.export import export_file, format_of, source_splats
+
+        result = export_file(source_splats(workspace, patch), format_of(out, format), out)
+        dropped = f"; {result.n_dropped} with non-finite values left out" if result.n_dropped else ""
+        console.print(f"{result.path}: {result.n_written} Gaussians as {result.format}{dropped}", markup=False)
+
+    guarded(run)
+
+
 @app.command("repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repro_command(
     ctx: typer.Context,

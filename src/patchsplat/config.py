@@ -318,10 +318,18 @@ class TrainConfig(_Section):
     recovery: RecoveryConfig = RecoveryConfig()
 
 
+# The formats `patchsplat export` writes (patchsplat.export has what each stores): the INRIA PLY, antimatter15's
+# .splat, Niantic's SPZ, glTF 2.0 with KHR_gaussian_splatting (.glb).
+ExportFormat = Literal["ply", "splat", "spz", "gltf"]
+
+
 class MergeConfig(_Section):
     """Merging the patches: each patch keeps the Gaussians whose centre lies in its core cell."""
 
     min_opacity: float = Field(0.0, ge=0.0, lt=1.0, description="Also drop Gaussians below this opacity (0 keeps all).")
+    export_formats: list[ExportFormat] = Field(
+        default_factory=list, description="Also write the merged scene as data/merged/splats.<ext> in these formats "
+        "(splat -> .splat, spz -> .spz, gltf -> .glb; ply is always written). Default: none.")
 
 
 class MeshConfig(_Section):

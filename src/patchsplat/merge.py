@@ -7,7 +7,8 @@ interior they are ("seamless merging", VastGaussian).
 
 Contract: :func:`merge_patches` reads ``patches_dir/pN/patch.json`` (:class:`patchsplat.split.SplitLayout`) and
 ``trained_dir/<id>/splats.ply`` (world frame) and writes ``out_dir`` atomically:
-``splats.ply`` (INRIA layout, world frame) and ``merge.json`` (counts per patch).
+``splats.ply`` (INRIA layout, world frame), ``merge.json`` (counts per patch) and, for each of
+``merge.export_formats``, ``splats.<ext>`` (:mod:`patchsplat.export`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,27 @@ def merge_patches(patches_dir: Path, trained_dir: Path, out_dir: Path, config: M
     with atomic_dir(out_dir, MERGE, (patches_dir, trained_dir)) as tmp:
         written = write_splats_ply(tmp / "splats.ply", **merged)
         summary["dropped_non_finite"] = written["n_dropped"]
+        summary["exports"] = _write_exports(merged, config.export_formats, tmp)
         write_json(tmp / "merge.json", summary)
     return summary
+
+
+def _write_exports(merged: dict, formats: list[str], folder: Path) -> dict[str, str]:
+    """The merged scene in each chosen format beside splats.ply; {format: file name}."""
+    from patchsplat.export import EXTENSIONS, export_splats
+
+    written = {}
+    for format in dict.fromkeys(formats):  # in order, once each
+        if format == "ply":
+            continue  # splats.ply is always there
+        name = f"splats{EXTENSIONS[format]}"
+        try:
+            export_splats(merged, format, folder / name)
+        except ValueError as error:
+            raise InputError("merge.export_formats", f"the merged scene cannot be written as {format}: {error}",
+                             kind="bad_input") from error
+        written[format] = name
+    return written
 
 
 def print_merge_table(summary: dict) -> None:

@@ -58,7 +58,7 @@ SPLIT = OutputKind("split", (PATCH_ID_PATTERN, "split.json", "layout.png"), sign
                    nested=("sparse", "patch.json"))
 PREPARE = OutputKind("prepare", ("init.npz", "prepare.json"), signature=("prepare.json",))
 TRAIN = OutputKind("train", _TRAIN_ENTRIES, signature=("metrics.json", "attempts.json"))
-MERGE = OutputKind("merge", ("splats.ply", "merge.json"), signature=("merge.json",))
+MERGE = OutputKind("merge", (r"splats\.ply", r"splats\.(splat|spz|glb)", "merge.json"), signature=("merge.json",))
 MESH = OutputKind("mesh", ("mesh.ply", "mesh.glb", "mesh.json"), signature=("mesh.json",))
 
 

@@ -118,6 +118,25 @@ def _flat_columns(
     return columns, num_rest
 
 
+def finite_splats(means, scales, quats, opacities, sh0, shN) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The Gaussians validated as :func:`write_splats_ply` does, as float32 numpy arrays named by
+    :data:`~patchsplat.gaussians.GAUSSIAN_FIELDS` (``opacities`` [N]), and the [N] mask of those whose every
+    value is finite in float32 (the ones the PLY writer keeps). Raises ``ValueError`` on wrong shapes."""
+    columns, num_rest = _flat_columns(means, scales, quats, opacities, sh0, shN)
+    n = columns.shape[0]
+    rest = columns[:, 9 : 9 + 3 * num_rest].reshape(n, 3, num_rest).transpose(0, 2, 1)
+    after_rest = 9 + 3 * num_rest
+    fields = {
+        "means": columns[:, 0:3],
+        "scales": columns[:, after_rest + 1 : after_rest + 4],
+        "quats": columns[:, after_rest + 4 : after_rest + 8],
+        "opacities": columns[:, after_rest],
+        "sh0": columns[:, 6:9].reshape(n, 1, 3),
+        "shN": rest,
+    }
+    return {name: np.ascontiguousarray(value) for name, value in fields.items()}, np.isfinite(columns).all(axis=1)
+
+
 def write_splats_ply(
     path: str | Path,
     means: Tensor,
@@ -126,8 +145,9 @@ def write_splats_ply(
     opacities: Tensor,
     sh0: Tensor,
     shN: Tensor,
+    comments: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Write splats as an INRIA-layout binary PLY at ``path``, atomically.
+    """Write splats as an INRIA-layout binary PLY at ``path``, atomically (``comments`` go into its header).
 
     Arguments are raw parameters (see :mod:`patchsplat.gaussians`), as torch tensors (any device,
     gradients ignored) or numpy arrays: ``means [N,3]``, ``scales [N,3]``,
@@ -150,7 +170,7 @@ def write_splats_ply(
     element = PlyElement.describe(record, "vertex")
     path = Path(path)
     with atomic_file(path, suffix=".ply") as tmp:
-        PlyData([element], text=False, byte_order="<").write(str(tmp))
+        PlyData([element], text=False, byte_order="<", comments=list(comments)).write(str(tmp))
     return {
         "path": str(path),
         "n_written": int(kept.shape[0]),
