@@ -307,3 +307,18 @@ def test_the_page_shows_the_splats_in_headless_chromium_and_its_controls_work(wo
     finally:
         viewer.stop()
     assert viewer.process.returncode is not None
+
+
+def test_a_few_far_splats_do_not_push_the_first_view_out_of_sight(workspace, tmp_path):
+    """A real capture's distant background or edge floaters lie thousands of units out (fern_llff8: the
+    framed extent was 6,917 units for a scene of ~80, and the first view showed nothing)."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(workspace, root)
+    splats = _magenta_splats(NUM_SPLATS)
+    splats["means"][:3] = torch.tensor([[5000.0, 0, 0], [0, -4000.0, 0], [3000.0, 3000.0, 0]])
+    write_splats_ply(Workspace(root).merged_splats, **splats)
+    far, near = load_view_scene(Workspace(root)), load_view_scene(Workspace(workspace))
+    assert far.extent == pytest.approx(near.extent, rel=0.2)
+    assert np.linalg.norm(far.start_position - far.look_at) < 3 * near.extent

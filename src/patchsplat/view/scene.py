@@ -28,6 +28,8 @@ from patchsplat.workspace import Workspace
 # The cells are drawn over the scene's ground: splat centres below this percentile of height are
 # floaters and outliers, not the ground.
 _GROUND_PERCENTILE = 2.0
+# Percentiles of the splats' ground positions the first view frames (with every camera).
+_SPLATS_FRAMED = (2.0, 98.0)
 # Cells with an infinite side (the split's outer cells) are cut at the scene's ground extent grown by this.
 _CELL_MARGIN = 0.1
 
@@ -138,8 +140,13 @@ def patch_outlines(layout: SplitLayout, ground_bounds: Cell, ground_height: floa
     )
 
 
-def _ground_bounds(ground_points: np.ndarray) -> Cell:
-    low, high = ground_points.min(axis=0), ground_points.max(axis=0)
+def _ground_bounds(splats_ground: np.ndarray, cameras_ground: np.ndarray) -> Cell:
+    """The ground the viewer frames: the cameras and the bulk of the splats. A few far splats (a
+    forward-facing capture's distant background, floaters at a trained scene's edge) lie thousands of
+    units out on a real capture and would otherwise push the first view so far that nothing shows."""
+    low, high = np.percentile(splats_ground, _SPLATS_FRAMED, axis=0)
+    if len(cameras_ground):
+        low, high = np.minimum(low, cameras_ground.min(axis=0)), np.maximum(high, cameras_ground.max(axis=0))
     margin = _CELL_MARGIN * max(float(np.max(high - low)), 1e-6)
     return Cell(low[0] - margin, high[0] + margin, low[1] - margin, high[1] + margin)
 
@@ -202,7 +209,7 @@ def load_view_scene(workspace: Workspace, patch_id: str | None = None) -> ViewSc
     ground = layout.ground
     aligned = ground.to_aligned(splats.centers)
     ground_height = float(np.percentile(aligned[:, 2], _GROUND_PERCENTILE))
-    bounds = _ground_bounds(np.concatenate([aligned[:, :2], ground.to_ground(cameras.positions)]))
+    bounds = _ground_bounds(aligned[:, :2], ground.to_ground(cameras.positions))
     extent = max(bounds.x_max - bounds.x_min, bounds.y_max - bounds.y_min)
     up = ground.world_to_aligned[2]
     look_at = np.median(splats.centers, axis=0).astype(np.float64)
