@@ -16,6 +16,9 @@ data ``deps`` there are the ones named here).
     data/mesh/                   mesh.ply, mesh.glb, mesh.json
     reports/                     validation.json, split.json, split_layout.png, evaluation.json, evaluation_grid.png
     reports/last-good/           each report's last successful copy (DVC deletes outputs before a run)
+    reports/run.html             the last pipeline run at a glance, one self-contained page
+    metrics/                     validate.json, split.json, merge.json, evaluate.json: each stage's headline
+                                 numbers, the DVC metrics files (``dvc metrics show``, ``dvc exp show``)
 
 Paths are built from ``root`` as given, so a stage run inside the workspace (``Workspace()``)
 names files relative to it in its messages.
@@ -160,6 +163,19 @@ class Workspace:
     @property
     def last_good_dir(self) -> Path:
         return self.reports_dir / "last-good"
+
+    @property
+    def run_report(self) -> Path:
+        return self.reports_dir / "run.html"
+
+    # metrics/: the DVC metrics files, a few numbers per stage; the reports above hold the rest.
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def stage_metrics(self, stage: str) -> Path:
+        """The headline metrics file of ``stage`` (validate, split, merge, evaluate)."""
+        return self.metrics_dir / f"{stage}.json"
 
     def patch(self, patch_id: str) -> PatchPaths:
         """The paths of patch ``patch_id`` (which need not exist yet)."""
