@@ -10,6 +10,7 @@ import shutil
 from patchsplat.atomic import atomic_file, keep_last_good
 from patchsplat.config import load_params
 from patchsplat.console import guarded
+from patchsplat.headline import SplitHeadline
 from patchsplat.patch_ids import check_patch_ids
 from patchsplat.profiles import split_budget
 from patchsplat.scene_source import resolve_scene_dir
@@ -33,6 +34,7 @@ def main() -> None:
         for source, target in ((workspace.patches_dir / SPLIT_FILE, report), (workspace.patches_dir / LAYOUT_FILE, layout)):
             with atomic_file(target, suffix=target.suffix) as tmp:
                 shutil.copyfile(source, tmp)
+        SplitHeadline.from_report(result.summary).save(workspace.stage_metrics("split"))
         keep_last_good(report, layout)  # reports/last-good/: what a failed re-run leaves (DVC deletes them first)
         tracker.metrics(flat_numbers(result.summary, max_depth=1))
         tracker.artifact(report)

@@ -82,6 +82,22 @@ def test_the_demo_outputs_are_the_pinned_ones(workspace):
         assert evaluation[key] == pytest.approx(expected, rel=relative), key
 
 
+def test_dvc_metrics_show_is_a_few_numbers_per_stage_within_120_columns(workspace):
+    """The headline files (metrics/<stage>.json) are DVC's metrics: numbers only, one row per stage."""
+    import json
+
+    shown = json.loads(_dvc(workspace, "metrics", "show", "--json").stdout)[""]["data"]
+    values = {path: entry["data"] for path, entry in shown.items()}
+    assert list(values) == ["metrics/validate.json", "metrics/split.json", "metrics/merge.json", "metrics/evaluate.json"]
+    assert all(isinstance(value, (int, float)) and not isinstance(value, bool)
+               for numbers in values.values() for value in numbers.values()), values
+    assert values["metrics/split.json"] == {"patches": 4}
+    assert values["metrics/evaluate.json"]["psnr"] == pytest.approx(PINNED_OUTPUTS["psnr"][0], abs=0.01)
+    assert values["metrics/merge.json"]["gaussians"] == pytest.approx(PINNED_OUTPUTS["num_gaussians"][0], rel=0.01)
+    table = _dvc(workspace, "metrics", "show").stdout.splitlines()
+    assert max(len(line) for line in table) <= 120, "\n".join(table)
+
+
 def test_one_patch_override_reruns_only_that_patch(workspace):
     before = {p: (workspace / f"data/prepared/{p}/init.npz").read_bytes() for p in ("p0", "p1")}
     edit_params(workspace, lambda params: params["patch_overrides"].update({"p1": {"init_scale": 0.5}}))
@@ -130,5 +146,5 @@ def test_dvc_experiments_run_with_set_params_and_show_their_metrics(workspace):
     params = run["data"]["params"]["params.yaml"]["data"]
     assert params["patch_overrides"]["p1"]["init_scale"] == 0.4
     metrics = run["data"]["metrics"]
-    assert metrics["reports/evaluation.json"]["data"]["psnr"] > 0
-    assert metrics["data/trained/p1/metrics.json"]["data"]["heldout_psnr"] > 0
+    assert metrics["metrics/evaluate.json"]["data"]["psnr"] > 0
+    assert metrics["metrics/merge.json"]["data"]["patch_psnr"] > 0

@@ -94,3 +94,19 @@ def test_wheel_installs_alone_and_runs_init_and_a_pipeline(tmp_path):
     assert "up to date" in status, status
     lock = (workspace / "dvc.lock").read_text()
     assert "cmd: patchsplat stage train p0" in lock and ".patchsplat/code/train/" in lock
+
+    # Comparing runs (README "Metrics at a glance"): a committed run as the baseline, one experiment, and
+    # `dvc exp show --only-changed` on a 120-column terminal shows every changed metric and the changed
+    # setting in full (the data dependencies' hashes collapse into one "…" column).
+    git = ["git", "-c", "user.name=patchsplat", "-c", "user.email=patchsplat@localhost"]
+    _run(["git", "add", "-A"], workspace, env)
+    _run([*git, "commit", "-qm", "baseline run"], workspace, env)
+    _run([str(python), "-m", "dvc", "exp", "run", "-n", "longer", "-S", "train.steps=14"], workspace, env, timeout=900)
+    wide = _run([str(python), "-m", "dvc", "exp", "show", "--only-changed", "--no-pager"], workspace,
+                {**env, "COLUMNS": "1000"}).stdout.splitlines()
+    changed = [name for name in wide[1].split() if name not in ("Experiment", "Created") and "/" not in name]
+    assert "train.steps" in changed and "psnr" in changed, wide[1]
+    shown = _run([str(python), "-m", "dvc", "exp", "show", "--only-changed", "--no-pager"], workspace,
+                 {**env, "COLUMNS": "120"}).stdout.splitlines()
+    assert max(len(line) for line in shown) <= 120
+    assert shown[1].split()[2:] == [*changed, "…"], "\n".join(shown)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from patchsplat.errors import InputError
+from patchsplat.headline import HEADLINES
 from patchsplat.workspace import Workspace, patch_ids_in, patch_number
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,7 @@ def _named_by_workspace() -> set[str]:
     workspace = Workspace()
     names = {str(getattr(workspace, attribute)) for attribute in dir(workspace)
              if not attribute.startswith("_") and isinstance(getattr(workspace, attribute), Path)}
+    names |= {str(workspace.stage_metrics(headline.stage)) for headline in HEADLINES}
     patch = workspace.patch("p0")
     names |= {str(value).replace("p0", KEY) for value in vars(patch).values() if isinstance(value, Path)}
     return names
@@ -48,7 +50,7 @@ def _path_literals(source: Path) -> list[str]:
     tree = ast.parse(source.read_text(encoding="utf-8"))
     return [node.value for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and " " not in node.value
-            and node.value.startswith(("data/", "reports/"))]
+            and node.value.startswith(("data/", "reports/", "metrics/"))]
 
 
 def test_no_module_spells_out_a_workspace_path():

@@ -135,7 +135,7 @@ class Workspace:
     def mesh_report(self) -> Path:
         return self.mesh_dir / "mesh.json"
 
-    # reports/: DVC metrics and plots (not cached) and their last good copies.
+    # reports/: each stage's full report and plots (not cached), and their last good copies.
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"

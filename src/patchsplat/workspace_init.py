@@ -43,8 +43,8 @@ GITIGNORE = """\
 # Written by `patchsplat init`. Pipeline outputs are DVC's, not git's (DVC may add its own entries).
 /data/*
 /reports/*
-# ... except the metrics DVC keeps out of its cache (cache: false): git holds those, so
-# `dvc exp run` commits them with each experiment and `dvc exp show` lists its metrics.
+# ... except the small files DVC keeps out of its cache (cache: false; so is metrics/): git holds
+# those, so `dvc exp run` commits them with each experiment and `dvc exp show` lists the metrics.
 !/data/trained/
 /data/trained/*
 !/data/trained/p*/

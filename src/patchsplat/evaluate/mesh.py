@@ -151,7 +151,7 @@ def _against_ground_truth(mesh, ground_truth_path: Path, manifest: dict, sfm_xyz
             "mesh_faces": int(len(mesh.faces)),
             "evaluation_box": {"min": crop[0].tolist(), "max": crop[1].tolist()},
         },
-        # Prose lives in lists: `dvc metrics show` skips lists, so the metrics table stays numeric.
+        # Prose lives in lists, apart from the numbers.
         "definitions": [
             f"reference: {ground_truth_path.name} of the demo scene; distances in world units (demo: metres)",
             f"extent: diagonal of the reference box, the {box_definition}",

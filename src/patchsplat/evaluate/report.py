@@ -179,7 +179,7 @@ def evaluate_scene(
         "mesh_status": mesh["status"],
         "images": {
             "render_backend": backend,
-            # The prose (what size, why) is a list, like the definitions below, so `dvc metrics show` skips it.
+            # The prose (what size, why) is a list, like the definitions below: numbers and words stay apart.
             "resolution": {"factor": resolution.factor, "trained_factors": resolution.trained or None,
                            "about": [resolution_text, resolution.source]},
             "l1": overall["l1"],
@@ -187,7 +187,7 @@ def evaluate_scene(
             "per_view": _per_view_table(views),
             "grid_views": grid_names,
             "notes": notes,
-            # Prose lives in lists: `dvc metrics show` skips lists, so the metrics table stays numeric.
+            # Prose lives in lists, apart from the numbers (metrics/evaluate.json takes the headline ones).
             "definitions": [
                 "held-out views: every 8th image of the whole scene sorted by name (no patch trained on them), "
                 f"rendered at {resolution_text} ({resolution.source}), photos downscaled to that size with a box "

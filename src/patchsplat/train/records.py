@@ -1,6 +1,6 @@
 """The records training writes beside the trained splats, and their one reader each.
 
-    metrics.json    :class:`TrainedMetrics`: how training went (DVC metrics, MLflow, the summary; evaluation and
+    metrics.json    :class:`TrainedMetrics`: how training went (merge's headline metrics, MLflow, the summary; evaluation and
                     meshing read the resolution factor from it)
     attempts.json   :class:`AttemptsRecord`: every attempt, why it ended and what the next one changed; when the
                     recovery ladder runs out it is written beside the absent outputs instead
