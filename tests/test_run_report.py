@@ -16,14 +16,18 @@ import re
 import shutil
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import CHROMIUM, CHROMIUM_ARGS, playwright_or_skip, small_workspace
+from patchsplat.errors import PipelineFailed
+from patchsplat.orchestrate import interrupts
 from patchsplat.run_report import write_run_report, write_run_report_or_say_why
 from patchsplat.run_report.page import SECTIONS
+from patchsplat.stage_record import FAILED, StageRecord
 from patchsplat.train.records import Attempt, AttemptsRecord
 from patchsplat.workspace import Workspace
 
@@ -170,6 +174,28 @@ def test_a_failed_run_s_report_says_what_is_missing(finished, tmp_path):
     assert "failed (nonfinite at step 7)" in recovery and "lr_factor 0.5" in recovery
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in recovery
     assert "failed: train: 1 of 4 patches failed" in page[: page.find("<h2>")]
+
+
+@pytest.mark.parametrize("stop, outcome", [
+    (PipelineFailed("dvc repro validate", "data/scene: no images"), "failed: dvc repro validate: data/scene: no images"),
+    (interrupts.NotStarted("interrupted"), "interrupted"),
+])
+def test_a_repro_that_failed_or_was_interrupted_writes_its_report_saying_so(tmp_path, monkeypatch, stop, outcome):
+    """The stages are stood in for (no DVC): the first one records that it failed, then stops the run."""
+    from patchsplat.orchestrate import repro as repro_module
+
+    def first_stage_stops(arguments, workspace, environment, records) -> None:
+        records.add([StageRecord("validate", FAILED, 1.5, "input", "data/scene: no images")])
+        raise stop
+
+    monkeypatch.setattr(repro_module, "_repro_step", first_stage_stops)
+    with pytest.raises(type(stop)):
+        repro_module.repro(Workspace(tmp_path))
+    page = _page(tmp_path)
+    assert f'class="outcome-{outcome.split(":")[0]}">{escape(outcome)}</strong>' in page[: page.find("<h2>")]
+    assert ('<td>validate</td><td>failed (input)</td><td class="n">1.5</td><td>data/scene: no images</td>'
+            in _section(page, "Stage timings"))
+    assert "not available: reports/validation.json is missing" in _section(page, "Validation")
 
 
 def test_a_workspace_with_nothing_in_it_still_gets_a_page(tmp_path):

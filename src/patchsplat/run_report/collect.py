@@ -194,7 +194,7 @@ def read_split(workspace: Workspace) -> Split | Missing:
     return Split(str(content.get("decision") or ""), patches, _png(workspace.split_layout_png))
 
 
-def _optional(value: str) -> float | None:
+def _optional(value: str | None) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
