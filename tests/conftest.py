@@ -43,6 +43,24 @@ def prefect_harness():
         yield
 
 
+# Headless Chromium for the pages patchsplat makes (the viewer, the run report): Debian's, driven by playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium without a GPU: WebGL through SwiftShader, the software renderer Chromium ships.
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+
+
+def playwright_or_skip():
+    """playwright's ``sync_playwright``; the test is skipped, saying what to install, without it or Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed: `make test` installs it (pip install -e '.[test]')")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: `make test` installs Debian's chromium with apt-get when run as root or "
+                    "with sudo; otherwise `apt-get install chromium`")
+    return sync_playwright
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The read-only real scenes (cup77, fern_llff8); the test is skipped when they are absent."""

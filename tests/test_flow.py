@@ -131,7 +131,7 @@ def test_flow_runs_every_stage_and_leaves_dvc_clean(workspace):
         assert (workspace / path).exists(), path
 
 
-def test_mlflow_holds_a_parent_run_with_a_child_per_stage_and_patch(workspace):
+def test_mlflow_holds_a_parent_run_with_a_child_per_stage_and_patch(workspace, tmp_path):
     (parent,) = _pipeline_runs(workspace)
     children = _runs(workspace, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(child.data.tags["dvc.stage"] for child in children) == sorted(ALL_STAGES)
@@ -162,7 +162,11 @@ def test_mlflow_holds_a_parent_run_with_a_child_per_stage_and_patch(workspace):
     history = _client(workspace).get_metric_history(train_p2.info.run_id, "heldout_psnr")
     assert sorted(metric.step for metric in history) == [10, 20]
     artifacts = {item.path for item in _client(workspace).list_artifacts(parent.info.run_id, "reports")}
-    assert {"reports/evaluation.json", "reports/evaluation_grid.png", "reports/split_layout.png"} <= artifacts
+    assert {"reports/evaluation.json", "reports/evaluation_grid.png", "reports/split_layout.png", "reports/run.html"} <= artifacts
+    # The run report logged is this run's: written before the parent run closed, saying it succeeded.
+    logged = _client(workspace).download_artifacts(parent.info.run_id, "reports/run.html", str(tmp_path))
+    page = Path(logged).read_text(encoding="utf-8")
+    assert "succeeded" in page[: page.find("<h2>")] and "p3 (prepare + train)" in page  # the flow's own rows
 
 
 def test_second_run_with_nothing_changed_does_no_work(workspace):

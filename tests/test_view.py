@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_scene
+from conftest import CHROMIUM, CHROMIUM_ARGS, build_scene, playwright_or_skip
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.errors import InputError
 from patchsplat.gaussians import SH_C0
@@ -192,22 +192,6 @@ def test_an_address_this_machine_cannot_listen_on_is_one_line(workspace):
 
 # --- the page in a real browser -----------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Chromium without a GPU: WebGL through SwiftShader, the software renderer Chromium ships.
-CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
-
-
-def _playwright_or_skip():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed: `make test` installs it (pip install -e '.[test]')")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: `make test` installs Debian's chromium with apt-get when run as root or "
-                    "with sudo; otherwise `apt-get install chromium`")
-    return sync_playwright
-
-
 class ViewerProcess:
     """``patchsplat view`` in a subprocess; its output is read in a thread so it never blocks on a full pipe."""
 
@@ -256,7 +240,7 @@ def _wait_for(measure, condition, timeout: float) -> float:
 
 @pytest.mark.timeout(600)
 def test_the_page_shows_the_splats_in_headless_chromium_and_its_controls_work(workspace, tmp_path):
-    sync_playwright = _playwright_or_skip()
+    sync_playwright = playwright_or_skip()
     viewer = ViewerProcess(str(workspace), "--port", "0")
     try:
         url = viewer.url()

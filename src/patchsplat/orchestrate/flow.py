@@ -274,7 +274,8 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
     """
     from prefect.runtime import flow_run
 
-    from patchsplat.orchestrate.report import print_flow_summary
+    from patchsplat.orchestrate.report import flow_rows, print_flow_summary
+    from patchsplat.run_report import write_run_report_or_say_why
 
     started = time.perf_counter()
     root = Workspace(Path(workspace).resolve())
@@ -335,6 +336,9 @@ def reconstruct(workspace: str = ".", max_concurrent_patches: int | None = None,
             pipeline.tag({f"failed.{pid}": reason for pid, reason in summary.failed_patches.items()})
         if failure:
             pipeline.tag({"patchsplat.failure": failure})
+        # The run's record, also of a failed or interrupted run; written before finish() logs it to MLflow.
+        write_run_report_or_say_why(root, lambda: flow_rows(summary), f"failed: {failure}" if summary.outcome == "failed"
+                                    else summary.outcome, time.perf_counter() - started, say=logger.warning)
         pipeline.finish(summary.outcome, patch_ids)
         summary.seconds = time.perf_counter() - started
         print_flow_summary(summary)

@@ -36,7 +36,7 @@ def _report_metrics(workspace: Workspace) -> tuple[tuple[Path, str, int], ...]:
 
 def _report_artifacts(workspace: Workspace) -> tuple[Path, ...]:
     return (workspace.validation_report, workspace.split_report, workspace.split_layout_png,
-            workspace.evaluation_report, workspace.evaluation_grid)
+            workspace.evaluation_report, workspace.evaluation_grid, workspace.run_report)
 
 
 @dataclass

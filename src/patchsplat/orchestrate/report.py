@@ -69,10 +69,15 @@ def print_stage_times(records: list[StageRecord], seconds: float, title: str) ->
     if not records:
         console.print(f"{title}: no stage ran (every stage up to date or none reached) in {seconds:.1f} s")
         return
-    # Only the stages that ran are listed: the others were up to date (or not reached, after a failure).
-    rows = [(record.stage, f"{record.outcome} ({record.kind})" if record.kind else record.outcome,
-             f"{record.seconds:.1f}") for record in records]
+    rows = [row[:3] for row in repro_rows(records)]  # the note (a failure's reason) was printed by the stage itself
     _print_stage_table(f"{title}: stages run in {seconds:.0f} s", rows, ("total", "", f"{seconds:.1f}"))
+
+
+def repro_rows(records: list[StageRecord]) -> list[tuple[str, str, str, str]]:
+    """(stage, result, seconds, note) of each stage a ``dvc repro`` ran, in the order they ended. Only the
+    stages that ran are listed: the others were up to date (or not reached, after a failure)."""
+    return [(record.stage, f"{record.outcome} ({record.kind})" if record.kind else record.outcome,
+             f"{record.seconds:.1f}", record.reason or "") for record in records]
 
 
 def _print_stage_table(title: str, rows, total: tuple[str, ...]) -> None:

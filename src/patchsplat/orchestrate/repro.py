@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from patchsplat.errors import PipelineFailed
+from patchsplat.errors import PatchsplatError, PipelineFailed
 from patchsplat.orchestrate import interrupts
 from patchsplat.orchestrate.stage_runner import (
     StageOutcome, group_failures, run_repro, run_stage, stage_environment, threads_per_patch,
@@ -52,11 +52,13 @@ def repro(workspace: Workspace, extra_args: tuple[str, ...] = (), jobs: int = 1,
     reproduced), then the rest of the pipeline runs. ``records`` gathers what the stages did (for the
     caller's closing line after an interrupt).
     """
-    from patchsplat.orchestrate.report import print_stage_times
+    from patchsplat.orchestrate.report import print_stage_times, repro_rows
+    from patchsplat.run_report import write_run_report_or_say_why
 
     records = records if records is not None else ReproRecords()
     environment = stage_environment()
     started = time.perf_counter()
+    outcome = "failed: interrupted by an unexpected error (see the traceback)"  # until one of the lines below says else
     try:
         _repro_step(("validate",), workspace, environment, records)
         result = sync_patch_ids(planned_patch_ids(workspace), workspace)
@@ -68,8 +70,18 @@ def repro(workspace: Workspace, extra_args: tuple[str, ...] = (), jobs: int = 1,
             prepare_store(load_params(workspace.params_file).tracking, workspace.root)
             _train_in_parallel(result.new_ids, jobs, workspace, records)
         _repro_step(extra_args, workspace, environment, records)
+        outcome = "succeeded"
+    except interrupts.NotStarted:
+        outcome = "interrupted"
+        raise
+    except PatchsplatError as error:
+        outcome = "interrupted" if interrupts.interrupted.is_set() else f"failed: {error.one_line()}"
+        raise
     finally:
-        print_stage_times(records.all(), time.perf_counter() - started, title="patchsplat repro")
+        seconds = time.perf_counter() - started
+        print_stage_times(records.all(), seconds, title="patchsplat repro")
+        if records.all() or outcome != "succeeded":  # a run with nothing to do leaves the last run's report
+            write_run_report_or_say_why(workspace, lambda: repro_rows(records.all()), outcome, seconds)
     return result
 
 
