@@ -108,4 +108,7 @@ def print_summary(reports_dir: Path) -> None:
         result = describe(workspace)
         table.add_row(stage, result or "not run", outputs if result else "")
     console.print(table)
+    if workspace.run_report.exists():
+        console.print(f"The last run at a glance: {_HERE.run_report} (open it in a browser)")
+    console.print(f"Headline numbers: dvc metrics show  ({_HERE.metrics_dir}/; compare runs: dvc exp show --only-changed)")
     console.print("MLflow: mlflow ui --backend-store-uri sqlite:///mlflow.db  (runs of every patch and stage)")
