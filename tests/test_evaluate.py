@@ -391,6 +391,12 @@ def test_the_colour_corrected_psnr_is_reported_overall_per_patch_and_per_view(ev
     rows = _assert_colour_corrected_psnr_reported(evaluated["report"])
     for row in rows:
         assert row["psnr_colour_corrected"] < row["psnr"] + 0.5
+    # MLflow: the stage run logs flat_numbers(report, max_depth=4), the pipeline's parent run the same under "evaluate".
+    from patchsplat.tracking import flat_numbers
+
+    logged = flat_numbers(evaluated["report"], "evaluate", 4)
+    assert logged["evaluate.psnr_colour_corrected"] == evaluated["report"]["psnr_colour_corrected"]
+    assert {f"evaluate.images.per_patch.{patch}.psnr_colour_corrected" for patch in ("p0", "p1")} <= set(logged)
 
 
 def test_a_colour_change_of_the_photos_costs_the_plain_psnr_only(evaluated, tmp_path):
