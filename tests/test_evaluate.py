@@ -28,6 +28,7 @@ from patchsplat.evaluate.geometry import compare_surfaces, distances_to_surface,
 from patchsplat.evaluate.images import hwc_to_nchw, mean_of, view_metrics
 from patchsplat.evaluate.mesh import evaluate_mesh
 from patchsplat.evaluate.perceptual import lpips_metric
+from patchsplat.headline import EvaluateHeadline
 from patchsplat.prepare import knn_spacing
 from patchsplat.scene_views import SceneCameras, load_image, render_world
 from patchsplat.splat_io import read_splats_ply, write_splats_ply
@@ -167,6 +168,30 @@ def test_an_exact_match_is_infinite_psnr_and_ssim_one_and_is_not_averaged():
     mean, note = mean_of([metrics["psnr"], 30.0], "psnr")
     assert mean is None and "1 of 2 views match exactly" in note
     assert mean_of([20.0, 30.0], "psnr") == (25.0, None)
+    assert math.isinf(metrics["psnr_colour_corrected"])
+
+
+# Photos of a real capture differ from the scene's colours by the camera's exposure / white balance:
+# photo = COLOUR_MATRIX render + COLOUR_OFFSET (rows and offsets keep [0, 1] inside [0, 1], no clamping).
+COLOUR_MATRIX = np.array([[0.80, 0.05, 0.00], [0.00, 0.75, 0.05], [0.05, 0.00, 0.85]])
+COLOUR_OFFSET = np.array([0.05, 0.10, 0.02])
+
+
+def recoloured(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float64) @ COLOUR_MATRIX.T + COLOUR_OFFSET).astype(np.float32)
+
+
+def test_view_colour_corrected_psnr_forgives_a_colour_change_and_not_noise():
+    rng = np.random.default_rng(3)
+    render = rng.random((24, 32, 3)).astype(np.float32)
+    metrics = view_metrics(hwc_to_nchw(render), hwc_to_nchw(recoloured(render)))
+    by_hand = 10 * np.log10(1.0 / np.mean((render.astype(np.float64) - recoloured(render)) ** 2))
+    assert metrics["psnr"] == pytest.approx(by_hand, abs=1e-4) and metrics["psnr"] < 25.0
+    assert metrics["psnr_colour_corrected"] >= 60.0
+    # Noise is not colour: the correction gains (almost) nothing.
+    noisy = np.clip(render + rng.normal(0, 0.05, render.shape), 0, 1).astype(np.float32)
+    metrics = view_metrics(hwc_to_nchw(noisy), hwc_to_nchw(render))
+    assert metrics["psnr"] <= metrics["psnr_colour_corrected"] < metrics["psnr"] + 0.5
 
 
 def test_wrong_layouts_and_ranges_are_rejected_not_scored():
@@ -342,6 +367,71 @@ def test_per_patch_table_follows_the_core_cells_in_the_aligned_frame(evaluated):
     by_view = {row["view"]: row for row in evaluated["report"]["images"]["per_view"]}
     assert per_patch["p0"]["psnr"] == pytest.approx(by_view["img001.png"]["psnr"])
     assert SplitLayout.load(evaluated["root"] / "patches").ids == ["p0", "p1"]
+
+
+def _assert_colour_corrected_psnr_reported(report: dict) -> list[dict]:
+    """The colour-corrected PSNR is in the report overall, per patch and per view, labelled and defined, never
+    below the plain PSNR of a view (a tolerance for float rounding), averaged like the plain one; returns the rows."""
+    rows = report["images"]["per_view"]
+    for row in rows:
+        assert isinstance(row["psnr_colour_corrected"], float) and not row["exact_match_colour_corrected"]
+        assert row["psnr_colour_corrected"] >= row["psnr"] - 1e-4
+    assert report["psnr_colour_corrected"] == pytest.approx(np.mean([row["psnr_colour_corrected"] for row in rows]))
+    by_view = {row["view"]: row for row in rows}
+    for patch in report["images"]["per_patch"].values():
+        assert patch["psnr_colour_corrected"] == pytest.approx(
+            np.mean([by_view[name]["psnr_colour_corrected"] for name in patch["views"]]))
+    assert any(line.startswith("psnr_colour_corrected: ") for line in report["images"]["definitions"])
+    assert "psnr_colour_corrected" not in EvaluateHeadline.from_report(report).numbers()   # report only
+    return rows
+
+
+def test_the_colour_corrected_psnr_is_reported_overall_per_patch_and_per_view(evaluated):
+    # Photos equal to the renders up to 8-bit rounding: no colour to correct, so both PSNRs are about 59 dB.
+    rows = _assert_colour_corrected_psnr_reported(evaluated["report"])
+    for row in rows:
+        assert row["psnr_colour_corrected"] < row["psnr"] + 0.5
+    # MLflow: the stage run logs flat_numbers(report, max_depth=4), the pipeline's parent run the same under "evaluate".
+    from patchsplat.tracking import flat_numbers
+
+    logged = flat_numbers(evaluated["report"], "evaluate", 4)
+    assert logged["evaluate.psnr_colour_corrected"] == evaluated["report"]["psnr_colour_corrected"]
+    assert {f"evaluate.images.per_patch.{patch}.psnr_colour_corrected" for patch in ("p0", "p1")} <= set(logged)
+
+
+def test_a_colour_change_of_the_photos_costs_the_plain_psnr_only(evaluated, tmp_path):
+    """The held-out photos re-exposed (COLOUR_MATRIX, COLOUR_OFFSET): the plain PSNR falls to the colour
+    change's, the colour-corrected one stays near the 8-bit rounding's 59 dB."""
+    import shutil
+
+    from PIL import Image
+
+    scene = shutil.copytree(evaluated["scene"], tmp_path / "scene")
+    cameras = SceneCameras(scene / "sparse" / "0", scene / "images")
+    for camera in cameras.heldout:
+        photo = recoloured(evaluated["renders"][camera.name])
+        assert 0.0 <= photo.min() and photo.max() <= 1.0
+        Image.fromarray(np.round(photo * 255).astype(np.uint8)).save(camera.image_path)
+    report = evaluate_scene(scene, evaluated["root"] / "merged.ply", None, evaluated["root"] / "patches",
+                            tmp_path / "evaluation.json", tmp_path / "grid.png", FAST, progress=False)
+    rows = _assert_colour_corrected_psnr_reported(report)
+    for row in rows:
+        assert row["psnr"] < 30.0 and row["psnr_colour_corrected"] > 50.0
+    on_disk = json.loads((tmp_path / "evaluation.json").read_text())
+    assert on_disk["psnr_colour_corrected"] == report["psnr_colour_corrected"]
+
+
+def test_the_console_table_shows_the_colour_corrected_psnr_next_to_the_plain_one(evaluated):
+    from patchsplat.console import console
+
+    with console.capture() as captured:
+        report_module.print_summary(evaluated["report"])
+    text = captured.get()
+    header = next(line for line in text.splitlines() if "PSNR (dB)" in line)
+    assert header.index("PSNR (dB)") < header.index("colour-corrected") < header.index("SSIM")
+    assert f"{evaluated['report']['psnr_colour_corrected']:.4g}" in text
+    explanation = "PSNR colour-corrected: after an affine colour map fitted from each render to its photo"
+    assert text.index("Held-out views") < text.index(explanation)
 
 
 def test_report_is_strict_json_with_lpips_null_and_mesh_nulls(evaluated):

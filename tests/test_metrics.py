@@ -9,7 +9,16 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from patchsplat.metrics import check_images, gaussian_window, l1, mse, psnr, ssim
+from patchsplat.metrics import (
+    check_images,
+    colour_corrected,
+    colour_corrected_psnr,
+    gaussian_window,
+    l1,
+    mse,
+    psnr,
+    ssim,
+)
 
 
 def constant(value: float, shape=(1, 3, 16, 16), dtype=torch.float32) -> torch.Tensor:
@@ -158,6 +167,90 @@ def test_ssim_rejects_images_smaller_than_the_window():
         ssim(constant(0.5, (1, 3, 10, 30)), constant(0.5, (1, 3, 10, 30)))
 
 
+# ------------------------------------------------------------------------------------- colour-corrected PSNR
+
+
+def affine_pair(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(render, truth, M, b): a random render in [0.2, 0.8] and truth = M render + b exactly, per pixel,
+    with M a random 3x3 near the identity and b a small offset (a camera's exposure / white balance)."""
+    generator = torch.Generator().manual_seed(seed)
+    render = 0.2 + 0.6 * torch.rand(2, 3, 24, 32, generator=generator, dtype=torch.float64)
+    matrix = torch.eye(3, dtype=torch.float64) + 0.05 * torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    offset = torch.tensor([0.04, -0.03, 0.02], dtype=torch.float64)
+    truth = torch.einsum("ij,bjhw->bihw", matrix, render) + offset[None, :, None, None]
+    assert 0.0 < float(truth.min()) and float(truth.max()) < 1.0   # the map needs no clamping
+    return render.float(), truth.float(), matrix, offset
+
+
+def test_an_exact_affine_colour_change_is_forgiven_by_the_colour_corrected_psnr():
+    render, truth, _, _ = affine_pair()
+    by_hand = [10 * math.log10(1.0 / float(((r.double() - t.double()) ** 2).mean())) for r, t in zip(render, truth)]
+    plain = psnr(render, truth)
+    assert plain.tolist() == pytest.approx(by_hand, abs=1e-3)
+    assert all(value < 30.0 for value in by_hand)                 # the colour change alone costs a lot
+    corrected = colour_corrected_psnr(render, truth)
+    assert corrected.shape == (2,) and bool((corrected >= 60.0).all())
+    # The fitted map is the colour change itself: the corrected render is the truth (up to float32).
+    assert torch.allclose(colour_corrected(render, truth), truth, atol=1e-5)
+
+
+def test_colour_correction_is_the_least_squares_fit_of_the_truth_on_the_render_per_image():
+    # truth = M render + b + noise: the map is numpy's least squares of the truth's pixels on [render, 1]
+    # (4 x 3), one per image; fitting the reverse (render on truth) and inverting it scores worse.
+    render, truth, _, _ = affine_pair(seed=4)
+    generator = torch.Generator().manual_seed(5)
+    truth = (truth + 0.03 * torch.randn(truth.shape, generator=generator)).clamp(0, 1)
+    truth[1] = (0.5 * render[1] + 0.25).clamp(0, 1)          # a different map for the second image
+    corrected = colour_corrected(render, truth)
+    assert corrected.shape == render.shape and corrected.dtype == torch.float32
+    for r, t, c in zip(render, truth, corrected):
+        pixels = r.double().reshape(3, -1).T.numpy()                               # [N, 3]
+        target = t.double().reshape(3, -1).T.numpy()
+        design = np.concatenate([pixels, np.ones((len(pixels), 1))], axis=1)      # [N, 4]
+        forward, *_ = np.linalg.lstsq(design, target, rcond=None)               # [4, 3]
+        expected = np.clip(design @ forward, 0, 1)
+        np.testing.assert_allclose(c.reshape(3, -1).T.numpy(), expected, atol=1e-5)
+        reverse, *_ = np.linalg.lstsq(np.concatenate([target, np.ones((len(target), 1))], axis=1), pixels, rcond=None)
+        inverted = np.clip((pixels - reverse[3]) @ np.linalg.inv(reverse[:3]), 0, 1)
+        assert np.mean((expected - target) ** 2) < np.mean((inverted - target) ** 2)
+    assert torch.allclose(corrected[1], truth[1], atol=1e-5)
+
+
+def test_identical_images_stay_an_exact_match_after_colour_correction():
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    assert bool(torch.isinf(psnr(image, image.clone())).all())
+    assert bool(torch.isinf(colour_corrected_psnr(image, image.clone())).all())
+    assert torch.equal(colour_corrected(image, image.clone()), image)
+    # Values a rounding step above 1 pass check_images' tolerance; clamping the fitted render to [0, 1]
+    # would move them off the truth, so the render is kept as it is: still an exact match.
+    overshoot = image.clone()
+    overshoot[:, :, :4] = 1.0005
+    assert bool(torch.isinf(colour_corrected_psnr(overshoot, overshoot.clone())).all())
+
+
+def test_colour_correction_cannot_remove_noise():
+    generator = torch.Generator().manual_seed(7)
+    truth = 0.1 + 0.8 * torch.rand(1, 3, 40, 52, generator=generator, dtype=torch.float64)
+    render = truth + 0.02 * torch.randn(truth.shape, generator=generator, dtype=torch.float64)  # stays in [0, 1]
+    assert 0.0 <= float(render.min()) and float(render.max()) <= 1.0
+    by_hand = 10 * math.log10(1.0 / float(((render - truth) ** 2).mean()))
+    assert 33.0 < by_hand < 35.0                                  # sigma 0.02: 10 log10(1 / 0.0004) = 34 dB
+    assert float(psnr(render, truth)[0]) == pytest.approx(by_hand, abs=1e-6)
+    corrected = float(colour_corrected_psnr(render, truth)[0])
+    assert by_hand <= corrected < by_hand + 0.5
+
+
+def test_colour_corrected_psnr_handles_a_flat_render_and_one_channel():
+    # A flat render makes the design rank-deficient: the best map is the truth's mean colour.
+    truth = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    flat = torch.full_like(truth, 0.9)
+    corrected = colour_corrected(flat, truth)
+    assert torch.allclose(corrected, truth.mean(dim=(2, 3), keepdim=True).expand_as(truth), atol=1e-9)
+    assert float(colour_corrected_psnr(flat, truth)[0]) > float(psnr(flat, truth)[0])
+    grey = truth[:, :1]
+    assert float(colour_corrected_psnr(0.5 * grey + 0.1, grey)[0]) >= 60.0
+
+
 # ---------------------------------------------------------------------------------------------- rejections
 
 
@@ -167,7 +260,7 @@ def test_motivating_bug_hwc_images_raise_instead_of_giving_a_wrong_number():
     generator = torch.Generator().manual_seed(5)
     prediction_hwc = torch.rand(48, 64, 3, generator=generator)
     target_hwc = torch.rand(48, 64, 3, generator=generator)
-    for metric in (psnr, ssim, l1):
+    for metric in (psnr, ssim, l1, colour_corrected_psnr, colour_corrected):
         with pytest.raises(ValueError, match=r"looks like NHWC/HWC.*permute to NCHW"):
             metric(prediction_hwc, target_hwc)
         with pytest.raises(ValueError, match=r"prediction has shape \(1, 48, 64, 3\).*looks like NHWC/HWC.*permute to NCHW"):
@@ -198,7 +291,7 @@ def test_motivating_bug_hwc_images_raise_instead_of_giving_a_wrong_number():
     ],
 )
 def test_wrong_layout_range_and_dtype_are_rejected_with_a_hint(prediction, target, pattern):
-    for metric in (psnr, ssim, l1):
+    for metric in (psnr, ssim, l1, colour_corrected_psnr, colour_corrected):
         with pytest.raises(ValueError, match=pattern):
             metric(prediction, target)
 

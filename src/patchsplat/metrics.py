@@ -1,4 +1,4 @@
-"""Image metrics (PSNR, SSIM, L1) that refuse inputs they would silently get wrong.
+"""Image metrics (PSNR, SSIM, L1, colour-corrected PSNR) that refuse inputs they would silently get wrong.
 
 Why this module exists: a "PSNR" of 8 dB came out of a tensor-layout mix-up. Metric code
 happily averages over whatever axes it is given, so an NHWC image fed to an NCHW metric,
@@ -20,6 +20,10 @@ Contract shared by all metrics:
   are clamped at 0 only), so ``check_prediction_range=False`` skips the range check of the
   prediction (never of the target, which is data). Evaluation keeps the default (strict),
   and should clamp renders to [0, 1] first, as gsplat's evaluation does.
+
+:func:`colour_corrected` is the exception to "one value per image": it returns the prediction after
+a per-image affine colour map fitted to the target (same shape); :func:`colour_corrected_psnr` is the
+PSNR of that, one value per image. Both are for evaluation and not differentiable.
 
 SSIM is the standard definition of Wang et al. (2004): Gaussian window of size 11 and
 sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population (not sample) statistics,
@@ -169,6 +173,71 @@ def psnr(prediction: Tensor, target: Tensor, check_prediction_range: bool = True
     """
     check_images(prediction, target, name="psnr", check_prediction_range=check_prediction_range)
     return -10.0 * torch.log10(_mse(prediction, target))
+
+
+@torch.no_grad()
+def colour_corrected(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """``prediction`` after the affine colour map that best fits it to ``target``, per image: ``[B, C, H, W]``.
+
+    What is fitted: for each image of the batch, the ``(C + 1) x C`` matrix ``A`` (4 x 3 for RGB: a
+    3 x 3 colour matrix and an offset) minimising ``|| [p, 1] A - t ||^2`` over all pixels, where the
+    rows ``p`` are the prediction's pixels (N x C) and ``t`` the target's (N x C): ordinary least
+    squares of the target on the prediction (:func:`torch.linalg.lstsq`). The result is ``[p, 1] A``
+    clamped to [0, 1].
+
+    Why from prediction to target and not the reverse: the colour-corrected PSNR is the PSNR of the
+    mapped prediction against the untouched target, so the map that minimises exactly that MSE is the
+    least-squares fit of the target on the prediction. Fitting the reverse (prediction on target, as
+    gsplat's ``color_correct_affine`` does per channel) and inverting the map minimises the error in
+    the prediction's colours instead; with any noise it over-stretches the contrast (regression
+    dilution) and scores worse than the forward fit. With the forward fit the identity map is one of
+    the candidates, so the MSE can only go down; clamping to [0, 1] moves pixels towards the target's
+    range and cannot raise it either. Should float rounding, or clamping where the target is a rounding
+    step outside [0, 1] (within :data:`RANGE_TOLERANCE`), leave the fitted image with a larger MSE than
+    the prediction itself, the prediction is returned unchanged: a colour-corrected PSNR is never below
+    the plain one and an exact match stays an exact match.
+
+    Why at all: real captures vary in exposure and white balance from photo to photo, which a splat
+    model (one colour per direction) cannot reproduce; the gap between this PSNR and the plain one is
+    the part of the error that is only a global colour change of the view. Such a figure is reported
+    for large captures (VastGaussian, as cited in issue 14) and by gsplat's examples (``cc_psnr``); gsplat's
+    ``gsplat/color_correct.py`` offers a quadratic fit (after multinerf) and the per-channel reverse
+    affine fit above, this is the full affine (cross-channel) forward fit. No such map can remove
+    noise, blur or misplaced structure.
+
+    Evaluation only: not differentiable. The fit runs on the CPU in float64 with the SVD driver
+    (``gelsd``), which also handles a rank-deficient design (a flat or grey render); the result comes
+    back on the prediction's device in float32 (float64 if an input is float64).
+    """
+    check_images(prediction, target, name="colour_corrected", check_prediction_range=check_prediction_range)
+    return _colour_corrected(prediction, target)
+
+
+def _colour_corrected(prediction: Tensor, target: Tensor) -> Tensor:
+    batch, channels, height, width = prediction.shape
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        # [B, C, H, W] -> [B, N, C]: one row per pixel.
+        x = prediction.detach().to("cpu", torch.float64).reshape(batch, channels, -1).transpose(1, 2)
+        y = target.detach().to("cpu", torch.float64).reshape(batch, channels, -1).transpose(1, 2)
+        design = torch.cat([x, torch.ones_like(x[..., :1])], dim=2)                  # [B, N, C + 1]
+        maps = torch.linalg.lstsq(design, y, driver="gelsd").solution               # [B, C + 1, C]
+        fitted = (design @ maps).clamp(0.0, 1.0)
+        improved = (fitted - y).square().mean(dim=(1, 2)) < (x - y).square().mean(dim=(1, 2))
+        corrected = torch.where(improved[:, None, None], fitted, x)
+        corrected = corrected.transpose(1, 2).reshape(batch, channels, height, width)
+        return corrected.to(prediction.device, _working_dtype(prediction, target))
+
+
+def colour_corrected_psnr(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
+    """PSNR in dB per image after the per-image affine colour map of :func:`colour_corrected` -> ``[B]``.
+
+    The plain :func:`psnr` of ``colour_corrected(prediction, target)`` against ``target``: how good the
+    prediction is once a global exposure / white-balance difference is forgiven. It is at least the
+    plain PSNR (up to float rounding of the final MSE); ``+inf`` for an exact match, like :func:`psnr`.
+    Not differentiable (evaluation only).
+    """
+    check_images(prediction, target, name="colour_corrected_psnr", check_prediction_range=check_prediction_range)
+    return -10.0 * torch.log10(_mse(_colour_corrected(prediction, target), target))
 
 
 def gaussian_window(

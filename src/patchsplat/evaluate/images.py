@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patchsplat.metrics import check_images, l1, psnr, ssim
+from patchsplat.metrics import check_images, colour_corrected_psnr, l1, psnr, ssim
 from patchsplat.prepare import CanonicalFrame
 from patchsplat.scene_views import Camera, load_image, render_world
 
@@ -36,17 +36,21 @@ def hwc_to_nchw(image: np.ndarray) -> Tensor:
 
 
 def view_metrics(render: Tensor, truth: Tensor, lpips: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict:
-    """PSNR (dB, ``10 log10(1 / MSE)`` over all pixels and channels), SSIM, L1 and LPIPS of ONE view.
+    """PSNR (dB, ``10 log10(1 / MSE)`` over all pixels and channels), colour-corrected PSNR, SSIM, L1 and
+    LPIPS of ONE view.
 
     ``render`` and ``truth`` are NCHW float tensors ``[1, 3, H, W]`` with values in [0, 1], checked
     strictly (:func:`patchsplat.metrics.check_images`). Returns floats; ``psnr`` is ``inf`` for an exact
-    match; ``lpips`` is None when no LPIPS function is given.
+    match; ``psnr_colour_corrected`` is the PSNR after the affine colour map fitted from this render to
+    this photo (:func:`patchsplat.metrics.colour_corrected`), at least ``psnr`` and ``inf`` for an exact
+    match too; ``lpips`` is None when no LPIPS function is given.
     """
     check_images(render, truth, name="evaluation")
     if render.shape[0] != 1:
         raise ValueError(f"evaluation: one view at a time, got a batch of {render.shape[0]} ({tuple(render.shape)})")
     return {
         "psnr": float(psnr(render, truth)[0]),
+        "psnr_colour_corrected": float(colour_corrected_psnr(render, truth)[0]),
         "ssim": float(ssim(render, truth)[0]),
         "l1": float(l1(render, truth)[0]),
         "lpips": float(lpips(render, truth)[0]) if lpips is not None else None,

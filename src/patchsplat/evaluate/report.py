@@ -5,10 +5,11 @@ PNG and the JSON report are each written atomically (PNG first, JSON last, and t
 built and checked for NaN/Inf before the PNG is written). A failure therefore leaves the earlier
 report and grid as they were and no partial file.
 
-``evaluation.json`` keeps DVC-friendly numbers at the top level (``psnr``, ``ssim``, ``lpips``,
-``chamfer``, ``fscore``, ``resolution_factor``, ...; always the same keys, None where a metric does not
-apply), ``resolution`` (the size the images were scored at, in words) and the tables below them
-(``images.per_view``, ``images.per_patch``, ``mesh``).
+``evaluation.json`` keeps DVC-friendly numbers at the top level (``psnr``, ``psnr_colour_corrected``,
+``ssim``, ``lpips``, ``chamfer``, ``fscore``, ``resolution_factor``, ...; always the same keys, None where
+a metric does not apply), ``resolution`` (the size the images were scored at, in words) and the tables
+below them (``images.per_view``, ``images.per_patch``, ``mesh``). The colour-corrected PSNR is in this
+report (and so in MLflow), not in the headline metrics/evaluate.json (see :mod:`patchsplat.headline`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from patchsplat.splat_io import read_splats_ply
 from patchsplat.split import SplitLayout
 from patchsplat.workspace import patch_ids_in
 
-METRIC_NAMES = ("psnr", "ssim", "lpips", "l1")
+METRIC_NAMES = ("psnr", "psnr_colour_corrected", "ssim", "lpips", "l1")
 
 
 def _patch_assignment(patches_dir: Path | None, cameras) -> tuple[dict[str, str | None], list[str], str]:
@@ -76,6 +77,7 @@ def _per_view_table(views: list[ViewResult]) -> list[dict]:
         row = {"view": view.name, "patch": view.patch}
         row.update({name: _finite_or_none(view.metrics[name]) for name in METRIC_NAMES})
         row["exact_match"] = bool(np.isinf(view.metrics["psnr"]))
+        row["exact_match_colour_corrected"] = bool(np.isinf(view.metrics["psnr_colour_corrected"]))
         row.update({"coverage": view.coverage, "width": view.width, "height": view.height, "seconds": round(view.seconds, 3)})
         rows.append(row)
     return rows
@@ -165,6 +167,7 @@ def evaluate_scene(
     overall, notes = _summaries(views)
     report = {
         "psnr": overall["psnr"],
+        "psnr_colour_corrected": overall["psnr_colour_corrected"],
         "ssim": overall["ssim"],
         "lpips": overall["lpips"],
         "lpips_status": lpips_status,
@@ -194,6 +197,11 @@ def evaluate_scene(
                 "filter as training does, renders clamped to [0, 1]",
                 "psnr: 10 log10(1 / MSE), MSE over all pixels and RGB channels of images in [0, 1]; overall and "
                 "per-patch values are means over views",
+                "psnr_colour_corrected: the psnr after an affine colour map fitted per view (least squares of the "
+                "photo's pixels on [render pixels, 1], a 4 x 3 matrix: colour matrix and offset) and applied to the "
+                "render, clamped to [0, 1]; it forgives a global exposure / white-balance difference between the "
+                "photo and the render, so its gap to psnr is the error that is only colour; never below psnr; means "
+                "over views like psnr",
                 "ssim: Wang et al. 2004, Gaussian window 11 / sigma 1.5, valid region; mean over views",
                 f"lpips: {LPIPS_NET} backbone" if lpips_function is not None else "lpips: not computed (see lpips_status)",
                 f"per patch: {assignment_status}",
@@ -231,18 +239,24 @@ def print_summary(report: dict) -> None:
     images = report["images"]
     table = Table(title=f"Held-out views ({report['num_views']}, {report['num_gaussians']:,} Gaussians, "
                         f"{images['render_backend']} renderer) at {report['resolution']}")
-    for column in ("view", "patch", "PSNR (dB)", "SSIM", "LPIPS", "coverage"):
+    for column in ("view", "patch", "PSNR (dB)", "PSNR colour-corrected (dB)", "SSIM", "LPIPS", "coverage"):
         table.add_column(column, justify="left" if column in ("view", "patch") else "right")
     for row in images["per_view"]:
         psnr = "inf" if row["exact_match"] else _number(row["psnr"])
-        table.add_row(row["view"], row["patch"] or "-", psnr, _number(row["ssim"]), _number(row["lpips"]), _number(row["coverage"], 3))
+        psnr_cc = "inf" if row["exact_match_colour_corrected"] else _number(row["psnr_colour_corrected"])
+        table.add_row(row["view"], row["patch"] or "-", psnr, psnr_cc, _number(row["ssim"]), _number(row["lpips"]),
+                      _number(row["coverage"], 3))
     if images["per_patch"]:
         table.add_section()
         for patch_id, row in images["per_patch"].items():
-            table.add_row(f"mean of {row['num_views']}", patch_id, _number(row["psnr"]), _number(row["ssim"]), _number(row["lpips"]), "")
+            table.add_row(f"mean of {row['num_views']}", patch_id, _number(row["psnr"]),
+                          _number(row["psnr_colour_corrected"]), _number(row["ssim"]), _number(row["lpips"]), "")
     table.add_section()
-    table.add_row("overall", "", _number(report["psnr"]), _number(report["ssim"]), _number(report["lpips"]), "", style="bold")
+    table.add_row("overall", "", _number(report["psnr"]), _number(report["psnr_colour_corrected"]),
+                  _number(report["ssim"]), _number(report["lpips"]), "", style="bold")
     console.print(table)
+    console.print("PSNR colour-corrected: after an affine colour map fitted from each render to its photo "
+                  "(forgives exposure / white balance)")
     console.print(f"LPIPS: {report['lpips_status']}")
     for note in images["notes"]:
         console.print(f"note: {note}")
