@@ -83,6 +83,7 @@ def test_repro_writes_the_report_with_every_section_in_order(finished):
     assert positions == sorted(positions), "the sections are out of order"
     header = page[: positions[0]]
     assert str(finished.resolve()) in header and "succeeded" in header and "0.1.0" in header
+    assert "did not finish" not in header
     # The stage timings are the rows `patchsplat repro` closes with: each stage that ran, its time.
     timings = _section(page, "Stage timings")
     for stage in ("validate", "split", "train@p0", "train@p3", "merge", "mesh", "evaluate"):
@@ -174,6 +175,8 @@ def test_a_failed_run_s_report_says_what_is_missing(finished, tmp_path):
     assert "failed (nonfinite at step 7)" in recovery and "lr_factor 0.5" in recovery
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in recovery
     assert "failed: train: 1 of 4 patches failed" in page[: page.find("<h2>")]
+    # What an earlier run left (p0's training here) is not passed off as this run's.
+    assert "This run did not finish." in page[: page.find("<h2>")]
 
 
 @pytest.mark.parametrize("stop, outcome", [

@@ -27,7 +27,7 @@ h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; 
 table { border-collapse: collapse; margin: .5em 0; } th, td { border: 1px solid #ddd; padding: .2em .6em; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; } th { background: #f3f3f3; }
 .missing { color: #8a5a00; font-style: italic; } .error { color: #b00020; } .warning { color: #8a5a00; }
-.outcome-succeeded { color: #1b7f2a; } .outcome-failed, .outcome-interrupted { color: #b00020; }
+.stale { background: #fff4e5; padding: 0.5em; } .outcome-succeeded { color: #1b7f2a; } .outcome-failed, .outcome-interrupted { color: #b00020; }
 img { max-width: 100%; border: 1px solid #ddd; } img.layout { max-width: 44em; display: block; } .patch img { max-width: calc(50% - .5em); } .patch { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 code { background: #f3f3f3; padding: 0 .3em; }
 """
@@ -74,7 +74,12 @@ def _header(report: RunReport) -> str:
     rows = [("workspace", f"<code>{_text(report.workspace)}</code>"), ("written", _text(report.written_at)),
             ("outcome", f'<strong class="outcome-{_text(kind)}">{_text(report.outcome)}</strong>'),
             ("patchsplat", _text(report.version)), ("total time", _text(total))]
-    return "<h1>patchsplat run report</h1>\n" + _table(None, rows)
+    page = "<h1>patchsplat run report</h1>\n" + _table(None, rows)
+    if kind != "succeeded":
+        # The workspace still holds what earlier runs made for the stages this one never reached.
+        page += ('\n<p class="stale"><strong>This run did not finish.</strong> Sections of stages it did not reach '
+                 "(see the stage timings) show what an earlier run left in the workspace.</p>")
+    return page
 
 
 def _stage_timings(report: RunReport) -> str:
