@@ -95,6 +95,7 @@ def test_the_metrics_are_the_evaluation_s(finished):
     evaluation = json.loads((finished / "reports/evaluation.json").read_text())
     metrics = _section(_page(finished), "Metrics")
     assert f"<td>PSNR</td><td>{evaluation['psnr']:.2f} dB</td>" in metrics
+    assert f"<td>PSNR, colour-corrected</td><td>{evaluation['psnr_colour_corrected']:.2f} dB</td>" in metrics
     assert f"<td>SSIM</td><td>{evaluation['ssim']:.3f}</td>" in metrics
     assert f"<td>F-score</td><td>{evaluation['fscore']:.3f}</td>" in metrics
     for patch_id, row in evaluation["images"]["per_patch"].items():

@@ -41,6 +41,7 @@ class Evaluation:
     """reports/evaluation.json's headline and its per-patch rows."""
 
     psnr: float | None
+    psnr_colour_corrected: float | None
     ssim: float | None
     lpips: float | None
     lpips_status: str
@@ -163,7 +164,8 @@ def read_evaluation(workspace: Workspace) -> Evaluation | Missing:
                                  _number(row.get("ssim")), _number(row.get("lpips")), tuple(map(str, row.get("notes") or ())))
                  for patch_id, row in sorted(per_patch.items(), key=lambda item: patch_number(item[0])))
     return Evaluation(
-        psnr=_number(content.get("psnr")), ssim=_number(content.get("ssim")), lpips=_number(content.get("lpips")),
+        psnr=_number(content.get("psnr")), psnr_colour_corrected=_number(content.get("psnr_colour_corrected")),
+        ssim=_number(content.get("ssim")), lpips=_number(content.get("lpips")),
         lpips_status=str(content.get("lpips_status") or ""), chamfer=_number(content.get("chamfer")),
         fscore=_number(content.get("fscore")), gaussians=_count(content.get("num_gaussians")),
         resolution=str(content.get("resolution") or ""), mesh_status=str(content.get("mesh_status") or ""),

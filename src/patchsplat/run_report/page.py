@@ -94,7 +94,9 @@ def _metrics(evaluation: Evaluation | Missing) -> str:
         return _missing(evaluation)
     lpips = _number(evaluation.lpips, 3) if evaluation.lpips is not None else _text(evaluation.lpips_status or "-")
     headline = _table(("metric", "value"), [
-        ("PSNR", _number(evaluation.psnr, 2, " dB")), ("SSIM", _number(evaluation.ssim, 3)), ("LPIPS", lpips),
+        ("PSNR", _number(evaluation.psnr, 2, " dB")),
+        ("PSNR, colour-corrected", _number(evaluation.psnr_colour_corrected, 2, " dB")),
+        ("SSIM", _number(evaluation.ssim, 3)), ("LPIPS", lpips),
         ("Chamfer", _number(evaluation.chamfer, 4)), ("F-score", _number(evaluation.fscore, 3)),
         ("Gaussians", _number(evaluation.gaussians)), ("resolution", _text(evaluation.resolution or "-")),
         ("mesh", _text(evaluation.mesh_status or "-")),
