@@ -30,6 +30,7 @@ from patchsplat.gaussians import SH_C0
 from patchsplat.split import heldout_names, split_scene
 from patchsplat.splat_io import write_splats_ply
 from patchsplat.view import load_view_scene
+from patchsplat.view.scene import CameraPoses, first_view
 from patchsplat.workspace import Workspace
 
 # The test splats' colour: no other layer of the viewer (cameras, cells, GUI) is magenta.
@@ -103,6 +104,27 @@ def test_the_merged_view_shows_the_splats_every_camera_and_every_patch_cell(work
         core, expanded = cells.core.reshape(-1, 3), cells.expanded.reshape(-1, 3)
         assert np.all(expanded.min(axis=0) <= core.min(axis=0) + 1e-9) and np.all(expanded.max(axis=0) >= core.max(axis=0) - 1e-9)
     assert scene.mesh_path == Workspace(workspace).mesh_ply
+
+
+def test_cameras_looking_at_one_subject_are_first_seen_through_the_most_central_one(workspace):
+    """An object orbit (this ring of cameras, cup77) starts where a photo was taken, looking along its axis."""
+    scene = load_view_scene(Workspace(workspace))
+    distances = np.linalg.norm(scene.cameras.positions - scene.start_position, axis=1)
+    camera = int(np.argmin(distances))
+    assert distances[camera] < 1e-6
+    direction = (scene.look_at - scene.start_position) / np.linalg.norm(scene.look_at - scene.start_position)
+    assert np.allclose(direction, scene.cameras.world_from_camera[camera][:, 2], atol=1e-6)
+
+
+def test_cameras_that_do_not_converge_see_the_scene_from_above_one_side():
+    """A survey flight (parallel axes, all looking down): an overview from the scene's edge, not a camera."""
+    down = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])           # world_from_camera: +z forward = down
+    positions = np.array([[x, y, 10.0] for x in range(3) for y in range(3)])
+    cameras = CameraPoses(tuple(f"{i}.png" for i in range(9)), positions, np.repeat(down[None], 9, axis=0),
+                          np.full(9, 0.8), np.full(9, 1.5), np.zeros(9, dtype=bool))
+    middle, offset = np.array([1.0, 1.0, 0.0]), np.array([0.0, -8.0, 6.0])
+    look_at, start = first_view(cameras, middle, offset)
+    assert np.allclose(look_at, middle) and np.allclose(start, middle + offset)
 
 
 def test_one_patch_is_shown_with_its_own_cameras_and_held_out_views(workspace):
@@ -272,14 +294,21 @@ def test_the_page_shows_the_splats_in_headless_chromium_and_its_controls_work(wo
             for label in ("training cameras (14)", "held-out cameras (2)", "core cells", "expanded cells", "mesh (12 faces)"):
                 assert page.get_by_text(label).count() == 1, f"no {label!r} control (screenshot: {screenshot})"
 
-            # The camera panel: looking through the first held-out camera (4 units from the splats' cube) fills
-            # much more of the view; its photo beside patchsplat's render appears as an image in the panel.
+            # The cameras circle the splats, all looking at them: the first view is through one of them (4 units
+            # from the cube). Scrolled away from it, the cube shrinks; "look through it" on the first held-out
+            # camera (also 4 units away) brings it back; its photo beside patchsplat's render appears in the panel.
+            box = canvas.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.6)  # left of the panel
+            for _ in range(8):
+                page.mouse.wheel(0, 400)
+            away = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction < shown / 4, timeout=60)
+            assert away < shown / 4, f"scrolling did not move away from the splats ({away:.3f} of {shown:.3f})"
             page.get_by_text("look through it").click()
-            closer = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction > 3 * shown, timeout=60)
+            closer = _wait_for(lambda: _magenta_fraction(canvas.screenshot()), lambda fraction: fraction > 3 * away, timeout=60)
             page.get_by_text("photo | patchsplat render").click()
             page.get_by_text("img001.png: photo | render").wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "viewer-camera.png"))
-            assert closer > 3 * shown, f"'look through it' did not move the view (screenshot: {tmp_path / 'viewer-camera.png'})"
+            assert closer > 3 * away, f"'look through it' did not move the view (screenshot: {tmp_path / 'viewer-camera.png'})"
 
             # The mesh (an opaque box around the splats) is off at first; its checkbox shows it, hiding the splats.
             page.get_by_text("mesh (12 faces)").click()

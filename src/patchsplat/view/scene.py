@@ -151,6 +151,27 @@ def _ground_bounds(splats_ground: np.ndarray, cameras_ground: np.ndarray) -> Cel
     return Cell(low[0] - margin, high[0] + margin, low[1] - margin, high[1] + margin)
 
 
+def first_view(cameras: CameraPoses, splats_middle: np.ndarray, overview_offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(look_at, start_position) of the viewer's first view.
+
+    A capture whose cameras look at one subject (an object orbit, a forward-facing scene: the split's
+    convergence test) is first seen through its most central camera, the view a photo was taken from.
+    From outside such a capture, even from twice a camera's distance, the first thing in sight is its
+    background, trained as large blurred splats (cup77). Any other capture is seen from above one side
+    of the splats' middle (``overview_offset`` from it), as a person at the scene's edge sees it.
+    """
+    from patchsplat.split.auto import optical_axes_converge
+
+    camera_from_world = np.transpose(cameras.world_from_camera, (0, 2, 1))
+    if len(cameras.positions) >= 2 and optical_axes_converge(camera_from_world, cameras.positions)[0]:
+        central = int(np.argmin(np.linalg.norm(cameras.positions - np.median(cameras.positions, axis=0), axis=1)))
+        position, forward = cameras.positions[central], cameras.world_from_camera[central][:, 2]
+        depth = max(float(np.dot(splats_middle - position, forward)), 1e-6)
+        look_at = position + depth * forward
+        return look_at, position.astype(np.float64)
+    return splats_middle, splats_middle + overview_offset
+
+
 def _splats_file(workspace: Workspace, patch: PatchDescription | None) -> Path:
     if patch is None:
         path = workspace.merged_splats
@@ -212,9 +233,8 @@ def load_view_scene(workspace: Workspace, patch_id: str | None = None) -> ViewSc
     bounds = _ground_bounds(aligned[:, :2], ground.to_ground(cameras.positions))
     extent = max(bounds.x_max - bounds.x_min, bounds.y_max - bounds.y_min)
     up = ground.world_to_aligned[2]
-    look_at = np.median(splats.centers, axis=0).astype(np.float64)
-    # From above and to one side (the ground frame's -y), as a person standing at the scene's edge sees it.
-    start_position = look_at + extent * (0.6 * up - 0.8 * ground.world_to_aligned[1])
+    look_at, start_position = first_view(cameras, np.median(splats.centers, axis=0).astype(np.float64),
+                                         extent * (0.6 * up - 0.8 * ground.world_to_aligned[1]))
     mesh_path = workspace.mesh_ply if workspace.mesh_ply.is_file() else None
     return ViewScene(
         title=f"patch {patch.id}" if patch else "merged splats", splats_path=splats_path, gaussians=gaussians,
