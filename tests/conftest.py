@@ -61,6 +61,22 @@ def playwright_or_skip():
     return sync_playwright
 
 
+def refuse_requests(page, allowed: Callable[[str], bool]) -> list[str]:
+    """Route every request of the playwright ``page``: the ``allowed`` URLs go on, every other one is refused
+    and recorded in the returned list (a page that must work offline asks for nothing else)."""
+    refused: list[str] = []
+
+    def route(request_route) -> None:
+        if allowed(request_route.request.url):
+            request_route.continue_()
+        else:
+            refused.append(request_route.request.url)
+            request_route.abort()
+
+    page.route("**/*", route)
+    return refused
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The read-only real scenes (cup77, fern_llff8); the test is skipped when they are absent."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, playwright_or_skip, small_workspace
+from conftest import CHROMIUM, CHROMIUM_ARGS, playwright_or_skip, refuse_requests, small_workspace
 from patchsplat.errors import PipelineFailed
 from patchsplat.orchestrate import interrupts
 from patchsplat.run_report import write_run_report, write_run_report_or_say_why
@@ -221,20 +221,12 @@ def test_a_report_that_cannot_be_written_is_one_line_not_an_error_of_the_run(tmp
 @pytest.mark.timeout(300)
 def test_the_page_shows_every_image_and_heading_in_headless_chromium(finished, tmp_path):
     sync_playwright = playwright_or_skip()
-    outside: list[str] = []
-
-    def file_only(route) -> None:
-        # Offline: everything but the page's own file (and its data: images) is recorded and refused.
-        if route.request.url.startswith(("file://", "data:")):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.route("**/*", file_only)
+        # Offline: everything but the page's own file (and its data: images) is recorded and refused.
+        outside = refuse_requests(page, lambda url: url.startswith(("file://", "data:")))
         page.goto(Workspace(finished).run_report.resolve().as_uri())
         page.wait_for_load_state("load")
         screenshot = tmp_path / "run_report.png"

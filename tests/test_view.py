@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, build_scene, playwright_or_skip
+from conftest import CHROMIUM, CHROMIUM_ARGS, build_scene, playwright_or_skip, refuse_requests
 from patchsplat.config import SplitConfig, ValidateConfig
 from patchsplat.errors import InputError
 from patchsplat.gaussians import SH_C0
@@ -267,20 +267,12 @@ def test_the_page_shows_the_splats_in_headless_chromium_and_its_controls_work(wo
     try:
         url = viewer.url()
         assert urlparse(url).hostname == "127.0.0.1", url
-        outside: list[str] = []
-
-        def local_only(route) -> None:
-            # Nothing may come from the internet: every request leaving this machine is recorded and refused.
-            if urlparse(route.request.url).hostname == "127.0.0.1":
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.route("**/*", local_only)
+            # Nothing may come from the internet: every request leaving this machine is recorded and refused.
+            outside = refuse_requests(page, lambda url: urlparse(url).hostname == "127.0.0.1")
             page.goto(url)
             assert page.evaluate("!!document.createElement('canvas').getContext('webgl2')"), "no WebGL 2 in this Chromium"
             canvas = page.locator("canvas").first
