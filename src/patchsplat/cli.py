@@ -405,6 +405,30 @@ def show_config(
     guarded(run)
 
 
+@app.command("check-partition")
+def check_partition_command(
+    workspace: Annotated[Path, typer.Argument(help="The patchsplat workspace (its scene must exist: run the pipeline first).")] = Path("."),
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps of the single model, shared among the patches (default: the profile's for the scene as one patch).")] = None,
+) -> None:
+    """Measure what splitting costs: the scene trained as one model and as the split, same budget, same held-out views."""
+
+    def run() -> None:
+        from patchsplat.partition_check import PartitionCheckConfig, check_partition, print_partition_table
+        from patchsplat.partition_check.tracking import log_partition_check
+
+        place = Workspace(workspace)
+        params = load_params(place.params_file)
+        say = lambda message: console.print(f"check-partition: {message}", markup=False, highlight=False)  # noqa: E731
+        record = check_partition(place, params, PartitionCheckConfig(total_steps=steps), log=say)
+        print_partition_table(record)
+        log_partition_check(params.tracking, place, record)
+        console.print(f"report: {place.partition_report}; worst view: {place.partition_png}; "
+                      f"training work kept in {place.partition_check_dir} (a re-run with the same settings only re-scores)",
+                      markup=False, highlight=False)
+
+    guarded(run)
+
+
 @app.command("summary")
 def summary(reports_dir: Annotated[Path, typer.Option(help="Folder holding the stages' reports.")] = Workspace().reports_dir) -> None:
     """Print a short table of what the pipeline produced and where to find it."""

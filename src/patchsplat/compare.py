@@ -39,7 +39,10 @@ SCENE_PREFIX = "scene_"
 
 # Metrics shown first, in this order; the rest follow alphabetically.
 _OVERALL_ORDER = ("evaluate.psnr", "evaluate.ssim", "evaluate.chamfer", "evaluate.fscore", "evaluate.accuracy",
-                  "evaluate.completeness", "evaluate.num_gaussians")
+                  "evaluate.completeness", "evaluate.num_gaussians",
+                  # `patchsplat check-partition`'s price of splitting, on runs of the settings it was made with.
+                  "partition.psnr_difference", "partition.border_psnr_difference", "partition.single_psnr",
+                  "partition.merged_psnr")
 _PER_PATCH_ORDER = ("heldout_psnr", "scene_psnr", "heldout_ssim", "scene_ssim", "scene_l1", "gaussians", "attempts",
                     "train_loss", "steps_per_second", "scene_num_views")
 _LABELS = {

@@ -168,6 +168,20 @@ class Workspace:
     def run_report(self) -> Path:
         return self.reports_dir / "run.html"
 
+    # The partition check (`patchsplat check-partition`): not a stage, so outside DVC's outputs.
+    @property
+    def partition_check_dir(self) -> Path:
+        """Its training work (single model and split patches), kept so an interrupted check resumes."""
+        return self.data_dir / "partition-check"
+
+    @property
+    def partition_report(self) -> Path:
+        return self.reports_dir / "partition.json"
+
+    @property
+    def partition_png(self) -> Path:
+        return self.reports_dir / "partition_border.png"
+
     # metrics/: the DVC metrics files, a few numbers per stage; the reports above hold the rest.
     @property
     def metrics_dir(self) -> Path:

@@ -101,7 +101,7 @@ def _grid_row(view: ViewResult) -> GridRow:
     return GridRow(f"{view.name}{patch}", f"PSNR {shown} dB, SSIM {view.metrics['ssim']:.3f}", view.truth, view.render)
 
 
-def _load_splats(merged_ply: Path) -> dict[str, torch.Tensor]:
+def load_merged_splats(merged_ply: Path) -> dict[str, torch.Tensor]:
     if not Path(merged_ply).is_file():
         raise InputError(merged_ply, "merged splats not found (run the merge stage first)", kind="missing_file")
     splats = read_splats_ply(merged_ply)
@@ -139,7 +139,7 @@ def evaluate_scene(
     heldout = scene.heldout
     if not heldout:
         raise InputError(layout.model_dir, "no registered images, so no held-out view to evaluate", kind="missing_images")
-    splats = _load_splats(merged_ply)
+    splats = load_merged_splats(merged_ply)
     patch_of, patch_ids, assignment_status = _patch_assignment(patches_dir, heldout)
     resolution = evaluation_resolution(config, Path(trained_dir) if trained_dir is not None else None)
     resolution_text = describe_resolution(heldout, resolution.factor)

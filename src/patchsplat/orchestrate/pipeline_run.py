@@ -18,6 +18,7 @@ from pathlib import Path
 from patchsplat.config import Params
 from patchsplat.errors import PatchsplatError
 from patchsplat.orchestrate.dvc_lock import lock_entries, pipeline_hash_tags, stage_hash_tags
+from patchsplat.partition_check.tracking import partition_metrics
 from patchsplat.tracking import (
     ENV_FLOW_RUN_ID, ENV_PARENT_RUN_ID, context_tags, experiment_id, flat_numbers, flatten, tracking_enabled, tracking_uri,
 )
@@ -119,6 +120,9 @@ class PipelineRun:
         for patch_id in patch_ids:
             metrics = _trained_metrics(self.workspace.patch(patch_id).trained_dir / METRICS_FILE)
             numbers.update(flat_numbers(metrics, f"train.{patch_id}", 1))
+        partition = _current_partition_check(self.workspace, self.params)
+        if partition is not None:
+            numbers.update(partition_metrics(partition))
         now = int(time.time() * 1000)
         metrics = [Metric(key, value, now, 0) for key, value in numbers.items()]
         for start in range(0, len(metrics), 1000):
@@ -126,6 +130,10 @@ class PipelineRun:
         for path in _report_artifacts(self.workspace):
             if path.exists():
                 self._client.log_artifact(self.run_id, str(path), "reports")
+        if partition is not None:
+            for path in (self.workspace.partition_report, self.workspace.partition_png):
+                if path.exists():
+                    self._client.log_artifact(self.run_id, str(path), "reports")
         for patch_id in patch_ids:
             for name in PATCH_ARTIFACTS:
                 file = self.workspace.patch(patch_id).trained_dir / name
@@ -135,6 +143,17 @@ class PipelineRun:
         # KILLED for a run stopped by Ctrl-C/SIGTERM: MLflow's status for a run ended by the user.
         status = {"succeeded": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
         self._client.set_terminated(self.run_id, status)
+
+
+def _current_partition_check(workspace: Workspace, params: Params):
+    """The partition check made with this run's settings on this scene (None: none, or an unreadable one: a run
+    still closes its MLflow run)."""
+    from patchsplat.partition_check import current_partition_check
+
+    try:
+        return current_partition_check(workspace, params)
+    except PatchsplatError:
+        return None
 
 
 def _trained_metrics(path: Path) -> dict:
