@@ -6,6 +6,7 @@ checked against the evaluate stage's own scoring of the same splats, the budgets
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,9 +57,10 @@ def test_a_budget_is_shared_in_proportion_and_sums_to_the_total():
     assert sum(shares.values()) == 700
     for patch_id, weight in weights.items():
         assert abs(shares[patch_id] - 700 * weight / 84) < 1
-    overrides = patch_overrides(700, 40_000, weights)
+    # The Gaussian cap follows the patch's points: the same Gaussians per SfM point as the single model.
+    overrides = patch_overrides(700, 40_000, weights, {"p0": 9000, "p1": 6000, "p2": 7500, "p3": 3000}, 20_000)
     assert sum(override["steps"] for override in overrides.values()) == 700
-    assert sum(override["strategy"]["cap_max"] for override in overrides.values()) == 40_000
+    assert [override["strategy"]["cap_max"] for override in overrides.values()] == [18_000, 12_000, 15_000, 6_000]
 
 
 def test_every_patch_gets_at_least_the_minimum():
@@ -109,7 +111,11 @@ def test_both_variants_train_with_the_same_budget(checked):
     workspace, _ = checked
     record = PartitionCheck.load(Workspace(workspace).partition_report)
     assert record.single.steps == record.merged.steps == 20  # the small demo's train.steps
-    assert record.merged.cap_max == record.single.cap_max
+    work = Workspace(workspace).partition_check_dir
+    scene_points = json.loads((work / "single" / "patches" / "p0" / "patch.json").read_text())["num_points"]
+    for patch in SplitLayout.load(work / "split" / "patches").patches:
+        settings = json.loads((work / "split" / "trained" / patch.id / "settings.json").read_text())["train"]
+        assert settings["strategy"]["cap_max"] == max(100, round(record.single.cap_max * patch.num_points / scene_points))
     assert record.merged.gaussians <= record.merged.cap_max
 
 

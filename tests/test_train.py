@@ -115,6 +115,30 @@ def test_every_eighth_image_is_held_out_and_never_trained_on(patch, tmp_path):
     assert not seen & {view.name for view in views.test_views}
 
 
+def test_overlap_views_are_picked_less_often_as_train_overlap_view_weight_says(patch, tmp_path):
+    from patchsplat.train.loop import _Run
+
+    prepare_patch(patch, tmp_path / "prepared", settings())
+    views = PatchViews(patch, PreparedPatch.load(tmp_path / "prepared").frame)
+    assert set(views.core_fractions.values()) == {1.0}  # a 1 x 1 split: every view sees only its core
+    names = [view.name for view in views.train_views]
+    # Half the views look mostly outside the core; at weight 0.2 they are picked (0.1 + 0.9 x 0.2) / 1 as often.
+    fractions = {name: 1.0 if index % 2 else 0.1 for index, name in enumerate(names)}
+
+    def picks(weight: float) -> list[str]:
+        run = _Run(patch, tmp_path / "prepared", None, settings(overlap_view_weight=weight), [], False, lambda m: None, None)
+        return [run.view_for_step(step, views.train_views, fractions).name for step in range(4000)]
+
+    weighted = picks(0.2)
+    overlap = sum(fractions[name] < 1 for name in weighted) / len(weighted)
+    assert overlap == pytest.approx(0.28 / 1.28, abs=0.03)
+    assert picks(0.2) == weighted  # the order depends on the seed and the step only: a resume sees the same views
+    uniform = picks(1.0)  # today's order: every view once per epoch, whatever the fractions say
+    assert sorted(uniform[: len(names)]) == sorted(names)
+    only_core = picks(0.0)  # a view is then picked for its core part alone: 0.1 as often
+    assert sum(fractions[name] < 1 for name in only_core) / len(only_core) == pytest.approx(0.1 / 1.1, abs=0.03)
+
+
 def test_a_tiny_initial_scale_is_noticed_and_recovered_by_the_ladder(patch, tmp_path):
     """The motivating failure, reproduced on purpose: an initial scale that does not fit the patch."""
     metrics = train(patch, tmp_path, settings(init_scale=0.01))

@@ -292,6 +292,12 @@ class TrainConfig(_Section):
     sh_degree: int = Field(3, ge=0, le=4, description="Final spherical-harmonics degree of the colours.")
     sh_degree_interval: Optional[int] = Field(None, ge=1, description="One SH band is added every this many steps. None: the profile's.")
     ssim_lambda: float = Field(0.2, ge=0.0, le=1.0, description="loss = (1 - this) L1 + this (1 - SSIM).")
+    overlap_view_weight: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="How often a training view is picked, for the part of it that sees outside the patch's core cell: "
+        "its weight is c + (1 - c) x this, c the fraction of the SfM points it observes inside the core. 1: every "
+        "view as often (a single patch is all core, so this changes nothing there); lower spends a split patch's "
+        "steps on what it keeps, since merging drops its Gaussians outside the core.")
     means_lr: float = Field(1.6e-4, gt=0.0, description="Decays exponentially to means_lr_final_factor x this by the last step.")
     means_lr_final_factor: float = Field(0.01, gt=0.0, le=1.0)
     scales_lr: Optional[float] = Field(None, gt=0.0, description="None: the profile's (full: 5e-3; preview: 4x that).")

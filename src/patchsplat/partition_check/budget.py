@@ -19,10 +19,17 @@ def apportion(total: int, weights: dict[str, int], minimum: int = 1) -> dict[str
     return {key: max(minimum, share) for key, share in shares.items()}
 
 
-def patch_overrides(total_steps: int, total_cap: int, train_images: dict[str, int]) -> dict[str, dict]:
-    """Each patch's training override: the single model's steps and Gaussian cap shared in proportion to
-    the patch's training images, so every training image is visited about as often as in the single model
-    and the merged scene may hold at most as many Gaussians (fewer: overlap Gaussians are dropped at merge)."""
+def patch_overrides(total_steps: int, total_cap: int, train_images: dict[str, int], points: dict[str, int],
+                    scene_points: int) -> dict[str, dict]:
+    """Each patch's training override, from the single model's steps and Gaussian cap.
+
+    Steps: the total shared in proportion to the patches' training images (the compute budget: one image
+    per step, the sum equal to the single model's). Gaussians: the budget is the merged scene's, so each patch
+    may hold as many per SfM point of its model as the single model may per point of the scene
+    (``total_cap * points / scene_points``). A patch's model also holds its overlap and the far points its
+    cameras see, whose Gaussians merging drops; sharing the cap itself would leave the merged scene with a
+    fraction of the single model's Gaussians (the demo: 25k of 60k)."""
     steps = apportion(total_steps, train_images)
-    caps = apportion(total_cap, train_images, minimum=100)  # the recovery ladder's floor for a cap
-    return {patch_id: {"steps": steps[patch_id], "strategy": {"cap_max": caps[patch_id]}} for patch_id in train_images}
+    return {patch_id: {"steps": steps[patch_id],
+                       "strategy": {"cap_max": max(100, round(total_cap * points[patch_id] / scene_points))}}
+            for patch_id in train_images}

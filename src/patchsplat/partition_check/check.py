@@ -1,8 +1,8 @@
 """Train the workspace's scene twice — as one patch and as its split — with one budget, and compare.
 
 Both variants are trained by the pipeline's own functions (split, prepare, train, merge) in
-``data/partition-check/{single,split}``, with the single model's profile steps and Gaussian cap shared
-among the split's patches (:mod:`.budget`). The user's ``patch_overrides`` do not apply: they are per
+``data/partition-check/{single,split}``, the split's patches with the single model's profile steps and
+Gaussian budget shared among them (:mod:`.budget`). The user's ``patch_overrides`` do not apply: they are per
 patch of one split, and the check compares two. Every step's output is complete or absent and training
 resumes from its checkpoints, so an interrupted check continues where it stopped; a change of the
 settings or the scene starts it afresh (``check.json`` holds their fingerprint).
@@ -112,6 +112,18 @@ def _start_or_resume(work_dir: Path, fingerprint: str, log: Callable[[str], None
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     write_json(marker, {"fingerprint": fingerprint})
+
+
+def _forget_training_unless(variant: _Variant, overrides: dict[str, dict], log: Callable[[str], None]) -> None:
+    """Keep the variant's training only if it was given these budgets (they follow from the single model's)."""
+    marker = variant.root / "budgets.json"
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == overrides:
+        return
+    if (variant.root / "trained").exists():
+        log(f"{variant.name}: the budgets changed, training it afresh")
+    for name in ("prepared", "checkpoints", "trained", "merged"):
+        shutil.rmtree(variant.root / name, ignore_errors=True)
+    write_json(marker, overrides)
 
 
 def _check_splits_in_patches(arrays, params: Params, params_file: Path) -> None:
@@ -227,8 +239,12 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
     total_steps, total_cap = _budget(single, single_ids)
     from patchsplat.profiles import PatchFacts
 
-    train_images = {patch_id: PatchFacts.of_patch(split.patches / patch_id).train_images for patch_id in split_ids}
-    split_seconds = _train(split, split_ids, patch_overrides(total_steps, total_cap, train_images), params, progress, log)
+    facts = {patch_id: PatchFacts.of_patch(split.patches / patch_id) for patch_id in split_ids}
+    overrides = patch_overrides(total_steps, total_cap, {patch_id: fact.train_images for patch_id, fact in facts.items()},
+                                {patch_id: fact.initial_points for patch_id, fact in facts.items()},
+                                PatchFacts.of_patch(single.patches / single_ids[0]).initial_points)
+    _forget_training_unless(split, overrides, log)
+    split_seconds = _train(split, split_ids, overrides, params, progress, log)
     gaussians = {SINGLE: _merge(single, params), SPLIT: _merge(split, params)}
 
     scene = SceneCameras(layout.model_dir, layout.images_dir, arrays)
@@ -291,8 +307,10 @@ def _record(params: Params, config: PartitionCheckConfig, scene_dir: Path, facto
         views=views, settings_fingerprint=fingerprint,
         definitions=[
             "single: the scene trained as one patch (split grid 1 x 1) with the training profile's steps and Gaussian "
-            "cap for it; merged: the workspace's split, those steps and that cap shared among its patches in "
-            "proportion to their training images, trained, then merged by the merge stage",
+            "cap for it; merged: the workspace's split, its patches trained with those steps shared in proportion to "
+            "their training images and a Gaussian cap each of the single cap x the patch's SfM points / the scene's "
+            "(so the merged scene may hold about as many as the single model: merging drops the overlap's), then "
+            "merged by the merge stage; train.* settings as params.yaml has them, patch_overrides left out",
             "both are scored on the scene's held-out views (every 8th image sorted by name, never trained on), "
             f"rendered at 1/{factor} resolution; psnr and ssim as in reports/evaluation.json; differences are merged "
             "minus single, means over views",

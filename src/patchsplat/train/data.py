@@ -36,6 +36,16 @@ class View:
     height: int
 
 
+def core_fractions(arrays, description) -> dict[str, float]:
+    """Image name -> the fraction of the SfM points it observes that lie in the patch's core cell (1 for an
+    image observing none: nothing says it looks elsewhere)."""
+    inside = description.core_contains(arrays.xyz)
+    observed_inside = np.bincount(arrays.obs_image, weights=inside[arrays.obs_point], minlength=len(arrays.image_names))
+    observed = np.bincount(arrays.obs_image, minlength=len(arrays.image_names))
+    fractions = np.where(observed > 0, observed_inside / np.maximum(observed, 1), 1.0)
+    return {name: float(fraction) for name, fraction in zip(arrays.image_names, fractions)}
+
+
 def _intrinsics_matrix(model: str, params: tuple[float, ...]) -> np.ndarray:
     if model == "SIMPLE_PINHOLE":
         focal_x = focal_y = params[0]
@@ -93,6 +103,8 @@ class PatchViews:
         self.train_views = [view for view in views if view.name not in held_out]
         if not self.train_views:
             raise InputError(patch_dir, f"its {len(views)} images are all held-out views of the scene (patch.json): none left to train on", kind="too_small")
+        self.core_fractions = core_fractions(arrays, description)
+
 
     def image(self, view: View) -> torch.Tensor:
         """(H, W, 3) float32 in [0, 1] at the training resolution (cached, least recently used evicted)."""

@@ -276,11 +276,25 @@ class _Run:
             loss = loss + self.config.strategy.scale_reg * torch.exp(params["scales"]).mean()
         return loss
 
-    def view_for_step(self, step: int, train_views: list[View]) -> View:
+    def view_for_step(self, step: int, train_views: list[View], core_fractions: dict[str, float] | None = None) -> View:
         # The order depends only on (seed, step): a resumed run sees the same views as an uninterrupted one.
         epoch, position = divmod(step, len(train_views))
-        order = torch.randperm(len(train_views), generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch))
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        weights = self._view_weights(train_views, core_fractions or {})
+        if weights is None:
+            order = torch.randperm(len(train_views), generator=generator)
+        else:  # an epoch of as many draws as views, each view as often as its weight says
+            order = torch.multinomial(weights, len(train_views), replacement=True, generator=generator)
         return train_views[int(order[position])]
+
+    def _view_weights(self, train_views: list[View], core_fractions: dict[str, float]) -> torch.Tensor | None:
+        """Sampling weights of the views (train.overlap_view_weight), None when they are all equal."""
+        overlap = self.config.overlap_view_weight
+        fractions = torch.tensor([core_fractions.get(view.name, 1.0) for view in train_views], dtype=torch.float64)
+        weights = fractions + (1.0 - fractions) * overlap
+        if overlap == 1.0 or bool((weights == weights[0]).all()) or float(weights.sum()) == 0.0:
+            return None
+        return weights
 
     def inject(self, kind: str, step: int, attempt: int) -> bool:
         return any(f.kind == kind and f.step == step and f.attempt == attempt for f in self.faults)
@@ -370,7 +384,7 @@ class _Run:
             while state.step < config.steps:
                 step = state.step
                 sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
-                view = self.view_for_step(step, views.train_views)
+                view = self.view_for_step(step, views.train_views, views.core_fractions)
                 target = views.image(view).to(self.device)
                 if self.inject("oom", step, attempt.number):
                     raise torch.OutOfMemoryError("injected out of memory (test)")
