@@ -193,7 +193,7 @@ def _budget(variant: _Variant, patch_ids: list[str]) -> tuple[int, int]:
     return steps, caps
 
 
-def _evaluate(variant: _Variant, scene, factor: int, keep: set[str], progress: bool) -> dict:
+def _evaluate(variant: _Variant, scene, factor: int, keep: set[str]) -> dict:
     """The variant's merged splats scored on the scene's held-out views: name -> ViewResult."""
     from patchsplat.evaluate.images import evaluate_views
     from patchsplat.evaluate.report import load_merged_splats
@@ -208,6 +208,25 @@ def _evaluate(variant: _Variant, scene, factor: int, keep: set[str], progress: b
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+def _train_both(single: _Variant, split: _Variant, scene_dir: Path, params: Params, config: PartitionCheckConfig,
+                progress: bool, log: Callable[[str], None]) -> tuple[dict[str, list[str]], tuple[float | None, float | None]]:
+    """Split and train both variants, the split with the single model's budget; (patch ids, training seconds)."""
+    from patchsplat.profiles import PatchFacts
+
+    split_ids = _split(split, scene_dir, params.split, params)
+    single_ids = _split(single, scene_dir, _single_split(params.split), params)
+    single_override = {"steps": config.total_steps} if config.total_steps else None
+    single_seconds = _train(single, single_ids, {single_ids[0]: single_override}, params, progress, log)
+    total_steps, total_cap = _budget(single, single_ids)
+    facts = {patch_id: PatchFacts.of_patch(split.patches / patch_id) for patch_id in split_ids}
+    overrides = patch_overrides(total_steps, total_cap, {patch_id: fact.train_images for patch_id, fact in facts.items()},
+                                {patch_id: fact.initial_points for patch_id, fact in facts.items()},
+                                PatchFacts.of_patch(single.patches / single_ids[0]).initial_points)
+    _forget_training_unless(split, overrides, log)
+    split_seconds = _train(split, split_ids, overrides, params, progress, log)
+    return {SINGLE: single_ids, SPLIT: split_ids}, (single_seconds, split_seconds)
 
 
 def check_partition(workspace: Workspace, params: Params, config: PartitionCheckConfig = PartitionCheckConfig(),
@@ -232,19 +251,7 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
     _start_or_resume(work_dir, hashlib.sha256(f"{fingerprint} {config.total_steps}".encode()).hexdigest(), log)
     single, split = _Variant(SINGLE, work_dir / SINGLE), _Variant(SPLIT, work_dir / SPLIT)
 
-    split_ids = _split(split, scene_dir, params.split, params)
-    single_ids = _split(single, scene_dir, _single_split(params.split), params)
-    single_override = {"steps": config.total_steps} if config.total_steps else None
-    single_seconds = _train(single, single_ids, {single_ids[0]: single_override}, params, progress, log)
-    total_steps, total_cap = _budget(single, single_ids)
-    from patchsplat.profiles import PatchFacts
-
-    facts = {patch_id: PatchFacts.of_patch(split.patches / patch_id) for patch_id in split_ids}
-    overrides = patch_overrides(total_steps, total_cap, {patch_id: fact.train_images for patch_id, fact in facts.items()},
-                                {patch_id: fact.initial_points for patch_id, fact in facts.items()},
-                                PatchFacts.of_patch(single.patches / single_ids[0]).initial_points)
-    _forget_training_unless(split, overrides, log)
-    split_seconds = _train(split, split_ids, overrides, params, progress, log)
+    ids, seconds = _train_both(single, split, scene_dir, params, config, progress, log)
     gaussians = {SINGLE: _merge(single, params), SPLIT: _merge(split, params)}
 
     scene = SceneCameras(layout.model_dir, layout.images_dir, arrays)
@@ -254,13 +261,13 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
     border_names = {name for name in names if is_border(seen[name], config.border_fraction)}
     factor = max([*trained_factors(single.trained).values(), *trained_factors(split.trained).values()])
     log(f"scoring {len(names)} held-out views ({len(border_names)} border views) in both")
-    results = {variant.name: _evaluate(variant, scene, factor, border_names or set(names), progress) for variant in (single, split)}
+    results = {variant.name: _evaluate(variant, scene, factor, border_names or set(names)) for variant in (single, split)}
 
     owners = dict(zip(names, split_layout.core_owners(np.stack([camera.centre for camera in scene.heldout]))))
     views = [_compare(name, owners[name], name in border_names, seen[name], results[SINGLE][name], results[SPLIT][name])
              for name in names]
-    record = _record(params, config, scene_dir, factor, views, single, split, single_ids, split_ids, gaussians,
-                     (single_seconds, split_seconds), fingerprint)
+    record = _record(params, config, scene_dir, factor, views, single, split, ids[SINGLE], ids[SPLIT], gaussians,
+                     seconds, fingerprint)
     worst = next(view for view in views if view.name == record.worst_view)
     _write_png(workspace.partition_png, record, worst, results[SINGLE][worst.name], results[SPLIT][worst.name])
     record.save(workspace.partition_report)
