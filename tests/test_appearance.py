@@ -107,24 +107,34 @@ def uneven_patch(tmp_path_factory) -> Path:
     split_scene(scene, root / "patches", SplitConfig(mode="grid", rows=1, cols=1, min_cameras=1), ValidateConfig(), progress=False)
     patch = root / "patches" / "p0"
     description = PatchDescription.load(patch)
-    rng = np.random.default_rng(7)
-    for name in sorted(description.training_image_names()):
+    for name, gains in photo_gains(patch).items():
         path = description.images_folder(patch) / name
-        pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.float64) * rng.uniform(*GAIN_RANGE, 3)
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.float64) * gains
         Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(path)
     return patch
 
 
+def photo_gains(patch: Path) -> dict[str, np.ndarray]:
+    """The per-channel gains of the training photos, by name, in the order of the training views (sorted)."""
+    rng = np.random.default_rng(7)
+    return {name: rng.uniform(*GAIN_RANGE, 3) for name in sorted(PatchDescription.load(patch).training_image_names())}
+
+
 def test_appearance_correction_improves_heldout_psnr_on_uneven_photos(uneven_patch, tmp_path):
-    """Measured at 300 steps (the unchanged held-out views): off 19.3 dB, on 21.0 dB with the default
-    lr/reg/start_fraction. Off, the photos' exposures are baked into the splats' colours; on, the
-    transforms take them."""
+    """Measured at 300 steps (the unchanged held-out views): off 19.27 dB, on 20.59 dB with the default
+    lr/reg/start_fraction (other settings of the transforms: 18.0 to 21.0; off at 120 or 900 steps: 19.6, 17.9).
+    Off, the photos' exposures are baked into the splats' colours; on, the transforms take them, and the
+    gains they learn follow the photos' gains."""
     steps = {"steps": 300, "eval_every": 300, "checkpoint_every": 300, "strategy": {"refine_stop_iter": 240}}
     off = train(uneven_patch, tmp_path / "off", settings(**steps))
     on = train(uneven_patch, tmp_path / "on", settings(**steps, appearance={"enabled": True}))
     assert off.appearance_max_gain_change is None and off.appearance_max_offset is None
     assert on.appearance_max_gain_change > 0.02, "the transforms learnt nothing"
-    assert on.heldout_psnr > off.heldout_psnr + 1.0, (off.heldout_psnr, on.heldout_psnr)
+    assert on.heldout_psnr > off.heldout_psnr + 0.8, (off.heldout_psnr, on.heldout_psnr)
+    learnt = torch.load(tmp_path / "on" / "checkpoints" / "last.pt", weights_only=True)["state"]["appearance"]["transforms"]
+    learnt_gains = torch.diagonal(learnt[:, :, :3], dim1=1, dim2=2).numpy().ravel()
+    true_gains = np.concatenate(list(photo_gains(uneven_patch).values()))
+    assert np.corrcoef(learnt_gains, true_gains)[0, 1] > 0.5, "the learnt gains do not follow the photos'"
     assert json.loads((tmp_path / "on" / "out" / "settings.json").read_text())["train"]["appearance"]["enabled"] is True
 
 
