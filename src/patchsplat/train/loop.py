@@ -4,8 +4,8 @@ Contract: :func:`train_patch` reads a patch folder (``sparse/0``, ``patch.json``
 prepared folder (a :class:`~patchsplat.prepare.PreparedPatch`), and writes ``out_dir`` (complete or absent):
 
     splats.ply       the trained Gaussians, standard 3DGS (INRIA) layout, world frame
-    metrics.json     train loss, held-out PSNR/SSIM, steps/s, Gaussians, peak memory vs estimate, attempts
-                     (a TrainedMetrics, see patchsplat.train.records)
+    metrics.json     train loss, held-out PSNR/SSIM, steps/s, Gaussians, peak memory vs estimate, attempts,
+                     what the appearance correction learnt (a TrainedMetrics, see patchsplat.train.records)
     curve.csv        step, loss, held-out PSNR (for ``dvc plots``)
     heldout.png      a held-out view: ground truth | render | error
     settings.json    the effective settings (params.yaml's train + this patch's override)
@@ -14,6 +14,9 @@ prepared folder (a :class:`~patchsplat.prepare.PreparedPatch`), and writes ``out
 Checkpoints go to ``checkpoint_dir`` (atomically, every ``checkpoint_every`` steps, at the
 milestones and at the end) and carry a fingerprint of the settings and inputs, so
 ``resume=True`` continues only a run that is the same run.
+
+With ``train.appearance`` on, each training image's render is mapped by that image's learnt colour
+transform before the loss (:mod:`patchsplat.train.appearance`); everything written uses the render as it is.
 
 A failure the monitor detects (see :mod:`patchsplat.train.health`), an out-of-memory or a
 rasterizer error rolls back — to the initial points when the next rung changes the initial
@@ -45,6 +48,7 @@ from patchsplat.prepare import INIT_FILE, PreparedPatch
 from patchsplat.profiles import PatchFacts, is_resolved, resolve_train
 from patchsplat.progress import ProgressLine, on_terminal
 from patchsplat.train import health
+from patchsplat.train.appearance import AppearanceCorrection
 from patchsplat.train.data import PatchViews, View
 from patchsplat.train.health import HealthMonitor, TrainingFailure
 from patchsplat.train.memory import PeakMemory, plan_memory
@@ -226,13 +230,17 @@ class _Run:
             )
         return strategy
 
-    def fresh_state(self, settings: AttemptSettings, strategy) -> TrainingState:
+    def fresh_state(self, settings: AttemptSettings, strategy, training_images: int) -> TrainingState:
         params = initial_splats(self.prepared.gaussians, self.config,
                                 settings.init_scale_ratio * self.config.init_scale / self.prepared.init_scale, settings.cap_max, self.device)
-        optimisers = make_optimisers(params, learning_rates(self.config, settings.lr_factor))
+        rates = learning_rates(self.config, settings.lr_factor)
+        optimisers = make_optimisers(params, rates)
         strategy_state = strategy.initialize_state(**({"scene_scale": 1.0} if self.config.strategy.kind == "default" else {}))
+        appearance = None
+        if self.config.appearance.enabled:
+            appearance = AppearanceCorrection.identity(training_images, rates["appearance"], self.config.appearance.reg, self.device)
         torch.manual_seed(self.config.seed)
-        return TrainingState(0, params, optimisers, strategy_state, torch.get_rng_state())
+        return TrainingState(0, params, optimisers, strategy_state, torch.get_rng_state(), appearance)
 
     # ------------------------------------------------------------------ one step
     def render(self, params, view: View, sh_degree: int, render_mode: str = "RGB"):
@@ -262,11 +270,18 @@ class _Run:
                 raise
             raise RasterizerError(str(error)) from error
 
-    def loss(self, rendered: torch.Tensor, target: torch.Tensor, params) -> torch.Tensor:
+    def loss(self, rendered: torch.Tensor, target: torch.Tensor, params, appearance: AppearanceCorrection | None = None,
+             image_index: int = 0) -> torch.Tensor:
+        """The training loss of ``rendered`` against training image ``image_index``'s photo ``target``; with an
+        appearance correction, the render is first mapped by that image's colour transform (and the transform's
+        pull towards identity is added)."""
         from patchsplat import metrics
 
         # fp32 whatever autocast did upstream: prediction and target are both cast.
-        prediction = rendered[..., :3].permute(0, 3, 1, 2).float()
+        prediction = rendered[..., :3].float()
+        if appearance is not None:
+            prediction = appearance.corrected(prediction, image_index)
+        prediction = prediction.permute(0, 3, 1, 2)
         target = target.permute(2, 0, 1)[None].float()
         l1 = metrics.l1(prediction, target, check_prediction_range=False).mean()
         ssim = metrics.ssim(prediction, target, check_prediction_range=False).mean()
@@ -274,9 +289,15 @@ class _Run:
         if self.config.strategy.kind == "mcmc":
             loss = loss + self.config.strategy.opacity_reg * torch.sigmoid(params["opacities"]).mean()
             loss = loss + self.config.strategy.scale_reg * torch.exp(params["scales"]).mean()
+        if appearance is not None:
+            loss = loss + appearance.penalty(image_index)
         return loss
 
     def view_for_step(self, step: int, train_views: list[View], core_fractions: dict[str, float] | None = None) -> View:
+        return train_views[self.view_index_for_step(step, train_views, core_fractions)]
+
+    def view_index_for_step(self, step: int, train_views: list[View], core_fractions: dict[str, float] | None = None) -> int:
+        """The position in the training views of the view trained on at ``step`` (also its appearance transform's)."""
         # The order depends only on (seed, step): a resumed run sees the same views as an uninterrupted one.
         epoch, position = divmod(step, len(train_views))
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
@@ -285,7 +306,7 @@ class _Run:
             order = torch.randperm(len(train_views), generator=generator)
         else:  # an epoch of as many draws as views, each view as often as its weight says
             order = torch.multinomial(weights, len(train_views), replacement=True, generator=generator)
-        return train_views[int(order[position])]
+        return int(order[position])
 
     def _view_weights(self, train_views: list[View], core_fractions: dict[str, float]) -> torch.Tensor | None:
         """Sampling weights of the views (train.overlap_view_weight), None when they are all equal."""
@@ -365,7 +386,10 @@ class _Run:
         config = self.config
         views = self.load_views(settings.resolution_factor)
         rates = learning_rates(config, settings.lr_factor)
-        state = TrainingState.restore(start, self.device, rates) if start is not None else self.fresh_state(settings, strategy)
+        if start is not None:
+            state = TrainingState.restore(start, self.device, rates, config.appearance.reg)
+        else:
+            state = self.fresh_state(settings, strategy, len(views.train_views))
         torch.set_rng_state(state.rng_state)
         if state.params["means"].shape[0] > settings.cap_max:
             self._enforce_cap(state, settings.cap_max, strategy)
@@ -384,7 +408,8 @@ class _Run:
             while state.step < config.steps:
                 step = state.step
                 sh_degree = min(step // config.sh_degree_interval, config.sh_degree)
-                view = self.view_for_step(step, views.train_views, views.core_fractions)
+                image_index = self.view_index_for_step(step, views.train_views, views.core_fractions)
+                view = views.train_views[image_index]
                 target = views.image(view).to(self.device)
                 if self.inject("oom", step, attempt.number):
                     raise torch.OutOfMemoryError("injected out of memory (test)")
@@ -392,11 +417,13 @@ class _Run:
                     raise RasterizerError("CUDA error: invalid configuration argument (injected)")
                 rendered, _, info = self.render(state.params, view, sh_degree)
                 strategy.step_pre_backward(state.params, state.optimisers, state.strategy_state, step, info)
-                loss = self.loss(rendered, target, state.params)
+                # The transforms join once the render resembles the photos (see AppearanceConfig.start_fraction).
+                appearance = state.appearance if step >= config.appearance.start_fraction * config.steps else None
+                loss = self.loss(rendered, target, state.params, appearance, image_index)
                 loss.backward()
                 if self.inject("nan_grad", step, attempt.number):
                     state.params["means"].grad[0, 0] = float("nan")
-                health.check_step(loss, dict(state.params), step)
+                health.check_step(loss, {**state.params, **(state.appearance.named_parameters() if state.appearance else {})}, step)
                 periodic = step % config.health.check_every == 0 or step == config.steps - 1
                 metrics = monitor.periodic(dict(state.params), step, memory.peak_bytes()) if periodic else None
 
@@ -406,6 +433,8 @@ class _Run:
                 for optimiser in state.optimisers.values():
                     optimiser.step()
                     optimiser.zero_grad(set_to_none=True)
+                if state.appearance is not None:
+                    state.appearance.step()
                 if config.strategy.kind == "mcmc":
                     strategy.step_post_backward(state.params, state.optimisers, state.strategy_state, step, info, lr=means_lr)
                 else:
@@ -596,6 +625,14 @@ def training_inputs(patch_dir: Path, prepared_dir: Path) -> tuple[Path, ...]:
     return (patch_dir / "sparse", patch_dir / "patch.json", prepared_dir)
 
 
+def _appearance_record(state: TrainingState) -> dict[str, float]:
+    """metrics.json's summary of the colour transforms (nothing when appearance correction is off)."""
+    if state.appearance is None:
+        return {}
+    gain, offset = state.appearance.largest_changes()
+    return {"appearance_max_gain_change": gain, "appearance_max_offset": offset}
+
+
 def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
                    seconds: float, steps_run: int, provenance: dict) -> TrainedMetrics:
     from patchsplat.splat_io import transform_splats, write_splats_ply
@@ -626,6 +663,7 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
             attempts=len(run.attempts),
             recovered=any(attempt.outcome == "failed" for attempt in run.attempts),
             resumed=any(attempt.resumed_at_steps for attempt in run.attempts),
+            **_appearance_record(state),
         )
         metrics.save(tmp / METRICS_FILE)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),

@@ -12,6 +12,7 @@ import torch
 from patchsplat.config import TrainConfig
 from patchsplat.gaussians import GAUSSIAN_FIELDS
 from patchsplat.prepare import PREPARED_FIELDS
+from patchsplat.train.appearance import AppearanceCorrection
 
 
 def initial_splats(prepared: dict[str, np.ndarray], config: TrainConfig, init_scale_ratio: float, cap_max: int,
@@ -43,6 +44,7 @@ def learning_rates(config: TrainConfig, lr_factor: float) -> dict[str, float]:
         "opacities": config.opacities_lr * lr_factor,
         "sh0": config.sh0_lr * lr_factor,
         "shN": config.shN_lr * lr_factor,
+        "appearance": config.appearance.lr * lr_factor,   # the per-image colour transforms (train.appearance)
     }
 
 
@@ -67,6 +69,7 @@ class TrainingState:
     optimisers: dict[str, torch.optim.Adam]
     strategy_state: dict
     rng_state: torch.Tensor
+    appearance: AppearanceCorrection | None = None   # the per-image colour transforms, when train.appearance is on
 
     def snapshot(self) -> dict:
         """A detached CPU copy (a checkpoint's content; loadable with weights_only=True)."""
@@ -76,10 +79,11 @@ class TrainingState:
             "optimisers": {name: _to_cpu(copy.deepcopy(opt.state_dict())) for name, opt in self.optimisers.items()},
             "strategy_state": _to_cpu(copy.deepcopy({k: v for k, v in self.strategy_state.items()})),
             "rng_state": self.rng_state.clone(),
+            "appearance": self.appearance.snapshot() if self.appearance is not None else None,
         }
 
     @staticmethod
-    def restore(snapshot: dict, device: torch.device, rates: dict[str, float]) -> TrainingState:
+    def restore(snapshot: dict, device: torch.device, rates: dict[str, float], appearance_reg: float = 0.0) -> TrainingState:
         params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.to(device)) for name, value in snapshot["params"].items()}
         )
@@ -90,7 +94,10 @@ class TrainingState:
             for group in optimiser.param_groups:  # a recovery step may have changed the rates
                 group["lr"] = rates[name]
         strategy_state = {k: v.to(device) if torch.is_tensor(v) else v for k, v in copy.deepcopy(snapshot["strategy_state"]).items()}
-        return TrainingState(snapshot["step"], params, optimisers, strategy_state, snapshot["rng_state"].clone())
+        appearance = snapshot.get("appearance")
+        if appearance is not None:
+            appearance = AppearanceCorrection.restore(appearance, rates["appearance"], appearance_reg, device)
+        return TrainingState(snapshot["step"], params, optimisers, strategy_state, snapshot["rng_state"].clone(), appearance)
 
 
 def _to_cpu(value):

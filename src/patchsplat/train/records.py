@@ -49,6 +49,10 @@ class TrainedMetrics(BaseModel):
     attempts: int                       # attempts made (a resume is not one)
     recovered: bool                     # an attempt failed and a recovery rung succeeded
     resumed: bool                       # the run continued from a checkpoint
+    # train.appearance: what the per-image colour transforms learnt, over all training images (None: off;
+    # absent from metrics.json files written before the setting existed)
+    appearance_max_gain_change: float | None = None   # the largest |M - I| entry of a transform's 3 x 3 matrix
+    appearance_max_offset: float | None = None        # the largest |b| entry of a transform's offset (colours in 0..1)
 
     def save(self, path: Path) -> None:
         write_json(path, self.model_dump(mode="json"))
