@@ -25,12 +25,18 @@ from patchsplat.partition_check.border import cells_seen, is_border
 from patchsplat.partition_check.budget import apportion, patch_overrides
 from patchsplat.partition_check.tracking import partition_metrics
 from patchsplat.split import SplitLayout
+from patchsplat.tracking import ENV_PARENT_RUN_ID
 from patchsplat.workspace import Workspace
 from project_copy import edit_params
 
 
+# What earlier tests of the session may leave in the environment (MLflow sets MLFLOW_TRACKING_URI when a
+# tracking URI is set in-process): these workspaces' runs must go to their own mlflow.db, as a user's would.
+FOREIGN_TRACKING = ("MLFLOW_TRACKING_URI", ENV_PARENT_RUN_ID)
+
+
 def _cli(workspace: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in FOREIGN_TRACKING}
     env["PYTHONPATH"] = str(workspace / "src")
     env["PATCHSPLAT_TRACKING"] = "1"  # conftest turns it off; these workspaces' MLflow runs are checked
     return subprocess.run([sys.executable, "-m", "patchsplat.cli", *args], cwd=workspace, env=env,
@@ -180,6 +186,8 @@ def test_the_pipeline_run_and_the_comparison_show_the_figures(checked, monkeypat
 
     workspace, _ = checked
     monkeypatch.setenv("PATCHSPLAT_TRACKING", "1")
+    for name in FOREIGN_TRACKING:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(workspace)
     place = Workspace(workspace)
     record = PartitionCheck.load(place.partition_report)
