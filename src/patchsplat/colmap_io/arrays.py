@@ -111,6 +111,17 @@ class ModelArrays:
         first_of_run = np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(starts, counts) + np.arange(int(counts.sum())) - first_of_run
 
+    def observed_fractions(self, group_of_point: np.ndarray, groups: int) -> np.ndarray:
+        """(images, groups): the fraction of each image's observations whose point is in each group
+        (``group_of_point`` per point, -1 for none: counted in the image's total, in no group). An image
+        without observations has a row of zeros."""
+        group = np.asarray(group_of_point)[self.obs_point]
+        kept = group >= 0
+        counts = np.bincount(self.obs_image[kept].astype(np.int64) * groups + group[kept],
+                             minlength=len(self.image_names) * groups).reshape(len(self.image_names), groups)
+        totals = np.bincount(self.obs_image, minlength=len(self.image_names))
+        return counts / np.maximum(totals, 1)[:, None]
+
 
 def quaternion_to_matrix(quaternions_wxyz: np.ndarray) -> np.ndarray:
     q = quaternions_wxyz / np.linalg.norm(quaternions_wxyz, axis=-1, keepdims=True)

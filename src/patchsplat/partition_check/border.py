@@ -7,8 +7,6 @@ clipped to what is really in front of the camera (occlusion included), without a
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from patchsplat.colmap_io.arrays import ModelArrays
@@ -18,14 +16,15 @@ from patchsplat.split.layout import SplitLayout
 def cells_seen(arrays: ModelArrays, layout: SplitLayout, names: list[str]) -> dict[str, dict[str, float]]:
     """For each image in ``names``: patch id -> the fraction of its observed points in that patch's core cell
     (largest first; points in no cell are left out)."""
-    owners = np.array(layout.core_owners(arrays.xyz), dtype=object)
-    index_of = {name: index for index, name in enumerate(arrays.image_names)}
+    index_of_patch = {patch_id: index for index, patch_id in enumerate(layout.ids)}
+    cell_of_point = np.array([index_of_patch.get(owner, -1) for owner in layout.core_owners(arrays.xyz)], dtype=np.int64)
+    fractions = arrays.observed_fractions(cell_of_point, len(layout.ids))
+    index_of_image = {name: index for index, name in enumerate(arrays.image_names)}
     seen = {}
     for name in names:
-        observed = np.unique(arrays.obs_point[arrays.obs_image == index_of[name]])
-        counts = Counter(owner for owner in owners[observed] if owner is not None)
-        total = max(len(observed), 1)
-        seen[name] = {patch_id: round(count / total, 4) for patch_id, count in counts.most_common()}
+        row = fractions[index_of_image[name]]
+        order = sorted(np.flatnonzero(row), key=lambda cell: -row[cell])
+        seen[name] = {layout.ids[cell]: round(float(row[cell]), 4) for cell in order}
     return seen
 
 

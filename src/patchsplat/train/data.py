@@ -39,11 +39,9 @@ class View:
 def core_fractions(arrays, description) -> dict[str, float]:
     """Image name -> the fraction of the SfM points it observes that lie in the patch's core cell (1 for an
     image observing none: nothing says it looks elsewhere)."""
-    inside = description.core_contains(arrays.xyz)
-    observed_inside = np.bincount(arrays.obs_image, weights=inside[arrays.obs_point], minlength=len(arrays.image_names))
-    observed = np.bincount(arrays.obs_image, minlength=len(arrays.image_names))
-    fractions = np.where(observed > 0, observed_inside / np.maximum(observed, 1), 1.0)
-    return {name: float(fraction) for name, fraction in zip(arrays.image_names, fractions)}
+    inside = arrays.observed_fractions(description.core_contains(arrays.xyz).astype(np.int64), 2)[:, 1]
+    observed = np.bincount(arrays.obs_image, minlength=len(arrays.image_names)) > 0
+    return {name: float(fraction) if seen else 1.0 for name, fraction, seen in zip(arrays.image_names, inside, observed)}
 
 
 def _intrinsics_matrix(model: str, params: tuple[float, ...]) -> np.ndarray:

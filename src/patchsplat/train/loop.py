@@ -311,9 +311,11 @@ class _Run:
     def _view_weights(self, train_views: list[View], core_fractions: dict[str, float]) -> torch.Tensor | None:
         """Sampling weights of the views (train.overlap_view_weight), None when they are all equal."""
         overlap = self.config.overlap_view_weight
+        if overlap == 1.0:  # the default: no per-step work
+            return None
         fractions = torch.tensor([core_fractions.get(view.name, 1.0) for view in train_views], dtype=torch.float64)
         weights = fractions + (1.0 - fractions) * overlap
-        if overlap == 1.0 or bool((weights == weights[0]).all()) or float(weights.sum()) == 0.0:
+        if bool((weights == weights[0]).all()) or float(weights.sum()) == 0.0:
             return None
         return weights
 
