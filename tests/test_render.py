@@ -160,6 +160,24 @@ def test_gsplat_spherical_harmonics_is_the_real_sh_basis():
     torch.testing.assert_close(gsplat_ops.spherical_harmonics(0, dirs, coeffs), c0 * coeffs[:, 0])
 
 
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_spherical_harmonics_match_gsplat_in_values_and_gradients(degree):
+    from patchsplat.render.sh import spherical_harmonics
+
+    gen = torch.Generator().manual_seed(degree)
+    dirs = torch.randn(2, 40, 3, generator=gen, dtype=torch.float64)
+    coeffs = torch.randn(2, 40, 25, 3, generator=gen, dtype=torch.float64)
+    ours_in, theirs_in = leaf_params({"d": dirs, "c": coeffs}), leaf_params({"d": dirs, "c": coeffs})
+    ours = spherical_harmonics(degree, ours_in["d"], ours_in["c"])
+    theirs = gsplat_ops.spherical_harmonics(degree, theirs_in["d"], theirs_in["c"])
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+    weights = torch.randn(ours.shape, generator=gen, dtype=torch.float64)
+    (ours * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    torch.testing.assert_close(ours_in["d"].grad, theirs_in["d"].grad, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ours_in["c"].grad, theirs_in["c"].grad, atol=1e-12, rtol=1e-10)
+
+
 def test_gsplat_reference_covariance_and_projection_of_a_known_gaussian():
     quat = torch.tensor([[math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)]], dtype=torch.float64) * 3.0
     scales = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
@@ -197,19 +215,38 @@ def test_projection_matches_gsplat_reference():
 # Against the dense reference
 # ----------------------------------------------------------------------------------------------------
 
+def _native_or_skip():
+    from patchsplat.render import native
+
+    if native.load() is None:
+        pytest.skip("the native CPU compositor did not build here (python -m patchsplat.render.native says why)")
+
+
+# Both compositing loops: the native C++ one (the default on a CPU) and the pure-torch fallback.
+COMPOSITORS = [pytest.param("native", id="native"), pytest.param("torch", id="torch")]
+
+
+@pytest.fixture(params=COMPOSITORS)
+def compositor(request):
+    if request.param == "native":
+        _native_or_skip()
+    return request.param
+
+
 @pytest.mark.parametrize("seed, n, tile_size, opacity_range", [
     (0, 40, 8, (0.05, 0.95)),
     (1, 60, 16, (0.3, 1.0)),        # + add_opaque_stack: the 1e-4 stop and the 0.999 clamp
     (2, 50, 4, (0.01, 0.6)),
 ])
-def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacity_range):
+def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacity_range, compositor):
     scene, viewmats, Ks, width, height = random_scene(n, seed, n_cameras=2, opacity_range=opacity_range)
     opaque = opacity_range[1] == 1.0
     if opaque:
         scene = add_opaque_stack(scene, viewmats[0], Ks[0])
     backgrounds = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.4, 0.3]], dtype=torch.float64)
     p_test, p_ref = leaf_params(scene), leaf_params(scene)
-    images, alphas, _ = render(p_test, viewmats, Ks, width, height, tile_size=tile_size, backgrounds=backgrounds)
+    images, alphas, _ = render(p_test, viewmats, Ks, width, height, tile_size=tile_size, backgrounds=backgrounds,
+                               compositor=compositor)
     ref_images, ref_alphas = dense_reference(*(p_ref[k] for k in PARAM_NAMES), viewmats, Ks, width, height, backgrounds=backgrounds)
     assert ref_alphas.max() > 0.5
     if opaque:                                        # the stop and the clamp are exercised
@@ -221,16 +258,16 @@ def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacit
         torch.testing.assert_close(grad, ref_grad, atol=1e-9 * ref_grad.abs().max().item(), rtol=1e-7, msg=name)
 
 
-def test_float32_matches_float64_dense_reference():
+def test_float32_matches_float64_dense_reference(compositor):
     scene, viewmats, Ks, width, height = random_scene(50, seed=3)
     ref_images, ref_alphas = dense_reference(*(scene[k] for k in PARAM_NAMES), viewmats, Ks, width, height)
     scene32 = {k: v.float() for k, v in scene.items()}
-    images, alphas, _ = render(scene32, viewmats.float(), Ks.float(), width, height)
+    images, alphas, _ = render(scene32, viewmats.float(), Ks.float(), width, height, compositor=compositor)
     assert (images.double() - ref_images).abs().max() < 1e-5
     assert (alphas.double() - ref_alphas).abs().max() < 1e-5
 
 
-def test_gradcheck_on_a_tiny_scene():
+def test_gradcheck_on_a_tiny_scene(compositor):
     scene, viewmats, Ks, width, height = random_scene(3, seed=4, width=10, height=8, opacity_range=(0.2, 0.8))
     scene["scales"] = scene["scales"] + 0.15         # large enough to cover several of the 80 pixels
     inputs = {k: scene[k].clone().requires_grad_(True) for k in PARAM_NAMES}
@@ -238,7 +275,8 @@ def test_gradcheck_on_a_tiny_scene():
     def render_with(**changed):
         def fn(*tensors):
             args = dict(inputs, **dict(zip(changed, tensors)))
-            images, alphas, _ = torch_rasterization(*(args[k] for k in PARAM_NAMES), viewmats, Ks, width, height, tile_size=4)
+            images, alphas, _ = torch_rasterization(*(args[k] for k in PARAM_NAMES), viewmats, Ks, width, height, tile_size=4,
+                                                    compositor=compositor)
             return images, alphas
         return fn, tuple(inputs[k] for k in changed)
 
@@ -249,11 +287,76 @@ def test_gradcheck_on_a_tiny_scene():
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
+def test_native_and_torch_compositors_agree_on_a_scene_like_cloud_in_float32():
+    """The demo's size and precision (float32, 160 x 120, thousands of overlapping Gaussians, RGB + depth),
+    where the two loops round differently but must give the same images and gradients to float32 accuracy."""
+    from patchsplat.render.scenes import scene_camera, scene_like_gaussians
+
+    _native_or_skip()
+    viewmats, Ks = scene_camera(160, 120)
+    cloud = scene_like_gaussians(8000, seed=1)
+    results = {}
+    for name in ("native", "torch"):
+        p = leaf_params(cloud)
+        images, alphas, meta = render(p, viewmats, Ks, 160, 120, render_mode="RGB+ED", absgrad=True, compositor=name)
+        meta["means2d"].retain_grad()
+        gradients = grads_of(images, alphas, p)
+        results[name] = (images, alphas, gradients, meta["means2d"].absgrad)
+    native_out, torch_out = results["native"], results["torch"]
+    assert torch_out[1].max() > 0.9                  # opaque somewhere: the stop and long lists are exercised
+    torch.testing.assert_close(native_out[0], torch_out[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(native_out[1], torch_out[1], atol=1e-5, rtol=0)
+    for name, ours, theirs in zip(PARAM_NAMES, native_out[2], torch_out[2]):
+        relative = (ours - theirs).norm() / theirs.norm()
+        assert relative < 1e-4, (name, relative.item())
+    assert ((native_out[3] - torch_out[3]).norm() / torch_out[3].norm()) < 1e-4
+
+
+def test_native_compositor_gives_the_same_bits_at_any_thread_count():
+    """Each overlap's gradients come from one thread (every overlap belongs to one tile), so what the native loop
+    returns does not depend on how the tiles are shared among threads (the compositor alone: torch's own scatter
+    ops elsewhere in the backward pass are made repeatable by train.deterministic instead)."""
+    from patchsplat.render import native
+    from patchsplat.render.composite import exponent_coefficients
+    from patchsplat.render.projection import project_gaussians
+    from patchsplat.render.scenes import scene_camera, scene_like_gaussians
+    from patchsplat.render.tiles import intersect_tiles
+
+    _native_or_skip()
+    viewmats, Ks = scene_camera(96, 72)
+    cloud = scene_like_gaussians(3000, seed=2)
+    with torch.no_grad():
+        proj = project_gaussians(cloud["means"], cloud["quats"], cloud["scales"], cloud["opacities"], viewmats, Ks, 96, 72)
+    tiles = intersect_tiles(proj.means2d, proj.radii, proj.depths, 96, 72, 8)
+    ids = tiles.flatten_ids
+    tile_in_camera = tiles.tile_keys % (tiles.tile_width * tiles.tile_height)
+    centres = torch.stack([tile_in_camera % tiles.tile_width, tile_in_camera // tiles.tile_width], dim=-1) * 8.0 + 4.0
+    coefs = exponent_coefficients(proj.means2d.reshape(-1, 2)[ids], proj.conics.reshape(-1, 3)[ids],
+                                  cloud["opacities"][ids], centres).contiguous()
+    colors = cloud["colors"][ids].contiguous()
+    offsets, counts = tiles.isect_offsets.reshape(-1), tiles.tile_counts
+    module = native.load()
+    gen = torch.Generator().manual_seed(3)
+    grad_color, grad_t = torch.rand(counts.numel(), 64, 3, generator=gen), torch.rand(counts.numel(), 64, generator=gen)
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            outputs.append([*module.composite_forward(coefs, colors, offsets, counts, 8),
+                            *module.composite_backward(coefs, colors, offsets, counts, 8, grad_color, grad_t, True)])
+    finally:
+        torch.set_num_threads(threads)
+    assert outputs[0][2].abs().max() > 0 and outputs[0][4].abs().max() > 0
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
+
+
 def test_chunking_does_not_change_results():
     scene, viewmats, Ks, width, height = random_scene(80, seed=5, opacity_range=(0.2, 1.0))
     p_small, p_default = leaf_params(scene), leaf_params(scene)
-    small = render(p_small, viewmats, Ks, width, height, chunk_elements=256)    # many chunks and groups
-    default = render(p_default, viewmats, Ks, width, height)
+    small = render(p_small, viewmats, Ks, width, height, chunk_elements=256, compositor="torch")  # many chunks
+    default = render(p_default, viewmats, Ks, width, height, compositor="torch")
     torch.testing.assert_close(small[0], default[0], atol=1e-12, rtol=0)
     for a, b in zip(grads_of(small[0], small[1], p_small), grads_of(default[0], default[1], p_default)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
@@ -374,11 +477,11 @@ def test_meta_carries_what_gsplat_strategies_read():
     assert meta["means2d"].grad.shape == (2, 30, 2) and meta["means2d"].grad.abs().sum() > 0
 
 
-def test_absgrad_is_the_sum_over_pixels_of_absolute_per_pixel_gradients():
+def test_absgrad_is_the_sum_over_pixels_of_absolute_per_pixel_gradients(compositor):
     scene, viewmats, Ks, width, height = random_scene(6, seed=10, width=10, height=8)
     scene["scales"] = scene["scales"] + 0.1
     p = leaf_params(scene)
-    images, alphas, meta = render(p, viewmats, Ks, width, height, absgrad=True)
+    images, alphas, meta = render(p, viewmats, Ks, width, height, absgrad=True, compositor=compositor)
     meta["means2d"].retain_grad()
     images.sum().backward()
     expected = torch.zeros_like(meta["means2d"])

@@ -15,6 +15,11 @@ p and Gaussian g in front-to-back order:
 (the kernel's "sigma < 0" skip never fires for the conic of a blurred covariance, which is positive
 definite, so it is not repeated here).
 
+Two loops implement it: on a CPU the native one (:mod:`patchsplat.render.native`, C++: each tile's list in one
+pass, tiles shared among torch's threads; ~2x faster per training step on the demo, bench/RESULTS.md issue 15),
+and this module's pure-torch one, the fallback wherever the native one cannot be built and on other devices.
+tests/test_render.py holds both to the same dense reference. The rest of this docstring is about the torch one.
+
 How, and why this way (each choice was measured on a 2-core CPU; see bench/render_cpu.py):
 
 * log(alpha) = -sigma + log(opacity) is a quadratic in the pixel's offset (u, v) from its tile's
@@ -285,18 +290,68 @@ def composite_tiles(
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     absgrad_out: Tensor | None = None,
+    compositor: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Composite rows (see the module docstring) -> (colors [n_tiles, P, D], transmittance [n_tiles, P]).
 
     ``absgrad_out`` [R, 2], when given, receives the sum over pixels of |dL/dmean2d| during backward.
+    ``compositor``: ``auto`` (the native C++ loop on a CPU when it could be built, see
+    :mod:`patchsplat.render.native`; else the torch chunks below), ``native`` or ``torch`` (``chunk_elements``
+    applies to the torch one only).
     """
     ids = tiles.flatten_ids
     ts = tiles.tile_size
     tile_in_camera = tiles.tile_keys % (tiles.tile_width * tiles.tile_height)
     centres = torch.stack([tile_in_camera % tiles.tile_width, tile_in_camera // tiles.tile_width], dim=-1)
     centres = centres.to(means2d.dtype) * ts + 0.5 * ts
-    isect_opacities = opacities[ids]
-    coefs = exponent_coefficients(means2d[ids], conics[ids], isect_opacities, centres)
+    # index_select, not [ids]: the same values, but its backward is a plain index_add_ where advanced indexing's
+    # is an accumulating index_put_, which torch's deterministic mode sorts first (~1.6x the time, measured).
+    isect_opacities = opacities.index_select(0, ids)
+    coefs = exponent_coefficients(means2d.index_select(0, ids), conics.index_select(0, ids), isect_opacities, centres)
     may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
+    native = _native_compositor(coefs, compositor)
+    if native is not None:
+        return _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native, absgrad_out)
     plan = _TilePlan(tiles, may_clamp, chunk_elements, means2d.dtype, absgrad_out)
-    return _CompositeFunction.apply(coefs, colors[ids], plan)
+    return _CompositeFunction.apply(coefs, colors.index_select(0, ids), plan)
+
+
+COMPOSITORS = ("auto", "native", "torch")
+
+
+def _native_compositor(coefs: Tensor, compositor: str):
+    """The native module when ``compositor`` asks for it (auto: on a CPU, when it could be built), else None."""
+    if compositor not in COMPOSITORS:
+        raise ValueError(f"compositor must be one of {COMPOSITORS}, got {compositor!r}")
+    if compositor == "torch":
+        return None
+    from patchsplat.render import native
+
+    suitable = coefs.device.type == "cpu" and coefs.dtype in (torch.float32, torch.float64)
+    module = native.load() if suitable else None
+    if compositor == "native" and module is None:
+        raise RuntimeError("the native compositor runs on a CPU (float32 or float64) and must build here "
+                           "(python -m patchsplat.render.native shows why it does not)")
+    return module
+
+
+class _NativeCompositeFunction(torch.autograd.Function):
+    """The same compositing as :class:`_CompositeFunction`, one C++ loop per tile (render/native/composite.cpp)."""
+
+    @staticmethod
+    def forward(ctx, coefs: Tensor, colors: Tensor, tiles: TileLists, module, absgrad_out: Tensor | None):
+        coefs = coefs.contiguous()
+        offsets, counts = tiles.isect_offsets.reshape(-1).contiguous(), tiles.tile_counts.contiguous()
+        out_color, transmittance = module.composite_forward(coefs, colors, offsets, counts, tiles.tile_size)
+        ctx.save_for_backward(coefs, colors, offsets, counts)
+        ctx.module, ctx.tile_size, ctx.absgrad_out, ctx.flatten_ids = module, tiles.tile_size, absgrad_out, tiles.flatten_ids
+        return out_color, transmittance
+
+    @staticmethod
+    def backward(ctx, grad_color: Tensor, grad_transmittance: Tensor):
+        coefs, colors, offsets, counts = ctx.saved_tensors
+        grad_coefs, grad_colors, absgrads = ctx.module.composite_backward(
+            coefs, colors, offsets, counts, ctx.tile_size, grad_color, grad_transmittance, ctx.absgrad_out is not None)
+        if ctx.absgrad_out is not None:
+            ctx.absgrad_out.index_add_(0, ctx.flatten_ids, absgrads.to(ctx.absgrad_out.dtype))
+        return grad_coefs, grad_colors, None, None, None

@@ -1,10 +1,9 @@
 """The pure-torch pieces of gsplat 1.5.3 that patchsplat uses, behind one module.
 
 They are private names (``gsplat.cuda._torch_impl._*``) and may move or change between gsplat
-releases, so nothing else imports them: the torch backend evaluates spherical harmonics with
-:func:`spherical_harmonics` (gsplat's own basis constants, so colours match the CUDA kernel), and
-``tests/test_render.py`` uses :func:`reference_projection` to check that patchsplat's faster projection
-(:mod:`patchsplat.render.projection`) computes what gsplat's reference implementation computes. Those
+releases, so nothing else imports them: ``tests/test_render.py`` uses :func:`spherical_harmonics` and
+:func:`reference_projection` to check that patchsplat's faster SH evaluation (:mod:`patchsplat.render.sh`)
+and projection (:mod:`patchsplat.render.projection`) compute what gsplat's reference implementation computes. Those
 tests also pin these functions' behaviour, so a gsplat upgrade that changes them fails loudly.
 
 Importing this module does not load gsplat's compiled CUDA extension (``_torch_impl`` is plain torch).

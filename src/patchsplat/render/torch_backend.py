@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from patchsplat.render.composite import DEFAULT_CHUNK_ELEMENTS, composite_tiles
-from patchsplat.render.gsplat_ops import spherical_harmonics
+from patchsplat.render.sh import spherical_harmonics
 from patchsplat.render.projection import project_gaussians
 from patchsplat.render.tiles import intersect_tiles
 
@@ -99,8 +99,12 @@ def rasterization(
     tile_size: int | None = None,
     absgrad: bool = False,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    compositor: str = "auto",
 ) -> tuple[Tensor, Tensor, dict]:
-    """Render C views of N Gaussians (see the module docstring); ``tile_size=None`` -> DEFAULT_TILE_SIZE."""
+    """Render C views of N Gaussians (see the module docstring); ``tile_size=None`` -> DEFAULT_TILE_SIZE.
+
+    ``compositor`` picks the compositing loop (:func:`patchsplat.render.composite.composite_tiles`): ``auto``
+    (the native C++ one on a CPU where it builds), ``native`` or ``torch``."""
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, render_mode)
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
     n_cameras, n = viewmats.shape[0], means.shape[0]
@@ -131,6 +135,7 @@ def rasterization(
         tiles,
         chunk_elements=chunk_elements,
         absgrad_out=absgrad_out,
+        compositor=compositor,
     )
     grid = (n_cameras, tiles.tile_width, tiles.tile_height, tile_size, width, height)
     render_colors = _tiles_to_image(tile_colors, *grid)

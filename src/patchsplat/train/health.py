@@ -41,7 +41,9 @@ def check_step(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], step: 
     if not torch.isfinite(loss):
         raise TrainingFailure(NONFINITE, f"the loss is {loss.item()}", step)
     for name, parameter in params.items():
-        if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+        # The sum is finite when every value is (barring overflow, which the exact test below then clears):
+        # one reduction instead of a boolean tensor per group on every step.
+        if parameter.grad is not None and not torch.isfinite(parameter.grad.sum()) and not torch.isfinite(parameter.grad).all():
             bad = int((~torch.isfinite(parameter.grad)).sum())
             raise TrainingFailure(
                 NONFINITE, f"{bad} non-finite gradient values in '{name}' while the loss is finite ({loss.item():.4g})", step

@@ -251,7 +251,7 @@ class _Run:
         if self.config.bf16:
             # Mixed precision outside the rasterizer: the view-dependent colours are evaluated from the
             # SH coefficients under bf16 autocast, then handed to the rasterizer in fp32.
-            from patchsplat.render.gsplat_ops import spherical_harmonics
+            from patchsplat.render.sh import spherical_harmonics
 
             camera_centre = -viewmat[0, :3, :3].T @ viewmat[0, :3, 3]
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):

@@ -1,0 +1,3 @@
+from patchsplat.render.native import main
+
+main()

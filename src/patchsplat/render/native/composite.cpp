@@ -1,0 +1,267 @@
+// Front-to-back alpha compositing of depth-sorted tile lists on a CPU: patchsplat's native compositor.
+//
+// The same contract and semantics as patchsplat/render/composite.py (the pure-torch compositor, which stays the
+// fallback and the reference): per overlap (tile, Gaussian) six coefficients with
+//     log(alpha) = coef . (u^2, v^2, uv, u, v, 1)        (u, v) = pixel centre - tile centre
+// then, per pixel, gsplat's kernel (csrc/RasterizeToPixels3DGSFwd.cu / Bwd.cu):
+//     alpha = min(0.999, exp(max(log alpha, -30)));  skipped when alpha < 1/255
+//     stop (excluding g) once T * (1 - alpha) <= 1e-4;  else colour += alpha T c;  T *= 1 - alpha
+//
+// Why C++: in torch the per-tile loop over a list is cut into chunks of whole tensors, and most of a step's
+// time went to the chunks' bookkeeping and to passes over memory (bench/RESULTS.md, issue 15). Here each tile is
+// one loop in cache, and tiles are shared among torch's threads (at::parallel_for, so torch.set_num_threads
+// governs it and no second OpenMP runtime is linked). Every overlap belongs to exactly one tile, so the backward
+// pass writes each overlap's gradients from one thread: no atomics, and results do not depend on the thread count.
+//
+// The backward pass recomputes the tile's forward pass, keeping each (overlap, pixel) alpha and transmittance in a
+// per-thread buffer, then walks the list back to front:
+//     dL/dw_k = c_k . dL/dcolour - dL/dT_final               (T_final = 1 - sum_k w_k, w_k = alpha_k T_k)
+//     dL/dlog(alpha_k) = w_k dL/dw_k - alpha_k / (1 - alpha_k) * sum_{j > k} w_j dL/dw_j   (0 where clamped)
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// The torch compositor's constants, compared in the tensors' own precision as there.
+constexpr double kMaxAlpha = 0.999;
+constexpr double kMinAlpha = 1.0 / 255.0;
+constexpr double kTransmittanceStop = 1e-4;
+constexpr double kExpFloor = -30.0;
+// Below this log(alpha) the alpha is certainly under 1/255 (ln(1/255) = -5.541): skip the exp.
+constexpr double kSkipBelow = -5.6;
+
+template <typename scalar_t>
+struct Pixels {
+    std::vector<scalar_t> u, v, uu, vv, uv;
+    explicit Pixels(int64_t tile_size) {
+        for (int64_t row = 0; row < tile_size; ++row) {
+            for (int64_t col = 0; col < tile_size; ++col) {
+                const scalar_t pu = static_cast<scalar_t>(col) + scalar_t(0.5) - scalar_t(0.5) * static_cast<scalar_t>(tile_size);
+                const scalar_t pv = static_cast<scalar_t>(row) + scalar_t(0.5) - scalar_t(0.5) * static_cast<scalar_t>(tile_size);
+                u.push_back(pu);
+                v.push_back(pv);
+                uu.push_back(pu * pu);
+                vv.push_back(pv * pv);
+                uv.push_back(pu * pv);
+            }
+        }
+    }
+    int64_t size() const { return static_cast<int64_t>(u.size()); }
+};
+
+// alpha of one overlap at pixel p, 0 when skipped (the torch compositor's clamp, exp, min and threshold).
+// log(alpha) of one overlap at every pixel of its tile; whether any pixel may reach alpha >= 1/255.
+// A branch-free loop the compiler vectorises: most overlaps touch only part of their tile, and this lets the
+// per-pixel work below skip them whole.
+template <typename scalar_t>
+inline bool log_alphas(const scalar_t* c, const Pixels<scalar_t>& px, scalar_t* x) {
+    const int64_t n_pixels = px.size();
+    scalar_t largest = scalar_t(kSkipBelow) - scalar_t(1);
+    for (int64_t p = 0; p < n_pixels; ++p) {
+        x[p] = c[0] * px.uu[p] + c[1] * px.vv[p] + c[2] * px.uv[p] + c[3] * px.u[p] + c[4] * px.v[p] + c[5];
+        largest = std::max(largest, x[p]);
+    }
+    return largest >= scalar_t(kSkipBelow);
+}
+
+// alpha from log(alpha), 0 when skipped (the torch compositor's clamp, exp, min and threshold).
+template <typename scalar_t>
+inline scalar_t alpha_of(scalar_t x) {
+    if (x < scalar_t(kSkipBelow)) return scalar_t(0);
+    const scalar_t alpha = std::min(std::exp(std::max(x, scalar_t(kExpFloor))), scalar_t(kMaxAlpha));
+    return alpha < scalar_t(kMinAlpha) ? scalar_t(0) : alpha;
+}
+
+// Tiles in an order that gives each of `buckets` interleaved slices about the same work (longest lists first).
+std::vector<int64_t> tiles_by_length(const int64_t* counts, int64_t n_tiles) {
+    std::vector<int64_t> order(n_tiles);
+    for (int64_t t = 0; t < n_tiles; ++t) order[t] = t;
+    std::stable_sort(order.begin(), order.end(), [counts](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+    return order;
+}
+
+template <typename Body>
+void for_each_tile(const int64_t* counts, int64_t n_tiles, Body body) {
+    const std::vector<int64_t> order = tiles_by_length(counts, n_tiles);
+    const int64_t buckets = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tiles));
+    at::parallel_for(0, buckets, 1, [&](int64_t first, int64_t last) {
+        for (int64_t bucket = first; bucket < last; ++bucket) {
+            for (int64_t rank = bucket; rank < n_tiles; rank += buckets) body(order[rank]);
+        }
+    });
+}
+
+void check_inputs(const torch::Tensor& coefs, const torch::Tensor& colors, const torch::Tensor& offsets,
+                  const torch::Tensor& counts) {
+    TORCH_CHECK(coefs.device().is_cpu() && colors.device().is_cpu(), "the native compositor runs on the CPU");
+    TORCH_CHECK((coefs.scalar_type() == torch::kFloat32 || coefs.scalar_type() == torch::kFloat64) &&
+                    colors.scalar_type() == coefs.scalar_type(), "the native compositor takes float32 or float64");
+    TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == 6 && coefs.is_contiguous(), "coefs must be contiguous [M, 6]");
+    TORCH_CHECK(colors.dim() == 2 && colors.size(0) == coefs.size(0) && colors.is_contiguous(),
+                "colors must be contiguous [M, D]");
+    TORCH_CHECK(offsets.scalar_type() == torch::kInt64 && counts.scalar_type() == torch::kInt64 &&
+                    offsets.is_contiguous() && counts.is_contiguous() && offsets.numel() == counts.numel(),
+                "offsets and counts must be contiguous int64 [T]");
+}
+
+template <typename scalar_t>
+void forward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* offset, const int64_t* count,
+                   int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, scalar_t* color_out, scalar_t* t_out) {
+    const int64_t n_pixels = px.size();
+    for_each_tile(count, n_tiles, [&](int64_t tile) {
+        scalar_t* t_pix = t_out + tile * n_pixels;
+        scalar_t* c_pix = color_out + tile * n_pixels * channels;
+        std::vector<char> done(n_pixels, 0);
+        std::vector<scalar_t> x(n_pixels);
+        int64_t open = n_pixels;
+        for (int64_t k = 0; k < count[tile] && open > 0; ++k) {
+            const int64_t isect = offset[tile] + k;
+            if (!log_alphas(coef + isect * 6, px, x.data())) continue;
+            const scalar_t* rgb = color + isect * channels;
+            for (int64_t p = 0; p < n_pixels; ++p) {
+                if (done[p]) continue;
+                const scalar_t alpha = alpha_of(x[p]);
+                if (alpha == scalar_t(0)) continue;
+                const scalar_t next_t = t_pix[p] * (scalar_t(1) - alpha);
+                if (next_t <= scalar_t(kTransmittanceStop)) {
+                    done[p] = 1;
+                    --open;
+                    continue;
+                }
+                const scalar_t weight = alpha * t_pix[p];
+                for (int64_t d = 0; d < channels; ++d) c_pix[p * channels + d] += weight * rgb[d];
+                t_pix[p] = next_t;
+            }
+        }
+    });
+}
+
+template <typename scalar_t>
+void backward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* offset, const int64_t* count,
+                    int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, const scalar_t* g_color,
+                    const scalar_t* g_t, scalar_t* g_coef, scalar_t* g_rgb, scalar_t* g_abs) {
+    const int64_t n_pixels = px.size();
+    for_each_tile(count, n_tiles, [&](int64_t tile) {
+        // Forward again, keeping alpha and the transmittance before each overlap (0 alpha: skipped or stopped).
+        std::vector<scalar_t> t_pix(n_pixels, scalar_t(1)), alphas, before;
+        std::vector<char> done(n_pixels, 0), reaches;   // reaches[k]: overlap k may touch a pixel
+        std::vector<scalar_t> x(n_pixels);
+        int64_t open = n_pixels, used = 0;
+        for (int64_t k = 0; k < count[tile] && open > 0; ++k, ++used) {
+            alphas.resize((used + 1) * n_pixels, scalar_t(0));
+            before.resize((used + 1) * n_pixels, scalar_t(0));
+            reaches.push_back(log_alphas(coef + (offset[tile] + k) * 6, px, x.data()));
+            if (!reaches.back()) continue;
+            scalar_t* a_row = alphas.data() + used * n_pixels;
+            scalar_t* b_row = before.data() + used * n_pixels;
+            for (int64_t p = 0; p < n_pixels; ++p) {
+                if (done[p]) continue;
+                const scalar_t alpha = alpha_of(x[p]);
+                if (alpha == scalar_t(0)) continue;
+                const scalar_t next_t = t_pix[p] * (scalar_t(1) - alpha);
+                if (next_t <= scalar_t(kTransmittanceStop)) {
+                    done[p] = 1;
+                    --open;
+                    continue;
+                }
+                a_row[p] = alpha;
+                b_row[p] = t_pix[p];
+                t_pix[p] = next_t;
+            }
+        }
+        const scalar_t* gc_tile = g_color + tile * n_pixels * channels;
+        const scalar_t* gt_tile = g_t + tile * n_pixels;
+        std::vector<scalar_t> later(n_pixels, scalar_t(0));   // sum over later overlaps of w_j dL/dw_j
+        for (int64_t k = used - 1; k >= 0; --k) {
+            if (!reaches[k]) continue;
+            const int64_t isect = offset[tile] + k;
+            const scalar_t* c = coef + isect * 6;
+            const scalar_t* rgb = color + isect * channels;
+            const scalar_t* a_row = alphas.data() + k * n_pixels;
+            const scalar_t* b_row = before.data() + k * n_pixels;
+            double g[6] = {0, 0, 0, 0, 0, 0}, abs_x = 0, abs_y = 0;
+            scalar_t* g_rgb_row = g_rgb + isect * channels;
+            for (int64_t p = 0; p < n_pixels; ++p) {
+                const scalar_t alpha = a_row[p];
+                if (alpha == scalar_t(0)) continue;
+                const scalar_t weight = alpha * b_row[p];
+                scalar_t dot = -gt_tile[p];
+                for (int64_t d = 0; d < channels; ++d) {
+                    dot += rgb[d] * gc_tile[p * channels + d];
+                    g_rgb_row[d] += weight * gc_tile[p * channels + d];
+                }
+                const scalar_t contrib = weight * dot;
+                scalar_t g_log_alpha = contrib - alpha / (scalar_t(1) - alpha) * later[p];
+                later[p] += contrib;
+                // The clamp: there alpha does not move with the coefficients.
+                if (alpha >= scalar_t(kMaxAlpha) || g_log_alpha == scalar_t(0)) continue;
+                g[0] += g_log_alpha * px.uu[p];
+                g[1] += g_log_alpha * px.vv[p];
+                g[2] += g_log_alpha * px.uv[p];
+                g[3] += g_log_alpha * px.u[p];
+                g[4] += g_log_alpha * px.v[p];
+                g[5] += g_log_alpha;
+                if (g_abs != nullptr) {
+                    // d log(alpha) / d mean = (coef_u + 2 coef_uu u + coef_uv v, coef_v + 2 coef_vv v + coef_uv u)
+                    abs_x += std::fabs(g_log_alpha * (c[3] + scalar_t(2) * c[0] * px.u[p] + c[2] * px.v[p]));
+                    abs_y += std::fabs(g_log_alpha * (c[4] + scalar_t(2) * c[1] * px.v[p] + c[2] * px.u[p]));
+                }
+            }
+            for (int i = 0; i < 6; ++i) g_coef[isect * 6 + i] = static_cast<scalar_t>(g[i]);
+            if (g_abs != nullptr) {
+                g_abs[isect * 2] = static_cast<scalar_t>(abs_x);
+                g_abs[isect * 2 + 1] = static_cast<scalar_t>(abs_y);
+            }
+        }
+    });
+}
+
+}  // namespace
+
+// -> (colors [T, P, D], transmittance [T, P]) for every tile's P = tile_size^2 pixels, no background.
+std::vector<torch::Tensor> composite_forward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
+                                             torch::Tensor counts, int64_t tile_size) {
+    check_inputs(coefs, colors, offsets, counts);
+    const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
+    auto out_color = torch::zeros({n_tiles, n_pixels, channels}, coefs.options());
+    auto out_t = torch::ones({n_tiles, n_pixels}, coefs.options());
+    AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_forward", [&] {
+        forward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
+                                counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
+                                out_color.data_ptr<scalar_t>(), out_t.data_ptr<scalar_t>());
+    });
+    return {out_color, out_t};
+}
+
+// -> (dL/dcoefs [M, 6], dL/dcolors [M, D], sum over pixels of |dL/dmean2d| [M, 2] or an empty tensor).
+std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
+                                              torch::Tensor counts, int64_t tile_size, torch::Tensor grad_color,
+                                              torch::Tensor grad_t, bool absgrad) {
+    check_inputs(coefs, colors, offsets, counts);
+    const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
+    grad_color = grad_color.contiguous().to(coefs.scalar_type());
+    grad_t = grad_t.contiguous().to(coefs.scalar_type());
+    TORCH_CHECK(grad_color.numel() == n_tiles * n_pixels * channels && grad_t.numel() == n_tiles * n_pixels,
+                "gradient shapes do not match the tiles");
+    auto grad_coefs = torch::zeros_like(coefs);
+    auto grad_colors = torch::zeros_like(colors);
+    auto abs_grads = absgrad ? torch::zeros({coefs.size(0), 2}, coefs.options()) : torch::empty({0}, coefs.options());
+    AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_backward", [&] {
+        backward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
+                                 counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
+                                 grad_color.data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(),
+                                 grad_coefs.data_ptr<scalar_t>(), grad_colors.data_ptr<scalar_t>(),
+                                 absgrad ? abs_grads.data_ptr<scalar_t>() : nullptr);
+    });
+    return {grad_coefs, grad_colors, abs_grads};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)");
+    m.def("composite_backward", &composite_backward, "composite depth-sorted tile lists (backward)");
+}
