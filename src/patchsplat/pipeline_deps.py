@@ -41,6 +41,9 @@ STAGE_COMMAND = re.compile(r"^\s*patchsplat\s+stage\s+([A-Za-z_]\w*)")
 # ---------------------------------------------------------------- the import closure
 
 
+NATIVE_SOURCES = "*.cpp"
+
+
 def _module_file(package: Path, module: str) -> Path | None:
     parts = module.split(".")[1:]
     base = package.joinpath(*parts)
@@ -92,6 +95,8 @@ def module_closure(script: Path, package: Path) -> set[str]:
         if path is None:  # an attribute (`from patchsplat.config import load_params`), not a module
             continue
         files.add(path.relative_to(package).as_posix())
+        if path.name == "__init__.py":  # C++ a package compiles at run time is its code too (render/native)
+            files.update(source.relative_to(package).as_posix() for source in path.parent.glob(NATIVE_SOURCES))
         parts = module.split(".")
         queue.extend(".".join(parts[:end]) for end in range(1, len(parts)))  # the packages on the way
         queue.extend(_imported_names(path, module, path.name == "__init__.py"))
