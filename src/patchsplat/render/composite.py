@@ -311,7 +311,9 @@ def composite_tiles(
     may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
     native = _native_compositor(coefs, compositor)
     if native is not None:
-        return _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native, absgrad_out)
+        out_color, transmittance, _ = _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native,
+                                                                      absgrad_out)
+        return out_color, transmittance
     plan = _TilePlan(tiles, may_clamp, chunk_elements, means2d.dtype, absgrad_out)
     return _CompositeFunction.apply(coefs, colors.index_select(0, ids), plan)
 
@@ -342,16 +344,18 @@ class _NativeCompositeFunction(torch.autograd.Function):
     def forward(ctx, coefs: Tensor, colors: Tensor, tiles: TileLists, module, absgrad_out: Tensor | None):
         coefs = coefs.contiguous()
         offsets, counts = tiles.isect_offsets.reshape(-1).contiguous(), tiles.tile_counts.contiguous()
-        out_color, transmittance = module.composite_forward(coefs, colors, offsets, counts, tiles.tile_size)
-        ctx.save_for_backward(coefs, colors, offsets, counts)
+        out_color, transmittance, last = module.composite_forward(coefs, colors, offsets, counts, tiles.tile_size)
+        ctx.save_for_backward(coefs, colors, offsets, counts, transmittance, last)
+        ctx.mark_non_differentiable(last)
         ctx.module, ctx.tile_size, ctx.absgrad_out, ctx.flatten_ids = module, tiles.tile_size, absgrad_out, tiles.flatten_ids
-        return out_color, transmittance
+        return out_color, transmittance, last
 
     @staticmethod
-    def backward(ctx, grad_color: Tensor, grad_transmittance: Tensor):
-        coefs, colors, offsets, counts = ctx.saved_tensors
+    def backward(ctx, grad_color: Tensor, grad_transmittance: Tensor, _grad_last):
+        coefs, colors, offsets, counts, transmittance, last = ctx.saved_tensors
         grad_coefs, grad_colors, absgrads = ctx.module.composite_backward(
-            coefs, colors, offsets, counts, ctx.tile_size, grad_color, grad_transmittance, ctx.absgrad_out is not None)
+            coefs, colors, offsets, counts, ctx.tile_size, transmittance, last, grad_color, grad_transmittance,
+            ctx.absgrad_out is not None)
         if ctx.absgrad_out is not None:
             ctx.absgrad_out.index_add_(0, ctx.flatten_ids, absgrads.to(ctx.absgrad_out.dtype))
         return grad_coefs, grad_colors, None, None, None

@@ -13,8 +13,8 @@
 // governs it and no second OpenMP runtime is linked). Every overlap belongs to exactly one tile, so the backward
 // pass writes each overlap's gradients from one thread: no atomics, and results do not depend on the thread count.
 //
-// The backward pass recomputes the tile's forward pass, keeping each (overlap, pixel) alpha and transmittance in a
-// per-thread buffer, then walks the list back to front:
+// The forward pass keeps each pixel's final transmittance and last contributor; the backward pass walks the list
+// back to front from there, recovering each transmittance by division as gsplat's kernel does:
 //     dL/dw_k = c_k . dL/dcolour - dL/dT_final               (T_final = 1 - sum_k w_k, w_k = alpha_k T_k)
 //     dL/dlog(alpha_k) = w_k dL/dw_k - alpha_k / (1 - alpha_k) * sum_{j > k} w_j dL/dw_j   (0 where clamped)
 
@@ -111,11 +111,13 @@ void check_inputs(const torch::Tensor& coefs, const torch::Tensor& colors, const
 
 template <typename scalar_t>
 void forward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* offset, const int64_t* count,
-                   int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, scalar_t* color_out, scalar_t* t_out) {
+                   int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, scalar_t* color_out, scalar_t* t_out,
+                   int32_t* last_out) {
     const int64_t n_pixels = px.size();
     for_each_tile(count, n_tiles, [&](int64_t tile) {
         scalar_t* t_pix = t_out + tile * n_pixels;
         scalar_t* c_pix = color_out + tile * n_pixels * channels;
+        int32_t* last = last_out + tile * n_pixels;
         std::vector<char> done(n_pixels, 0);
         std::vector<scalar_t> x(n_pixels);
         int64_t open = n_pixels;
@@ -136,60 +138,42 @@ void forward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* o
                 const scalar_t weight = alpha * t_pix[p];
                 for (int64_t d = 0; d < channels; ++d) c_pix[p * channels + d] += weight * rgb[d];
                 t_pix[p] = next_t;
+                last[p] = static_cast<int32_t>(k + 1);
             }
         }
     });
 }
 
+// Back to front from each pixel's last contributor, the transmittance before each overlap recovered as
+// T_k = T_(k+1) / (1 - alpha_k) from the final one, as gsplat's backward kernel does (no second forward pass).
 template <typename scalar_t>
 void backward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* offset, const int64_t* count,
-                    int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, const scalar_t* g_color,
-                    const scalar_t* g_t, scalar_t* g_coef, scalar_t* g_rgb, scalar_t* g_abs) {
+                    int64_t n_tiles, int64_t channels, const Pixels<scalar_t>& px, const scalar_t* t_final,
+                    const int32_t* last_in, const scalar_t* g_color, const scalar_t* g_t, scalar_t* g_coef,
+                    scalar_t* g_rgb, scalar_t* g_abs) {
     const int64_t n_pixels = px.size();
     for_each_tile(count, n_tiles, [&](int64_t tile) {
-        // Forward again, keeping alpha and the transmittance before each overlap (0 alpha: skipped or stopped).
-        std::vector<scalar_t> t_pix(n_pixels, scalar_t(1)), alphas, before;
-        std::vector<char> done(n_pixels, 0), reaches;   // reaches[k]: overlap k may touch a pixel
-        std::vector<scalar_t> x(n_pixels);
-        int64_t open = n_pixels, used = 0;
-        for (int64_t k = 0; k < count[tile] && open > 0; ++k, ++used) {
-            alphas.resize((used + 1) * n_pixels, scalar_t(0));
-            before.resize((used + 1) * n_pixels, scalar_t(0));
-            reaches.push_back(log_alphas(coef + (offset[tile] + k) * 6, px, x.data()));
-            if (!reaches.back()) continue;
-            scalar_t* a_row = alphas.data() + used * n_pixels;
-            scalar_t* b_row = before.data() + used * n_pixels;
-            for (int64_t p = 0; p < n_pixels; ++p) {
-                if (done[p]) continue;
-                const scalar_t alpha = alpha_of(x[p]);
-                if (alpha == scalar_t(0)) continue;
-                const scalar_t next_t = t_pix[p] * (scalar_t(1) - alpha);
-                if (next_t <= scalar_t(kTransmittanceStop)) {
-                    done[p] = 1;
-                    --open;
-                    continue;
-                }
-                a_row[p] = alpha;
-                b_row[p] = t_pix[p];
-                t_pix[p] = next_t;
-            }
-        }
+        const int32_t* last = last_in + tile * n_pixels;
         const scalar_t* gc_tile = g_color + tile * n_pixels * channels;
         const scalar_t* gt_tile = g_t + tile * n_pixels;
+        std::vector<scalar_t> t_pix(t_final + tile * n_pixels, t_final + (tile + 1) * n_pixels);
         std::vector<scalar_t> later(n_pixels, scalar_t(0));   // sum over later overlaps of w_j dL/dw_j
+        std::vector<scalar_t> x(n_pixels);
+        const int64_t used = *std::max_element(last, last + n_pixels);
         for (int64_t k = used - 1; k >= 0; --k) {
-            if (!reaches[k]) continue;
             const int64_t isect = offset[tile] + k;
             const scalar_t* c = coef + isect * 6;
+            if (!log_alphas(c, px, x.data())) continue;
             const scalar_t* rgb = color + isect * channels;
-            const scalar_t* a_row = alphas.data() + k * n_pixels;
-            const scalar_t* b_row = before.data() + k * n_pixels;
             double g[6] = {0, 0, 0, 0, 0, 0}, abs_x = 0, abs_y = 0;
             scalar_t* g_rgb_row = g_rgb + isect * channels;
             for (int64_t p = 0; p < n_pixels; ++p) {
-                const scalar_t alpha = a_row[p];
+                if (k >= last[p]) continue;
+                const scalar_t alpha = alpha_of(x[p]);
                 if (alpha == scalar_t(0)) continue;
-                const scalar_t weight = alpha * b_row[p];
+                const scalar_t before = t_pix[p] / (scalar_t(1) - alpha);
+                t_pix[p] = before;
+                const scalar_t weight = alpha * before;
                 scalar_t dot = -gt_tile[p];
                 for (int64_t d = 0; d < channels; ++d) {
                     dot += rgb[d] * gc_tile[p * channels + d];
@@ -223,37 +207,45 @@ void backward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* 
 
 }  // namespace
 
-// -> (colors [T, P, D], transmittance [T, P]) for every tile's P = tile_size^2 pixels, no background.
+// -> (colors [T, P, D], transmittance [T, P], each pixel's last contributing slot + 1 [T, P] int32) for every
+// tile's P = tile_size^2 pixels, no background.
 std::vector<torch::Tensor> composite_forward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
                                              torch::Tensor counts, int64_t tile_size) {
     check_inputs(coefs, colors, offsets, counts);
     const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
     auto out_color = torch::zeros({n_tiles, n_pixels, channels}, coefs.options());
     auto out_t = torch::ones({n_tiles, n_pixels}, coefs.options());
+    auto out_last = torch::zeros({n_tiles, n_pixels}, coefs.options().dtype(torch::kInt32));
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_forward", [&] {
         forward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                 counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
-                                out_color.data_ptr<scalar_t>(), out_t.data_ptr<scalar_t>());
+                                out_color.data_ptr<scalar_t>(), out_t.data_ptr<scalar_t>(), out_last.data_ptr<int32_t>());
     });
-    return {out_color, out_t};
+    return {out_color, out_t, out_last};
 }
 
-// -> (dL/dcoefs [M, 6], dL/dcolors [M, D], sum over pixels of |dL/dmean2d| [M, 2] or an empty tensor).
+// -> (dL/dcoefs [M, 6], dL/dcolors [M, D], sum over pixels of |dL/dmean2d| [M, 2] or an empty tensor), given the
+// forward pass's transmittance and last contributors.
 std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
-                                              torch::Tensor counts, int64_t tile_size, torch::Tensor grad_color,
-                                              torch::Tensor grad_t, bool absgrad) {
+                                              torch::Tensor counts, int64_t tile_size, torch::Tensor t_final,
+                                              torch::Tensor last, torch::Tensor grad_color, torch::Tensor grad_t,
+                                              bool absgrad) {
     check_inputs(coefs, colors, offsets, counts);
     const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
     grad_color = grad_color.contiguous().to(coefs.scalar_type());
     grad_t = grad_t.contiguous().to(coefs.scalar_type());
     TORCH_CHECK(grad_color.numel() == n_tiles * n_pixels * channels && grad_t.numel() == n_tiles * n_pixels,
                 "gradient shapes do not match the tiles");
+    TORCH_CHECK(t_final.is_contiguous() && t_final.scalar_type() == coefs.scalar_type() && t_final.numel() == n_tiles * n_pixels &&
+                    last.is_contiguous() && last.scalar_type() == torch::kInt32 && last.numel() == n_tiles * n_pixels,
+                "t_final and last must be the forward pass's")
     auto grad_coefs = torch::zeros_like(coefs);
     auto grad_colors = torch::zeros_like(colors);
     auto abs_grads = absgrad ? torch::zeros({coefs.size(0), 2}, coefs.options()) : torch::empty({0}, coefs.options());
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_backward", [&] {
         backward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                  counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
+                                 t_final.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
                                  grad_color.data_ptr<scalar_t>(), grad_t.data_ptr<scalar_t>(),
                                  grad_coefs.data_ptr<scalar_t>(), grad_colors.data_ptr<scalar_t>(),
                                  absgrad ? abs_grads.data_ptr<scalar_t>() : nullptr);
