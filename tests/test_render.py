@@ -222,6 +222,15 @@ def _native_or_skip():
         pytest.skip("the native CPU compositor did not build here (python -m patchsplat.render.native says why)")
 
 
+def test_the_native_build_is_kept_where_a_new_process_looks_for_it():
+    """A second process imports the finished build from build_dir() instead of building again (torch's builder
+    once changed the flag lists the folder's key is made of, so each process built afresh)."""
+    from patchsplat.render import native
+
+    _native_or_skip()
+    assert (native.build_dir() / f"{native.NAME}.so").is_file()
+
+
 # Both compositing loops: the native C++ one (the default on a CPU) and the pure-torch fallback.
 COMPOSITORS = [pytest.param("native", id="native"), pytest.param("torch", id="torch")]
 

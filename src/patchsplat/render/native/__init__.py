@@ -26,8 +26,8 @@ NAME = "patchsplat_composite"
 # -O3: the per-pixel loops; no -march=native, so a build cached on a shared home folder runs on any x86-64.
 # -fopenmp: at::parallel_for shares the tiles among torch's threads only when compiled with OpenMP; at run
 # time the module uses the libgomp torch has already loaded (same soname), so there is one thread pool.
-CFLAGS = ["-O3", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 
 def disabled() -> bool:
@@ -60,7 +60,8 @@ def build(verbose: bool = False):
         staging = folder.with_name(f"{folder.name}.building-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        module = load_extension(name=NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+        # Fresh lists: torch's builder appends its own flags to the lists it is given.
+        module = load_extension(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                                 build_directory=str(staging), verbose=verbose)
         try:
             staging.rename(folder)
