@@ -16,7 +16,7 @@ p and Gaussian g in front-to-back order:
 definite, so it is not repeated here).
 
 Two loops implement it: on a CPU the native one (:mod:`patchsplat.render.native`, C++: each tile's list in one
-pass, tiles shared among torch's threads; ~2x faster per training step on the demo, bench/RESULTS.md issue 15),
+pass, tiles shared among torch's threads; a training step on the demo 1.5x faster, bench/RESULTS.md issue 15),
 and this module's pure-torch one, the fallback wherever the native one cannot be built and on other devices.
 tests/test_render.py holds both to the same dense reference. The rest of this docstring is about the torch one.
 
