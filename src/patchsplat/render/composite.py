@@ -308,12 +308,12 @@ def composite_tiles(
     # is an accumulating index_put_, which torch's deterministic mode sorts first (~1.6x the time, measured).
     isect_opacities = opacities.index_select(0, ids)
     coefs = exponent_coefficients(means2d.index_select(0, ids), conics.index_select(0, ids), isect_opacities, centres)
-    may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
     native = _native_compositor(coefs, compositor)
     if native is not None:
         out_color, transmittance, _ = _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native,
                                                                       absgrad_out)
         return out_color, transmittance
+    may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
     plan = _TilePlan(tiles, may_clamp, chunk_elements, means2d.dtype, absgrad_out)
     return _CompositeFunction.apply(coefs, colors.index_select(0, ids), plan)
 

@@ -62,12 +62,15 @@ def build(verbose: bool = False):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         # Fresh lists: torch's builder appends its own flags to the lists it is given.
-        module = load_extension(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-                                build_directory=str(staging), verbose=verbose)
         try:
-            staging.rename(folder)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
+            module = load_extension(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                                    extra_ldflags=list(LDFLAGS), build_directory=str(staging), verbose=verbose)
+            try:
+                staging.rename(folder)
+            except OSError:
+                pass   # another process renamed its build into place first
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)   # gone once renamed; else a failed or redundant build's files
         return module
     spec = importlib.util.spec_from_file_location(NAME, library)
     module = importlib.util.module_from_spec(spec)

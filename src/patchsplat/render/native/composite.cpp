@@ -54,7 +54,6 @@ struct Pixels {
     int64_t size() const { return static_cast<int64_t>(u.size()); }
 };
 
-// alpha of one overlap at pixel p, 0 when skipped (the torch compositor's clamp, exp, min and threshold).
 // log(alpha) of one overlap at every pixel of its tile; whether any pixel may reach alpha >= 1/255.
 // A branch-free loop the compiler vectorises: most overlaps touch only part of their tile, and this lets the
 // per-pixel work below skip them whole.
