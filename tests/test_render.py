@@ -219,7 +219,7 @@ def _native_or_skip():
     from patchsplat.render import native
 
     if native.load() is None:
-        pytest.skip("the native CPU compositor did not build here (python -m patchsplat.render.native says why)")
+        pytest.skip("the native CPU kernels did not build here (python -m patchsplat.render.native says why)")
 
 
 def test_the_native_build_is_kept_where_a_new_process_looks_for_it():
@@ -231,12 +231,13 @@ def test_the_native_build_is_kept_where_a_new_process_looks_for_it():
     assert (native.build_dir() / f"{native.NAME}.so").is_file()
 
 
-# Both compositing loops: the native C++ one (the default on a CPU) and the pure-torch fallback.
-COMPOSITORS = [pytest.param("native", id="native"), pytest.param("torch", id="torch")]
+# Both sets of kernels (projection, SH colours, compositing): the native C++ ones (the default on a CPU) and the
+# pure-torch fallback.
+KERNELS = [pytest.param("native", id="native"), pytest.param("torch", id="torch")]
 
 
-@pytest.fixture(params=COMPOSITORS)
-def compositor(request):
+@pytest.fixture(params=KERNELS)
+def kernels(request):
     if request.param == "native":
         _native_or_skip()
     return request.param
@@ -247,7 +248,7 @@ def compositor(request):
     (1, 60, 16, (0.3, 1.0)),        # + add_opaque_stack: the 1e-4 stop and the 0.999 clamp
     (2, 50, 4, (0.01, 0.6)),
 ])
-def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacity_range, compositor):
+def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacity_range, kernels):
     scene, viewmats, Ks, width, height = random_scene(n, seed, n_cameras=2, opacity_range=opacity_range)
     opaque = opacity_range[1] == 1.0
     if opaque:
@@ -255,7 +256,7 @@ def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacit
     backgrounds = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.4, 0.3]], dtype=torch.float64)
     p_test, p_ref = leaf_params(scene), leaf_params(scene)
     images, alphas, _ = render(p_test, viewmats, Ks, width, height, tile_size=tile_size, backgrounds=backgrounds,
-                               compositor=compositor)
+                               kernels=kernels)
     ref_images, ref_alphas = dense_reference(*(p_ref[k] for k in PARAM_NAMES), viewmats, Ks, width, height, backgrounds=backgrounds)
     assert ref_alphas.max() > 0.5
     if opaque:                                        # the stop and the clamp are exercised
@@ -267,16 +268,16 @@ def test_matches_dense_reference_images_and_gradients(seed, n, tile_size, opacit
         torch.testing.assert_close(grad, ref_grad, atol=1e-9 * ref_grad.abs().max().item(), rtol=1e-7, msg=name)
 
 
-def test_float32_matches_float64_dense_reference(compositor):
+def test_float32_matches_float64_dense_reference(kernels):
     scene, viewmats, Ks, width, height = random_scene(50, seed=3)
     ref_images, ref_alphas = dense_reference(*(scene[k] for k in PARAM_NAMES), viewmats, Ks, width, height)
     scene32 = {k: v.float() for k, v in scene.items()}
-    images, alphas, _ = render(scene32, viewmats.float(), Ks.float(), width, height, compositor=compositor)
+    images, alphas, _ = render(scene32, viewmats.float(), Ks.float(), width, height, kernels=kernels)
     assert (images.double() - ref_images).abs().max() < 1e-5
     assert (alphas.double() - ref_alphas).abs().max() < 1e-5
 
 
-def test_gradcheck_on_a_tiny_scene(compositor):
+def test_gradcheck_on_a_tiny_scene(kernels):
     scene, viewmats, Ks, width, height = random_scene(3, seed=4, width=10, height=8, opacity_range=(0.2, 0.8))
     scene["scales"] = scene["scales"] + 0.15         # large enough to cover several of the 80 pixels
     inputs = {k: scene[k].clone().requires_grad_(True) for k in PARAM_NAMES}
@@ -285,7 +286,7 @@ def test_gradcheck_on_a_tiny_scene(compositor):
         def fn(*tensors):
             args = dict(inputs, **dict(zip(changed, tensors)))
             images, alphas, _ = torch_rasterization(*(args[k] for k in PARAM_NAMES), viewmats, Ks, width, height, tile_size=4,
-                                                    compositor=compositor)
+                                                    kernels=kernels)
             return images, alphas
         return fn, tuple(inputs[k] for k in changed)
 
@@ -296,18 +297,24 @@ def test_gradcheck_on_a_tiny_scene(compositor):
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def test_native_and_torch_compositors_agree_on_a_scene_like_cloud_in_float32():
-    """The demo's size and precision (float32, 160 x 120, thousands of overlapping Gaussians, RGB + depth),
-    where the two loops round differently but must give the same images and gradients to float32 accuracy."""
+@pytest.mark.parametrize("sh_degree", [None, 3])
+def test_native_and_torch_kernels_agree_on_a_scene_like_cloud_in_float32(sh_degree):
+    """The demo's size and precision (float32, 160 x 120, thousands of overlapping Gaussians, RGB + depth, colours
+    or SH coefficients), where the two sets of kernels round differently but must give the same images and
+    gradients to float32 accuracy."""
     from patchsplat.render.scenes import scene_camera, scene_like_gaussians
 
     _native_or_skip()
     viewmats, Ks = scene_camera(160, 120)
     cloud = scene_like_gaussians(8000, seed=1)
+    if sh_degree is not None:
+        rest = torch.randn(8000, 15, 3, generator=torch.Generator().manual_seed(5)) * 0.1
+        cloud["colors"] = torch.cat([(cloud["colors"][:, None] - 0.5) / 0.2820947917738781, rest], dim=1)
     results = {}
     for name in ("native", "torch"):
         p = leaf_params(cloud)
-        images, alphas, meta = render(p, viewmats, Ks, 160, 120, render_mode="RGB+ED", absgrad=True, compositor=name)
+        images, alphas, meta = render(p, viewmats, Ks, 160, 120, render_mode="RGB+ED", absgrad=True, kernels=name,
+                                      sh_degree=sh_degree)
         meta["means2d"].retain_grad()
         gradients = grads_of(images, alphas, p)
         results[name] = (images, alphas, gradients, meta["means2d"].absgrad)
@@ -362,11 +369,106 @@ def test_native_compositor_gives_the_same_bits_at_any_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
 
 
+def _projection_scene(dtype):
+    """random_scene's Gaussians in 3 cameras plus the cases the projection treats apart: behind the camera, beyond
+    the far plane, outside the view (the Jacobian's clamp at 1.3x the field of view), an opacity below 1/255, a
+    degenerate (zero-norm) quaternion's neighbour and the opaque stack."""
+    params, viewmats, Ks, width, height = random_scene(300, seed=1, n_cameras=3)
+    params = add_opaque_stack(params, viewmats[0], Ks[0])
+    params["means"][:4, 2] = -3.0                                   # behind cameras 0-2 (they look along +z)
+    params["means"][4:12, 0] = torch.linspace(-2.5, 2.5, 8, dtype=torch.float64)   # past the sides: clamped J
+    params["opacities"][12] = 0.002
+    params["quats"][13] = torch.tensor([1e-3, 0.0, 0.0, 0.0], dtype=torch.float64)
+    return {k: v.to(dtype) for k, v in params.items()}, viewmats.to(dtype), Ks.to(dtype), width, height
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_native_projection_matches_the_torch_one_in_values_and_gradients(dtype, tolerance):
+    from patchsplat.render.projection import project_gaussians
+
+    _native_or_skip()
+    scene, viewmats, Ks, width, height = _projection_scene(dtype)
+    results = {}
+    for name in ("native", "torch"):
+        p = leaf_params(scene)
+        proj = project_gaussians(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, width, height,
+                                 kernels=name)
+        gen = torch.Generator().manual_seed(3)
+        loss = sum((out * torch.rand(out.shape, generator=gen, dtype=dtype)).sum()
+                   for out in (proj.means2d, proj.depths, proj.conics))
+        loss.backward()
+        results[name] = (proj, [p[k].grad for k in ("means", "quats", "scales")])
+    (ours, our_grads), (theirs, their_grads) = results["native"], results["torch"]
+    assert torch.equal(ours.radii, theirs.radii)
+    visible = theirs.visible
+    assert 300 < visible.sum() < visible.numel() and not visible[:, :4].any() and visible[:, 4:12].any()
+    for name in ("means2d", "depths", "conics"):
+        expected = getattr(theirs, name)
+        torch.testing.assert_close(getattr(ours, name), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+    for name, grad, expected in zip(("means", "quats", "scales"), our_grads, their_grads):
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(grad, expected, atol=tolerance * expected.abs().max().item(), rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
+def test_native_sh_colours_match_the_torch_ones_in_values_and_gradients(degree):
+    """Values, and gradients w.r.t. the coefficients and the means (through the view direction), where the +0.5
+    offset and the clamp at 0 are both exercised."""
+    from patchsplat.render.sh import view_colours
+
+    _native_or_skip()
+    gen = torch.Generator().manual_seed(degree)
+    means = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    coeffs = torch.randn(200, 25, 3, generator=gen, dtype=torch.float64) * 2.0
+    centres = torch.randn(3, 3, generator=gen, dtype=torch.float64) * 4
+    weights = torch.randn(3, 200, 3, generator=gen, dtype=torch.float64)
+    results = {}
+    for name in ("native", "torch"):
+        p = leaf_params({"means": means, "coeffs": coeffs})
+        colours = view_colours(degree, p["means"], p["coeffs"], centres, kernels=name)
+        (colours * weights).sum().backward()
+        mean_grad = p["means"].grad if p["means"].grad is not None else torch.zeros_like(means)
+        results[name] = (colours, mean_grad, p["coeffs"].grad)
+    (colours, mean_grad, coeff_grad), (expected, expected_mean_grad, expected_coeff_grad) = results["native"], results["torch"]
+    assert (expected == 0).any() and (expected > 0).any()           # some colours clamped, some not
+    torch.testing.assert_close(colours, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(coeff_grad, expected_coeff_grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(mean_grad, expected_mean_grad, atol=1e-12 * max(1.0, expected_mean_grad.abs().max().item()), rtol=0)
+    assert (expected_mean_grad.abs().max() > 0) == (degree > 0)
+
+
+def test_native_projection_and_sh_give_the_same_bits_at_any_thread_count():
+    """Each Gaussian's gradients are summed over the cameras by the thread that owns it: no order depends on how
+    the Gaussians are shared among threads."""
+    from patchsplat.render.projection import project_gaussians
+    from patchsplat.render.sh import view_colours
+
+    _native_or_skip()
+    scene, viewmats, Ks, width, height = _projection_scene(torch.float32)
+    coeffs = torch.randn(scene["means"].shape[0], 16, 3, generator=torch.Generator().manual_seed(1))
+    centres = torch.inverse(viewmats)[:, :3, 3]
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            p = leaf_params({**scene, "coeffs": coeffs})
+            proj = project_gaussians(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, width, height,
+                                     kernels="native")
+            colours = view_colours(3, p["means"], p["coeffs"], centres, kernels="native")
+            (proj.means2d.sum() + proj.conics.square().sum() + proj.depths.sum() + colours.square().sum()).backward()
+            outputs.append([proj.means2d, proj.conics, colours] + [p[k].grad for k in ("means", "quats", "scales", "coeffs")])
+    finally:
+        torch.set_num_threads(threads)
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
+
+
 def test_chunking_does_not_change_results():
     scene, viewmats, Ks, width, height = random_scene(80, seed=5, opacity_range=(0.2, 1.0))
     p_small, p_default = leaf_params(scene), leaf_params(scene)
-    small = render(p_small, viewmats, Ks, width, height, chunk_elements=256, compositor="torch")  # many chunks
-    default = render(p_default, viewmats, Ks, width, height, compositor="torch")
+    small = render(p_small, viewmats, Ks, width, height, chunk_elements=256, kernels="torch")  # many chunks
+    default = render(p_default, viewmats, Ks, width, height, kernels="torch")
     torch.testing.assert_close(small[0], default[0], atol=1e-12, rtol=0)
     for a, b in zip(grads_of(small[0], small[1], p_small), grads_of(default[0], default[1], p_default)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
@@ -487,11 +589,11 @@ def test_meta_carries_what_gsplat_strategies_read():
     assert meta["means2d"].grad.shape == (2, 30, 2) and meta["means2d"].grad.abs().sum() > 0
 
 
-def test_absgrad_is_the_sum_over_pixels_of_absolute_per_pixel_gradients(compositor):
+def test_absgrad_is_the_sum_over_pixels_of_absolute_per_pixel_gradients(kernels):
     scene, viewmats, Ks, width, height = random_scene(6, seed=10, width=10, height=8)
     scene["scales"] = scene["scales"] + 0.1
     p = leaf_params(scene)
-    images, alphas, meta = render(p, viewmats, Ks, width, height, absgrad=True, compositor=compositor)
+    images, alphas, meta = render(p, viewmats, Ks, width, height, absgrad=True, kernels=kernels)
     meta["means2d"].retain_grad()
     images.sum().backward()
     expected = torch.zeros_like(meta["means2d"])

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from patchsplat.render import native
 from patchsplat.render.projection import ALPHA_THRESHOLD
 from patchsplat.render.tiles import TileLists
 
@@ -290,12 +291,12 @@ def composite_tiles(
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     absgrad_out: Tensor | None = None,
-    compositor: str = "auto",
+    kernels: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Composite rows (see the module docstring) -> (colors [n_tiles, P, D], transmittance [n_tiles, P]).
 
     ``absgrad_out`` [R, 2], when given, receives the sum over pixels of |dL/dmean2d| during backward.
-    ``compositor``: ``auto`` (the native C++ loop on a CPU when it could be built, see
+    ``kernels``: ``auto`` (the native C++ loop on a CPU when it could be built, see
     :mod:`patchsplat.render.native`; else the torch chunks below), ``native`` or ``torch`` (``chunk_elements``
     applies to the torch one only).
     """
@@ -308,33 +309,14 @@ def composite_tiles(
     # is an accumulating index_put_, which torch's deterministic mode sorts first (~1.6x the time, measured).
     isect_opacities = opacities.index_select(0, ids)
     coefs = exponent_coefficients(means2d.index_select(0, ids), conics.index_select(0, ids), isect_opacities, centres)
-    native = _native_compositor(coefs, compositor)
-    if native is not None:
-        out_color, transmittance, _ = _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native,
+    native_module = native.select(kernels, coefs)
+    if native_module is not None:
+        out_color, transmittance, _ = _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native_module,
                                                                       absgrad_out)
         return out_color, transmittance
     may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
     plan = _TilePlan(tiles, may_clamp, chunk_elements, means2d.dtype, absgrad_out)
     return _CompositeFunction.apply(coefs, colors.index_select(0, ids), plan)
-
-
-COMPOSITORS = ("auto", "native", "torch")
-
-
-def _native_compositor(coefs: Tensor, compositor: str):
-    """The native module when ``compositor`` asks for it (auto: on a CPU, when it could be built), else None."""
-    if compositor not in COMPOSITORS:
-        raise ValueError(f"compositor must be one of {COMPOSITORS}, got {compositor!r}")
-    if compositor == "torch":
-        return None
-    from patchsplat.render import native
-
-    suitable = coefs.device.type == "cpu" and coefs.dtype in (torch.float32, torch.float64)
-    module = native.load() if suitable else None
-    if compositor == "native" and module is None:
-        raise RuntimeError("the native compositor runs on a CPU (float32 or float64) and must build here "
-                           "(python -m patchsplat.render.native shows why it does not)")
-    return module
 
 
 class _NativeCompositeFunction(torch.autograd.Function):

@@ -22,6 +22,10 @@ Culled rows have radii == 0 and means2d, depths, conics == 0 (gsplat leaves them
 compensation is applied ("classic" rasterize mode). The math is written out per matrix entry rather
 than with einsum/bmm over tiny 3x3 matrices, which is several times slower on a CPU;
 tests/test_render.py checks it against gsplat's own pure-torch reference (``_fully_fused_projection``).
+
+On a CPU the same math runs as one C++ pass per Gaussian, forward and backward (``kernels``, see
+:mod:`patchsplat.render.native`): the ~150 elementwise torch operations here and their backward passes were a
+fifth of a training step, on one core (bench/RESULTS.md, issue 15). tests/test_render.py holds the two together.
 """
 
 from __future__ import annotations
@@ -100,8 +104,25 @@ def project_gaussians(
     eps2d: float = 0.3,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
+    kernels: str = "auto",
 ) -> Projection:
-    """Project, cull and bound every Gaussian in every camera (see the module docstring)."""
+    """Project, cull and bound every Gaussian in every camera (see the module docstring).
+
+    ``kernels``: ``auto`` (the native C++ pass on a CPU where it could be built and no camera needs a gradient),
+    ``native`` or ``torch``."""
+    from patchsplat.render import native
+
+    module = native.select(kernels, means)
+    if viewmats.requires_grad or Ks.requires_grad:
+        if kernels == "native":
+            raise ValueError("the native projection gives no gradient for viewmats or Ks")
+        module = None
+    if module is not None:
+        tensors = [t.contiguous() for t in (means, quats, scales, opacities.detach(), viewmats.to(means.dtype),
+                                            Ks.to(means.dtype))]
+        radii, means2d, depths, conics = _NativeProjection.apply(
+            *tensors, (width, height, float(eps2d), float(near_plane), float(far_plane)), module)
+        return Projection(radii=radii, means2d=means2d, depths=depths, conics=conics)
     # Per-component [C, N] tensors are kept contiguous: torch's elementwise ops on strided views
     # (x = means_cam[..., 0]) are several times slower.
     rotations, translations = viewmats[:, :3, :3], viewmats[:, :3, 3]
@@ -162,3 +183,25 @@ def project_gaussians(
         depths=torch.where(visible, depths, zero),
         conics=torch.where(visible[..., None], conics, zero),
     )
+
+
+class _NativeProjection(torch.autograd.Function):
+    """:func:`project_gaussians` in C++ (render/native/project.cpp): gradients for means, quats and scales."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, settings, module):
+        radii, means2d, depths, conics = module.project_forward(means, quats, scales, opacities, viewmats, Ks, *settings)
+        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, radii)
+        ctx.settings, ctx.module = settings, module
+        ctx.mark_non_differentiable(radii)
+        return radii, means2d, depths, conics
+
+    @staticmethod
+    def backward(ctx, _grad_radii, grad_means2d, grad_depths, grad_conics):
+        means, quats, scales, opacities, viewmats, Ks, radii = ctx.saved_tensors
+        rows = radii.shape[:2]
+        grads = [g if g is not None else means.new_zeros(*rows, *tail) for g, tail in
+                 ((grad_means2d, (2,)), (grad_depths, ()), (grad_conics, (3,)))]
+        v_means, v_quats, v_scales = ctx.module.project_backward(means, quats, scales, opacities, viewmats, Ks,
+                                                                 *ctx.settings, radii, *grads)
+        return v_means, v_quats, v_scales, None, None, None, None, None

@@ -7,6 +7,10 @@ basis function into a slice of a zero-filled tensor; every such in-place write m
 gradient in the backward pass (16 clones of an [N, 16] tensor per step at degree 3, plus a zero-padded copy of
 the coefficients' gradient). Here the basis functions are stacked instead, and only the bands in use touch the
 coefficients: on the demo's 60k Gaussians, measured in bench/RESULTS.md (issue 15).
+
+:func:`view_colours` is what the renderer calls: on a CPU it runs as one C++ pass per Gaussian, forward and
+backward (``kernels``, see :mod:`patchsplat.render.native`), the basis and its derivatives from one templated
+polynomial; tests/test_render.py holds it to :func:`spherical_harmonics`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from patchsplat.render import native
 
 
 def sh_basis(degree: int, dirs: Tensor) -> Tensor:
@@ -60,3 +66,40 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     if used < coeffs.shape[-2]:
         coeffs = coeffs.narrow(-2, 0, used)
     return torch.einsum("...k,...kc->...c", basis, coeffs)
+
+
+def view_colours(degree: int, means: Tensor, coeffs: Tensor, camera_centres: Tensor, kernels: str = "auto") -> Tensor:
+    """Colours [C, N, 3] of Gaussians at means [N, 3] with SH coefficients [N, K, 3], seen from camera_centres [C, 3]:
+    bands 0..degree towards each camera, + 0.5, clamped at 0 (as gsplat's rasterization, after the INRIA one).
+
+    ``kernels``: ``auto`` (the native C++ pass on a CPU where it could be built and the centres need no
+    gradient), ``native`` or ``torch``."""
+    module = native.select(kernels, means, coeffs)
+    if camera_centres.requires_grad:
+        if kernels == "native":
+            raise ValueError("the native SH colours give no gradient for the camera centres")
+        module = None
+    if module is not None:
+        return _NativeViewColours.apply(degree, means.contiguous(), coeffs.contiguous(),
+                                        camera_centres.to(means.dtype).contiguous(), module)
+    dirs = means[None, :, :] - camera_centres[:, None, :]                  # [C, N, 3]
+    expanded = coeffs[None].expand(camera_centres.shape[0], *coeffs.shape)
+    return torch.clamp_min(spherical_harmonics(degree, dirs, expanded) + 0.5, 0.0)
+
+
+class _NativeViewColours(torch.autograd.Function):
+    """:func:`view_colours` in C++ (render/native/project.cpp): gradients for means and coefficients."""
+
+    @staticmethod
+    def forward(ctx, degree, means, coeffs, centres, module):
+        if coeffs.shape[-2] < (degree + 1) ** 2:
+            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} coefficients per colour, got {coeffs.shape[-2]}")
+        ctx.save_for_backward(means, coeffs, centres)
+        ctx.degree, ctx.module = degree, module
+        return module.sh_forward(degree, means, coeffs, centres)
+
+    @staticmethod
+    def backward(ctx, grad_colours):
+        means, coeffs, centres = ctx.saved_tensors
+        v_means, v_coeffs = ctx.module.sh_backward(ctx.degree, means, coeffs, centres, grad_colours)
+        return None, v_means, v_coeffs, None, None

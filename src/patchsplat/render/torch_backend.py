@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from patchsplat.render.composite import DEFAULT_CHUNK_ELEMENTS, composite_tiles
-from patchsplat.render.sh import spherical_harmonics
+from patchsplat.render.sh import spherical_harmonics, view_colours
 from patchsplat.render.projection import project_gaussians
 from patchsplat.render.tiles import intersect_tiles
 
@@ -58,16 +58,17 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degr
             )
 
 
-def _view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None) -> Tensor:
+def _view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int | None, kernels: str) -> Tensor:
     """Per-camera colours [C, N, D]: post-activation colours broadcast, or SH evaluated towards each camera."""
     n_cameras, n = viewmats.shape[0], means.shape[0]
     if sh_degree is None:
         return colors if colors.dim() == 3 else colors[None].expand(n_cameras, n, colors.shape[-1])
     camera_centres = torch.inverse(viewmats)[:, :3, 3]                    # [C, 3]
+    if colors.dim() == 3:
+        return view_colours(sh_degree, means, colors, camera_centres, kernels)
+    # Per-camera coefficients [C, N, K, 3]; gsplat adds 0.5 and clamps at 0 to match the INRIA CUDA rasterizer.
     dirs = means[None, :, :] - camera_centres[:, None, :]                  # [C, N, 3]
-    coeffs = colors if colors.dim() == 4 else colors[None].expand(n_cameras, *colors.shape)
-    # gsplat adds 0.5 and clamps at 0 to match the INRIA CUDA rasterizer.
-    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, coeffs) + 0.5, 0.0)
+    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, colors) + 0.5, 0.0)
 
 
 def _tiles_to_image(per_tile: Tensor, n_cameras: int, tile_width: int, tile_height: int,
@@ -99,21 +100,21 @@ def rasterization(
     tile_size: int | None = None,
     absgrad: bool = False,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    compositor: str = "auto",
+    kernels: str = "auto",
 ) -> tuple[Tensor, Tensor, dict]:
     """Render C views of N Gaussians (see the module docstring); ``tile_size=None`` -> DEFAULT_TILE_SIZE.
 
-    ``compositor`` picks the compositing loop (:func:`patchsplat.render.composite.composite_tiles`): ``auto``
-    (the native C++ one on a CPU where it builds), ``native`` or ``torch``."""
+    ``kernels`` picks how projection, SH colours and compositing run: ``auto`` (the native C++ passes on a CPU
+    where they build, :mod:`patchsplat.render.native`), ``native`` or ``torch`` (the pure-torch functions)."""
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, render_mode)
     tile_size = DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
     n_cameras, n = viewmats.shape[0], means.shape[0]
 
     proj = project_gaussians(
         means, quats, scales, opacities, viewmats, Ks, width, height,
-        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, kernels=kernels,
     )
-    view_colors = _view_colors(means, colors, viewmats, sh_degree)
+    view_colors = _view_colors(means, colors, viewmats, sh_degree, kernels)
     depth_channel = proj.depths[..., None]
     if render_mode in ("RGB+D", "RGB+ED"):
         view_colors = torch.cat([view_colors, depth_channel], dim=-1)
@@ -135,7 +136,7 @@ def rasterization(
         tiles,
         chunk_elements=chunk_elements,
         absgrad_out=absgrad_out,
-        compositor=compositor,
+        kernels=kernels,
     )
     grid = (n_cameras, tiles.tile_width, tiles.tile_height, tile_size, width, height)
     render_colors = _tiles_to_image(tile_colors, *grid)

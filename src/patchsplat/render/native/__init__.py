@@ -1,13 +1,18 @@
-"""The native CPU compositor (``composite.cpp``): built once with torch's C++ extension tools, else absent.
+"""patchsplat's native CPU kernels, built once with torch's C++ extension tools, else absent.
 
-    python -m patchsplat.render.native      # build it now (``make setup`` does), print where and how fast
+    python -m patchsplat.render.native      # build them now (``make setup`` does), print where and how fast
+
+Three pairs of forward and backward passes, each the C++ twin of a pure-torch function that stays the fallback
+and the reference (tests/test_render.py holds each pair to it): ``composite.cpp`` (the tile compositing of
+:mod:`..composite`), ``project.cpp`` (projection of :mod:`..projection` and SH colours of :mod:`..sh`), and
+``bindings.cpp`` (the Python module). They run on torch's threads (``at::parallel_for``) over tiles or Gaussians.
 
 :func:`load` returns the compiled module, or None when it cannot be built here (no C++ compiler, or
-``PATCHSPLAT_NATIVE=0``); the renderer then uses the pure-torch compositor, which gives the same images
-and gradients (tests/test_render.py checks both against one dense reference), a training step about 1.5x slower
-(the demo: 8.4 against 13.0 steps/s).
+``PATCHSPLAT_NATIVE=0``); the renderer then uses the pure-torch functions, which give the same images and
+gradients and a training step about 2x slower (bench/RESULTS.md, issue 15). :func:`select` is how the renderer
+asks (its ``kernels`` argument).
 The build goes to ``~/.cache/patchsplat/native/<key>`` (``PATCHSPLAT_NATIVE_DIR`` instead of that folder), the key
-a hash of ``composite.cpp``, the flags, torch's and Python's versions: a finished build is imported directly (torch's
+a hash of the sources, the flags, torch's and Python's versions: a finished build is imported directly (torch's
 own JIT loader re-ran its build tools in every new process and, measured, sometimes recompiled for 30 s), and
 a changed source or torch builds afresh.
 """
@@ -22,8 +27,9 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("composite.cpp")
-NAME = "patchsplat_composite"
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("composite.cpp", "project.cpp", "bindings.cpp"))
+NAME = "patchsplat_native"
+KERNELS = ("auto", "native", "torch")
 # -O3: the per-pixel loops; no -march=native, so a build cached on a shared home folder runs on any x86-64.
 # -fopenmp: at::parallel_for shares the tiles among torch's threads only when compiled with OpenMP; at run
 # time the module uses the libgomp torch has already loaded (same soname), so there is one thread pool.
@@ -32,7 +38,7 @@ LDFLAGS = ("-fopenmp",)
 
 
 def disabled() -> bool:
-    """``PATCHSPLAT_NATIVE=0`` turns the native compositor off (the pure-torch one is used)."""
+    """``PATCHSPLAT_NATIVE=0`` turns the native kernels off (the pure-torch ones are used)."""
     return os.environ.get("PATCHSPLAT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
 
 
@@ -43,7 +49,8 @@ def build_dir() -> Path:
 
     import torch
 
-    key = hashlib.sha256(SOURCE.read_bytes() + repr((CFLAGS, LDFLAGS, torch.__version__, sys.version)).encode())
+    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)
+                         + repr((CFLAGS, LDFLAGS, torch.__version__, sys.version)).encode())
     root = Path(os.environ.get("PATCHSPLAT_NATIVE_DIR") or Path.home() / ".cache" / "patchsplat" / "native")
     return root / key.hexdigest()[:16]
 
@@ -63,7 +70,7 @@ def build(verbose: bool = False):
         staging.mkdir(parents=True)
         # Fresh lists: torch's builder appends its own flags to the lists it is given.
         try:
-            module = load_extension(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+            module = load_extension(name=NAME, sources=[str(source) for source in SOURCES], extra_cflags=list(CFLAGS),
                                     extra_ldflags=list(LDFLAGS), build_directory=str(staging), verbose=verbose)
             try:
                 staging.rename(folder)
@@ -87,9 +94,28 @@ def load():
         return build()
     except Exception as error:  # a missing compiler or ninja shows as several exception types
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        warnings.warn(f"native CPU compositor unavailable ({reason}); using the pure-torch one, about 1.5x slower "
+        warnings.warn(f"native CPU kernels unavailable ({reason}); using the pure-torch ones, about 2x slower "
                       "per training step (run `python -m patchsplat.render.native` to see the build)", stacklevel=2)
         return None
+
+
+def select(kernels: str, *tensors):
+    """The native module when ``kernels`` asks for it and the tensors suit it, else None (use the torch functions).
+
+    ``auto``: on a CPU, float32 or float64, where the module could be built; ``native``: the same, but an error
+    where it cannot serve; ``torch``: never."""
+    import torch
+
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels == "torch":
+        return None
+    suitable = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+    module = load() if suitable else None
+    if kernels == "native" and module is None:
+        raise RuntimeError("the native kernels run on a CPU (float32 or float64) and must build here "
+                           "(python -m patchsplat.render.native shows why they do not)")
+    return module
 
 
 def main() -> None:
@@ -98,6 +124,6 @@ def main() -> None:
 
     started = time.perf_counter()
     build(verbose=False)
-    print(f"native CPU compositor ready: {build_dir() / (NAME + '.so')} ({time.perf_counter() - started:.1f} s)")
+    print(f"native CPU kernels ready: {build_dir() / (NAME + '.so')} ({time.perf_counter() - started:.1f} s)")
 
 

@@ -18,7 +18,7 @@
 //     dL/dw_k = c_k . dL/dcolour - dL/dT_final               (T_final = 1 - sum_k w_k, w_k = alpha_k T_k)
 //     dL/dlog(alpha_k) = w_k dL/dw_k - alpha_k / (1 - alpha_k) * sum_{j > k} w_j dL/dw_j   (0 where clamped)
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -95,15 +95,15 @@ void for_each_tile(const int64_t* counts, int64_t n_tiles, Body body) {
     });
 }
 
-void check_inputs(const torch::Tensor& coefs, const torch::Tensor& colors, const torch::Tensor& offsets,
-                  const torch::Tensor& counts) {
+void check_inputs(const at::Tensor& coefs, const at::Tensor& colors, const at::Tensor& offsets,
+                  const at::Tensor& counts) {
     TORCH_CHECK(coefs.device().is_cpu() && colors.device().is_cpu(), "the native compositor runs on the CPU");
-    TORCH_CHECK((coefs.scalar_type() == torch::kFloat32 || coefs.scalar_type() == torch::kFloat64) &&
+    TORCH_CHECK((coefs.scalar_type() == at::kFloat || coefs.scalar_type() == at::kDouble) &&
                     colors.scalar_type() == coefs.scalar_type(), "the native compositor takes float32 or float64");
     TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == 6 && coefs.is_contiguous(), "coefs must be contiguous [M, 6]");
     TORCH_CHECK(colors.dim() == 2 && colors.size(0) == coefs.size(0) && colors.is_contiguous(),
                 "colors must be contiguous [M, D]");
-    TORCH_CHECK(offsets.scalar_type() == torch::kInt64 && counts.scalar_type() == torch::kInt64 &&
+    TORCH_CHECK(offsets.scalar_type() == at::kLong && counts.scalar_type() == at::kLong &&
                     offsets.is_contiguous() && counts.is_contiguous() && offsets.numel() == counts.numel(),
                 "offsets and counts must be contiguous int64 [T]");
 }
@@ -208,13 +208,13 @@ void backward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* 
 
 // -> (colors [T, P, D], transmittance [T, P], each pixel's last contributing slot + 1 [T, P] int32) for every
 // tile's P = tile_size^2 pixels, no background.
-std::vector<torch::Tensor> composite_forward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
-                                             torch::Tensor counts, int64_t tile_size) {
+std::vector<at::Tensor> composite_forward(at::Tensor coefs, at::Tensor colors, at::Tensor offsets,
+                                             at::Tensor counts, int64_t tile_size) {
     check_inputs(coefs, colors, offsets, counts);
     const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
-    auto out_color = torch::zeros({n_tiles, n_pixels, channels}, coefs.options());
-    auto out_t = torch::ones({n_tiles, n_pixels}, coefs.options());
-    auto out_last = torch::zeros({n_tiles, n_pixels}, coefs.options().dtype(torch::kInt32));
+    auto out_color = at::zeros({n_tiles, n_pixels, channels}, coefs.options());
+    auto out_t = at::ones({n_tiles, n_pixels}, coefs.options());
+    auto out_last = at::zeros({n_tiles, n_pixels}, coefs.options().dtype(at::kInt));
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_forward", [&] {
         forward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                 counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
@@ -225,9 +225,9 @@ std::vector<torch::Tensor> composite_forward(torch::Tensor coefs, torch::Tensor 
 
 // -> (dL/dcoefs [M, 6], dL/dcolors [M, D], sum over pixels of |dL/dmean2d| [M, 2] or an empty tensor), given the
 // forward pass's transmittance and last contributors.
-std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
-                                              torch::Tensor counts, int64_t tile_size, torch::Tensor t_final,
-                                              torch::Tensor last, torch::Tensor grad_color, torch::Tensor grad_t,
+std::vector<at::Tensor> composite_backward(at::Tensor coefs, at::Tensor colors, at::Tensor offsets,
+                                              at::Tensor counts, int64_t tile_size, at::Tensor t_final,
+                                              at::Tensor last, at::Tensor grad_color, at::Tensor grad_t,
                                               bool absgrad) {
     check_inputs(coefs, colors, offsets, counts);
     const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
@@ -236,11 +236,11 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor
     TORCH_CHECK(grad_color.numel() == n_tiles * n_pixels * channels && grad_t.numel() == n_tiles * n_pixels,
                 "gradient shapes do not match the tiles");
     TORCH_CHECK(t_final.is_contiguous() && t_final.scalar_type() == coefs.scalar_type() && t_final.numel() == n_tiles * n_pixels &&
-                    last.is_contiguous() && last.scalar_type() == torch::kInt32 && last.numel() == n_tiles * n_pixels,
+                    last.is_contiguous() && last.scalar_type() == at::kInt && last.numel() == n_tiles * n_pixels,
                 "t_final and last must be the forward pass's")
-    auto grad_coefs = torch::zeros_like(coefs);
-    auto grad_colors = torch::zeros_like(colors);
-    auto abs_grads = absgrad ? torch::zeros({coefs.size(0), 2}, coefs.options()) : torch::empty({0}, coefs.options());
+    auto grad_coefs = at::zeros_like(coefs);
+    auto grad_colors = at::zeros_like(colors);
+    auto abs_grads = absgrad ? at::zeros({coefs.size(0), 2}, coefs.options()) : at::empty({0}, coefs.options());
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_backward", [&] {
         backward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                  counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
@@ -250,9 +250,4 @@ std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor
                                  absgrad ? abs_grads.data_ptr<scalar_t>() : nullptr);
     });
     return {grad_coefs, grad_colors, abs_grads};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)");
-    m.def("composite_backward", &composite_backward, "composite depth-sorted tile lists (backward)");
 }
