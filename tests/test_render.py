@@ -425,7 +425,7 @@ def test_native_sh_colours_match_the_torch_ones_in_values_and_gradients(degree):
     results = {}
     for name in ("native", "torch"):
         p = leaf_params({"means": means, "coeffs": coeffs})
-        colours = view_colours(degree, p["means"], p["coeffs"], centres, kernels=name)
+        colours = view_colours(degree, p["means"], p["coeffs"][:, :1], p["coeffs"][:, 1:], centres, kernels=name)
         (colours * weights).sum().backward()
         mean_grad = p["means"].grad if p["means"].grad is not None else torch.zeros_like(means)
         results[name] = (colours, mean_grad, p["coeffs"].grad)
@@ -455,7 +455,7 @@ def test_native_projection_and_sh_give_the_same_bits_at_any_thread_count():
             p = leaf_params({**scene, "coeffs": coeffs})
             proj = project_gaussians(p["means"], p["quats"], p["scales"], p["opacities"], viewmats, Ks, width, height,
                                      kernels="native")
-            colours = view_colours(3, p["means"], p["coeffs"], centres, kernels="native")
+            colours = view_colours(3, p["means"], p["coeffs"][:, :1], p["coeffs"][:, 1:], centres, kernels="native")
             (proj.means2d.sum() + proj.conics.square().sum() + proj.depths.sum() + colours.square().sum()).backward()
             outputs.append([proj.means2d, proj.conics, colours] + [p[k].grad for k in ("means", "quats", "scales", "coeffs")])
     finally:

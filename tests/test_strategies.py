@@ -112,6 +112,24 @@ def test_covar_torch_matches_gsplats_torch_reference():
     assert torch.allclose(eye, torch.diag(torch.tensor([1.0, 4.0, 9.0]))[None])
 
 
+def test_the_cpu_covariances_the_noise_reads_match_covar_torch():
+    """On a CPU, MCMC's covariances come from the native kernel where it built (patchsplat.render.native)."""
+    from patchsplat.render import native
+    from patchsplat.train.strategies import _quat_scale_to_covar_preci_any_device
+
+    if native.load() is None:
+        pytest.skip("the native CPU kernels did not build here (python -m patchsplat.render.native says why)")
+    generator = torch.Generator().manual_seed(3)
+    quats = torch.randn(500, 4, generator=generator, dtype=torch.float64)
+    scales = torch.rand(500, 3, generator=generator, dtype=torch.float64) + 0.05
+    with torch.no_grad():
+        covars, precis = _quat_scale_to_covar_preci_any_device(quats, scales)
+    expected_covars, expected_precis = covar_torch(quats, scales)
+    torch.testing.assert_close(covars, expected_covars, atol=1e-13, rtol=1e-12)
+    torch.testing.assert_close(precis, expected_precis, atol=1e-10, rtol=1e-12)
+    assert torch.allclose(covars @ precis, torch.eye(3, dtype=torch.float64).expand(500, 3, 3), atol=1e-9)
+
+
 def test_noise_injection_runs_on_cpu_and_moves_only_low_opacity_gaussians_by_a_bounded_amount():
     generator = torch.Generator().manual_seed(2)
     n = 200

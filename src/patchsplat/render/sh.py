@@ -68,20 +68,23 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     return torch.einsum("...k,...kc->...c", basis, coeffs)
 
 
-def view_colours(degree: int, means: Tensor, coeffs: Tensor, camera_centres: Tensor, kernels: str = "auto") -> Tensor:
-    """Colours [C, N, 3] of Gaussians at means [N, 3] with SH coefficients [N, K, 3], seen from camera_centres [C, 3]:
-    bands 0..degree towards each camera, + 0.5, clamped at 0 (as gsplat's rasterization, after the INRIA one).
+def view_colours(degree: int, means: Tensor, sh0: Tensor, shN: Tensor, camera_centres: Tensor,
+                 kernels: str = "auto") -> Tensor:
+    """Colours [C, N, 3] of Gaussians at means [N, 3] with SH coefficients sh0 [N, 1, 3] (band 0) and shN
+    [N, K - 1, 3] (the rest, as the model keeps them), seen from camera_centres [C, 3]: bands 0..degree towards each
+    camera, + 0.5, clamped at 0 (as gsplat's rasterization, after the INRIA one).
 
     ``kernels``: ``auto`` (the native C++ pass on a CPU where it could be built and the centres need no
-    gradient), ``native`` or ``torch``."""
-    module = native.select(kernels, means, coeffs)
+    gradient; it reads the two coefficient tensors in place), ``native`` or ``torch``."""
+    module = native.select(kernels, means, sh0, shN)
     if camera_centres.requires_grad:
         if kernels == "native":
             raise ValueError("the native SH colours give no gradient for the camera centres")
         module = None
     if module is not None:
-        return _NativeViewColours.apply(degree, means.contiguous(), coeffs.contiguous(),
+        return _NativeViewColours.apply(degree, means.contiguous(), sh0.contiguous(), shN.contiguous(),
                                         camera_centres.to(means.dtype).contiguous(), module)
+    coeffs = torch.cat([sh0, shN], dim=1)
     dirs = means[None, :, :] - camera_centres[:, None, :]                  # [C, N, 3]
     expanded = coeffs[None].expand(camera_centres.shape[0], *coeffs.shape)
     return torch.clamp_min(spherical_harmonics(degree, dirs, expanded) + 0.5, 0.0)
@@ -91,15 +94,15 @@ class _NativeViewColours(torch.autograd.Function):
     """:func:`view_colours` in C++ (render/native/project.cpp): gradients for means and coefficients."""
 
     @staticmethod
-    def forward(ctx, degree, means, coeffs, centres, module):
-        if coeffs.shape[-2] < (degree + 1) ** 2:
-            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} coefficients per colour, got {coeffs.shape[-2]}")
-        ctx.save_for_backward(means, coeffs, centres)
+    def forward(ctx, degree, means, sh0, shN, centres, module):
+        if 1 + shN.shape[-2] < (degree + 1) ** 2:
+            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} coefficients per colour, got {1 + shN.shape[-2]}")
+        ctx.save_for_backward(means, sh0, shN, centres)
         ctx.degree, ctx.module = degree, module
-        return module.sh_forward(degree, means, coeffs, centres)
+        return module.sh_forward(degree, means, sh0, shN, centres)
 
     @staticmethod
     def backward(ctx, grad_colours):
-        means, coeffs, centres = ctx.saved_tensors
-        v_means, v_coeffs = ctx.module.sh_backward(ctx.degree, means, coeffs, centres, grad_colours)
-        return None, v_means, v_coeffs, None, None
+        means, sh0, shN, centres = ctx.saved_tensors
+        v_means, v_sh0, v_shN = ctx.module.sh_backward(ctx.degree, means, sh0, shN, centres, grad_colours)
+        return None, v_means, v_sh0, v_shN, None, None

@@ -65,7 +65,7 @@ def _view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, sh_degree: int
         return colors if colors.dim() == 3 else colors[None].expand(n_cameras, n, colors.shape[-1])
     camera_centres = torch.inverse(viewmats)[:, :3, 3]                    # [C, 3]
     if colors.dim() == 3:
-        return view_colours(sh_degree, means, colors, camera_centres, kernels)
+        return view_colours(sh_degree, means, colors[:, :1], colors[:, 1:], camera_centres, kernels)
     # Per-camera coefficients [C, N, K, 3]; gsplat adds 0.5 and clamps at 0 to match the INRIA CUDA rasterizer.
     dirs = means[None, :, :] - camera_centres[:, None, :]                  # [C, N, 3]
     return torch.clamp_min(spherical_harmonics(sh_degree, dirs, colors) + 0.5, 0.0)

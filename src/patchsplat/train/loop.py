@@ -247,18 +247,25 @@ class _Run:
         from patchsplat.render import rasterize
 
         viewmat = view.viewmat[None].to(self.device)
-        coefficients = torch.cat([params["sh0"], params["shN"]], dim=1)
+        camera_centre = -viewmat[0, :3, :3].T @ viewmat[0, :3, 3]
         if self.config.bf16:
             # Mixed precision outside the rasterizer: the view-dependent colours are evaluated from the
             # SH coefficients under bf16 autocast, then handed to the rasterizer in fp32.
             from patchsplat.render.sh import spherical_harmonics
 
-            camera_centre = -viewmat[0, :3, :3].T @ viewmat[0, :3, 3]
+            coefficients = torch.cat([params["sh0"], params["shN"]], dim=1)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                 colours = spherical_harmonics(sh_degree, params["means"] - camera_centre, coefficients)
             colours, sh_degree_arg = torch.clamp_min(colours.float() + 0.5, 0.0), None
+        elif self.backend == "torch":
+            # The same colours the rasterizer would evaluate, from sh0 and shN in place: a concatenated copy of
+            # the coefficients, and the split of its gradient, cost a pass over them each step (issue 15).
+            from patchsplat.render.sh import view_colours
+
+            colours = view_colours(sh_degree, params["means"], params["sh0"], params["shN"], camera_centre[None])[0]
+            sh_degree_arg = None
         else:
-            colours, sh_degree_arg = coefficients, sh_degree
+            colours, sh_degree_arg = torch.cat([params["sh0"], params["shN"]], dim=1), sh_degree
         try:
             return rasterize(
                 params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]), colours,
@@ -530,13 +537,22 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """torch's deterministic algorithms while training on the CPU: with two or more threads, the backward
     pass of an indexed gather (``index_put_`` with accumulate) otherwise adds into the same gradient from
     several threads in whatever order they run, so two runs of the same settings and seed differ from the
-    first steps on (measured: 60 steps, 2 threads, different splats every run; identical with this on)."""
+    first steps on (measured: 60 steps, 2 threads, different splats every run; identical with this on).
+
+    Not the NaN fill of every new uninitialised tensor that deterministic mode also turns on: a debugging aid
+    that changes no result of correct code, and it cost a pass over memory per ``torch.empty``, one core
+    only, 7% of a CPU training step (issue 15)."""
+    import torch.utils.deterministic
+
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(enabled or previous)
+    torch.utils.deterministic.fill_uninitialized_memory = previous_fill and previous
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
 def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None], profile: str | None,

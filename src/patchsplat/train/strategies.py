@@ -173,6 +173,14 @@ def _quat_scale_to_covar_preci_any_device(
         return _GSPLAT_QUAT_SCALE_TO_COVAR_PRECI(
             quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu
         )
+    from patchsplat.render import native
+
+    module = native.select("auto", quats, scales)
+    if module is not None and not triu and not (torch.is_grad_enabled() and (quats.requires_grad or scales.requires_grad)):
+        # MCMC's noise injection, every step: one C++ pass instead of a dozen [N, 3, 3] torch ops on one core.
+        quats, scales = quats.contiguous(), scales.contiguous()
+        return (module.covariances(quats, scales, False) if compute_covar else None,
+                module.covariances(quats, scales, True) if compute_preci else None)
     return covar_torch(quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu)
 
 

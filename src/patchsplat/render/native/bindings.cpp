@@ -1,5 +1,6 @@
 // The Python module of patchsplat's native CPU kernels: compositing (composite.cpp), projection and SH colours
-// (project.cpp). Each pair is the forward and backward pass of one torch.autograd.Function on the Python side.
+// (project.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side, and the
+// covariances MCMC's noise injection reads (project.cpp, no gradient).
 
 #include <torch/extension.h>
 
@@ -20,9 +21,11 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
                                             int64_t width, int64_t height, double eps2d, double near_plane,
                                             double far_plane, torch::Tensor radii, torch::Tensor v_means2d,
                                             torch::Tensor v_depths, torch::Tensor v_conics);
-torch::Tensor sh_forward(int64_t degree, torch::Tensor means, torch::Tensor coeffs, torch::Tensor centres);
-std::vector<torch::Tensor> sh_backward(int64_t degree, torch::Tensor means, torch::Tensor coeffs, torch::Tensor centres,
-                                       torch::Tensor v_colours);
+torch::Tensor sh_forward(int64_t degree, torch::Tensor means, torch::Tensor sh0, torch::Tensor rest,
+                         torch::Tensor centres);
+std::vector<torch::Tensor> sh_backward(int64_t degree, torch::Tensor means, torch::Tensor sh0, torch::Tensor rest,
+                                       torch::Tensor centres, torch::Tensor v_colours);
+torch::Tensor covariances(torch::Tensor quats, torch::Tensor scales, bool inverse);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)");
@@ -31,4 +34,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("project_backward", &project_backward, "project, cull and bound Gaussians (backward)");
     m.def("sh_forward", &sh_forward, "view-dependent colours from SH coefficients (forward)");
     m.def("sh_backward", &sh_backward, "view-dependent colours from SH coefficients (backward)");
+    m.def("covariances", &covariances, "covariance (or precision) matrices of quaternions and scales, no gradient");
 }

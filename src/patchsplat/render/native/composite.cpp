@@ -106,6 +106,12 @@ void check_inputs(const at::Tensor& coefs, const at::Tensor& colors, const at::T
     TORCH_CHECK(offsets.scalar_type() == at::kLong && counts.scalar_type() == at::kLong &&
                     offsets.is_contiguous() && counts.is_contiguous() && offsets.numel() == counts.numel(),
                 "offsets and counts must be contiguous int64 [T]");
+    // Every overlap lies in exactly one tile's range [offset, offset + count): the kernels write each row once.
+    TORCH_CHECK(counts.sum().item<int64_t>() == coefs.size(0) &&
+                    (counts.numel() == 0 || (offsets.data_ptr<int64_t>()[0] == 0 &&
+                                             at::equal(offsets.narrow(0, 1, counts.numel() - 1),
+                                                       counts.cumsum(0).narrow(0, 0, counts.numel() - 1)))),
+                "the tile ranges must cover the overlaps in order");
 }
 
 template <typename scalar_t>
@@ -117,6 +123,11 @@ void forward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* o
         scalar_t* t_pix = t_out + tile * n_pixels;
         scalar_t* c_pix = color_out + tile * n_pixels * channels;
         int32_t* last = last_out + tile * n_pixels;
+        // The outputs start empty: each tile's thread initialises its own (a zero-filled allocation would be
+        // one more pass over memory, on one core).
+        std::fill(t_pix, t_pix + n_pixels, scalar_t(1));
+        std::fill(c_pix, c_pix + n_pixels * channels, scalar_t(0));
+        std::fill(last, last + n_pixels, 0);
         std::vector<char> done(n_pixels, 0);
         std::vector<scalar_t> x(n_pixels);
         int64_t open = n_pixels;
@@ -155,6 +166,10 @@ void backward_tiles(const scalar_t* coef, const scalar_t* color, const int64_t* 
         const int32_t* last = last_in + tile * n_pixels;
         const scalar_t* gc_tile = g_color + tile * n_pixels * channels;
         const scalar_t* gt_tile = g_t + tile * n_pixels;
+        // This tile's overlaps' gradient rows start empty (see forward_tiles); those it skips stay 0.
+        std::fill(g_coef + offset[tile] * 6, g_coef + (offset[tile] + count[tile]) * 6, scalar_t(0));
+        std::fill(g_rgb + offset[tile] * channels, g_rgb + (offset[tile] + count[tile]) * channels, scalar_t(0));
+        if (g_abs != nullptr) std::fill(g_abs + offset[tile] * 2, g_abs + (offset[tile] + count[tile]) * 2, scalar_t(0));
         std::vector<scalar_t> t_pix(t_final + tile * n_pixels, t_final + (tile + 1) * n_pixels);
         std::vector<scalar_t> later(n_pixels, scalar_t(0));   // sum over later overlaps of w_j dL/dw_j
         std::vector<scalar_t> x(n_pixels);
@@ -212,9 +227,9 @@ std::vector<at::Tensor> composite_forward(at::Tensor coefs, at::Tensor colors, a
                                              at::Tensor counts, int64_t tile_size) {
     check_inputs(coefs, colors, offsets, counts);
     const int64_t n_tiles = counts.numel(), n_pixels = tile_size * tile_size, channels = colors.size(1);
-    auto out_color = at::zeros({n_tiles, n_pixels, channels}, coefs.options());
-    auto out_t = at::ones({n_tiles, n_pixels}, coefs.options());
-    auto out_last = at::zeros({n_tiles, n_pixels}, coefs.options().dtype(at::kInt));
+    auto out_color = at::empty({n_tiles, n_pixels, channels}, coefs.options());
+    auto out_t = at::empty({n_tiles, n_pixels}, coefs.options());
+    auto out_last = at::empty({n_tiles, n_pixels}, coefs.options().dtype(at::kInt));
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_forward", [&] {
         forward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                 counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),
@@ -238,9 +253,9 @@ std::vector<at::Tensor> composite_backward(at::Tensor coefs, at::Tensor colors, 
     TORCH_CHECK(t_final.is_contiguous() && t_final.scalar_type() == coefs.scalar_type() && t_final.numel() == n_tiles * n_pixels &&
                     last.is_contiguous() && last.scalar_type() == at::kInt && last.numel() == n_tiles * n_pixels,
                 "t_final and last must be the forward pass's")
-    auto grad_coefs = at::zeros_like(coefs);
-    auto grad_colors = at::zeros_like(colors);
-    auto abs_grads = absgrad ? at::zeros({coefs.size(0), 2}, coefs.options()) : at::empty({0}, coefs.options());
+    auto grad_coefs = at::empty_like(coefs);
+    auto grad_colors = at::empty_like(colors);
+    auto abs_grads = at::empty({absgrad ? coefs.size(0) : 0, 2}, coefs.options());
     AT_DISPATCH_FLOATING_TYPES(coefs.scalar_type(), "composite_backward", [&] {
         backward_tiles<scalar_t>(coefs.data_ptr<scalar_t>(), colors.data_ptr<scalar_t>(), offsets.data_ptr<int64_t>(),
                                  counts.data_ptr<int64_t>(), n_tiles, channels, Pixels<scalar_t>(tile_size),

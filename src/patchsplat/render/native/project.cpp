@@ -223,6 +223,7 @@ void sh_basis(int degree, const T& x, const T& y, const T& z, T* out) {
     out[24] = scalar_t(0.6258357354491763) * c3;
 }
 
+
 }  // namespace
 
 // -> (radii [C, N, 2] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3]), culled rows all 0.
@@ -232,10 +233,11 @@ std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::
                                            double far_plane) {
     check_projection_inputs(means, quats, scales, opacities, viewmats, Ks);
     const int64_t n = means.size(0), n_cameras = viewmats.size(0);
-    auto radii = at::zeros({n_cameras, n, 2}, means.options().dtype(at::kInt));
-    auto means2d = at::zeros({n_cameras, n, 2}, means.options());
-    auto depths = at::zeros({n_cameras, n}, means.options());
-    auto conics = at::zeros({n_cameras, n, 3}, means.options());
+    // Allocated empty: every row is written below by the thread owning its Gaussian, culled ones with 0.
+    auto radii = at::empty({n_cameras, n, 2}, means.options().dtype(at::kInt));
+    auto means2d = at::empty({n_cameras, n, 2}, means.options());
+    auto depths = at::empty({n_cameras, n}, means.options());
+    auto conics = at::empty({n_cameras, n, 3}, means.options());
     AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
         const auto cameras = cameras_of<scalar_t>(viewmats, Ks, width, height);
         const scalar_t* mean = means.data_ptr<scalar_t>();
@@ -253,8 +255,13 @@ std::vector<at::Tensor> project_forward(at::Tensor means, at::Tensor quats, at::
                     Projected<scalar_t> p;
                     project_one(cameras[c], mean + g * 3, shape, opacity[g], width, height, scalar_t(eps2d),
                                 scalar_t(near_plane), scalar_t(far_plane), p);
-                    if (!p.visible) continue;
                     const int64_t row = c * n + g;
+                    if (!p.visible) {
+                        radii_out[row * 2] = radii_out[row * 2 + 1] = 0;
+                        means2d_out[row * 2] = means2d_out[row * 2 + 1] = depths_out[row] = scalar_t(0);
+                        conics_out[row * 3] = conics_out[row * 3 + 1] = conics_out[row * 3 + 2] = scalar_t(0);
+                        continue;
+                    }
                     radii_out[row * 2] = p.radius_x, radii_out[row * 2 + 1] = p.radius_y;
                     means2d_out[row * 2] = p.mean_x, means2d_out[row * 2 + 1] = p.mean_y;
                     depths_out[row] = p.z;
@@ -284,9 +291,10 @@ std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at:
     TORCH_CHECK(radii.is_contiguous() && radii.scalar_type() == at::kInt && radii.numel() == n_cameras * n * 2 &&
                     v_means2d.numel() == n_cameras * n * 2 && v_depths.numel() == n_cameras * n &&
                     v_conics.numel() == n_cameras * n * 3, "gradient shapes do not match the projection");
-    auto v_means = at::zeros_like(means);
-    auto v_quats = at::zeros_like(quats);
-    auto v_scales = at::zeros_like(scales);
+    // Allocated empty: each Gaussian's rows are written by the thread that owns it.
+    auto v_means = at::empty_like(means);
+    auto v_quats = at::empty_like(quats);
+    auto v_scales = at::empty_like(scales);
     AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
         const auto cameras = cameras_of<scalar_t>(viewmats, Ks, width, height);
         const scalar_t* mean = means.data_ptr<scalar_t>();
@@ -305,6 +313,7 @@ std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at:
                 const WorldShape<scalar_t> shape(quat + g * 4, scale + g * 3);
                 scalar_t v_sigma[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};   // dL/dSigma (world), summed over cameras
                 scalar_t* v_mean = out_mean + g * 3;
+                v_mean[0] = v_mean[1] = v_mean[2] = scalar_t(0);
                 for (int64_t c = 0; c < n_cameras; ++c) {
                     const int64_t row = c * n + g;
                     if (radii_in[row * 2] == 0 && radii_in[row * 2 + 1] == 0) continue;
@@ -360,6 +369,7 @@ std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at:
                 // Sigma = M M^T (dL/dSigma symmetric): dL/dM = 2 dL/dSigma M; M = R(q) diag(s)
                 scalar_t v_rot[9];
                 scalar_t* v_scale = out_scale + g * 3;
+                v_scale[0] = v_scale[1] = v_scale[2] = scalar_t(0);
                 for (int i = 0; i < 3; ++i) {
                     for (int j = 0; j < 3; ++j) {
                         const scalar_t v_m = scalar_t(2) * (v_sigma[i * 3] * shape.m[j] + v_sigma[i * 3 + 1] * shape.m[3 + j] +
@@ -389,20 +399,68 @@ std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at:
     return {v_means, v_quats, v_scales};
 }
 
-// -> colours [C, N, 3]: SH bands 0..degree of coeffs [N, K, 3] towards each camera centre [C, 3], + 0.5, clamped at 0.
-at::Tensor sh_forward(int64_t degree, at::Tensor means, at::Tensor coeffs, at::Tensor centres) {
+// -> [N, 3, 3] R S S^T R^T (or with S^-1: the precision matrix) of quats [N, 4] and scales [N, 3], as
+// strategies.covar_torch gives them; no gradient (MCMC's noise injection reads them under no_grad).
+at::Tensor covariances(at::Tensor quats, at::Tensor scales, bool inverse) {
+    const int64_t n = quats.size(0);
+    TORCH_CHECK(quats.device().is_cpu() && quats.is_contiguous() && scales.is_contiguous() &&
+                    quats.scalar_type() == scales.scalar_type() && quats.dim() == 2 && quats.size(1) == 4 &&
+                    scales.sizes() == at::IntArrayRef({n, 3}), "quats [N, 4] and scales [N, 3] expected, contiguous, one dtype");
+    auto out = at::empty({n, 3, 3}, quats.options());
+    AT_DISPATCH_FLOATING_TYPES(quats.scalar_type(), "covariances", [&] {
+        const scalar_t* quat = quats.data_ptr<scalar_t>();
+        const scalar_t* scale = scales.data_ptr<scalar_t>();
+        scalar_t* matrix = out.data_ptr<scalar_t>();
+        at::parallel_for(0, n, kGrain, [&](int64_t first, int64_t last) {
+            for (int64_t g = first; g < last; ++g) {
+                const scalar_t s[3] = {scale[g * 3], scale[g * 3 + 1], scale[g * 3 + 2]};
+                const scalar_t used[3] = {inverse ? 1 / s[0] : s[0], inverse ? 1 / s[1] : s[1], inverse ? 1 / s[2] : s[2]};
+                const WorldShape<scalar_t> shape(quat + g * 4, used);
+                std::copy(shape.sigma, shape.sigma + 9, matrix + g * 9);
+            }
+        });
+    });
+    return out;
+}
+
+namespace {
+
+// The SH coefficients of one Gaussian as the model keeps them: band 0 [N, 1, 3] apart from the rest [N, K - 1, 3]
+// (two parameters with their own learning rates), read in place rather than concatenated.
+template <typename scalar_t>
+struct Coefficients {
+    const scalar_t* sh0;
+    const scalar_t* rest;
+    int64_t rest_per_gaussian;     // (K - 1) * 3
+    const scalar_t* of(int64_t g, int k) const { return k == 0 ? sh0 + g * 3 : rest + g * rest_per_gaussian + (k - 1) * 3; }
+};
+
+void check_sh_inputs(int64_t degree, const at::Tensor& means, const at::Tensor& sh0, const at::Tensor& rest,
+                     const at::Tensor& centres) {
     TORCH_CHECK(degree >= 0 && degree <= 4, "SH degree must be in 0..4");
-    TORCH_CHECK(means.is_contiguous() && coeffs.is_contiguous() && centres.is_contiguous() && coeffs.dim() == 3 &&
-                    coeffs.size(0) == means.size(0) && coeffs.size(2) == 3 && coeffs.size(1) >= (degree + 1) * (degree + 1) &&
-                    centres.dim() == 2 && centres.size(1) == 3 && coeffs.scalar_type() == means.scalar_type() &&
-                    centres.scalar_type() == means.scalar_type(),
-                "means [N, 3], coeffs [N, K, 3] and centres [C, 3] expected, contiguous, of one dtype");
-    const int64_t n = means.size(0), n_cameras = centres.size(0), stride = coeffs.size(1) * 3;
+    const int64_t n = means.size(0);
+    for (const auto* tensor : {&means, &sh0, &rest, &centres}) {
+        TORCH_CHECK(tensor->device().is_cpu() && tensor->scalar_type() == means.scalar_type() && tensor->is_contiguous(),
+                    "the native SH colours take contiguous CPU tensors of one dtype");
+    }
+    TORCH_CHECK(means.dim() == 2 && means.size(1) == 3 && sh0.dim() == 3 && sh0.size(0) == n && sh0.size(1) == 1 &&
+                    sh0.size(2) == 3 && rest.dim() == 3 && rest.size(0) == n && rest.size(2) == 3 &&
+                    rest.size(1) + 1 >= (degree + 1) * (degree + 1) && centres.dim() == 2 && centres.size(1) == 3,
+                "means [N, 3], sh0 [N, 1, 3], shN [N, K - 1, 3] with K >= (degree + 1)^2 and centres [C, 3] expected");
+}
+
+}  // namespace
+
+// -> colours [C, N, 3]: SH bands 0..degree of (sh0 [N, 1, 3], shN [N, K - 1, 3]) towards each camera centre [C, 3],
+// + 0.5, clamped at 0.
+at::Tensor sh_forward(int64_t degree, at::Tensor means, at::Tensor sh0, at::Tensor rest, at::Tensor centres) {
+    check_sh_inputs(degree, means, sh0, rest, centres);
+    const int64_t n = means.size(0), n_cameras = centres.size(0);
     const int used = static_cast<int>((degree + 1) * (degree + 1));
     auto colours = at::empty({n_cameras, n, 3}, means.options());
     AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "sh_forward", [&] {
         const scalar_t* mean = means.data_ptr<scalar_t>();
-        const scalar_t* coeff = coeffs.data_ptr<scalar_t>();
+        const Coefficients<scalar_t> coeff{sh0.data_ptr<scalar_t>(), rest.data_ptr<scalar_t>(), rest.size(1) * 3};
         const scalar_t* centre = centres.data_ptr<scalar_t>();
         scalar_t* out = colours.data_ptr<scalar_t>();
         at::parallel_for(0, n, kGrain, [&](int64_t first, int64_t last) {
@@ -413,11 +471,12 @@ at::Tensor sh_forward(int64_t degree, at::Tensor means, at::Tensor coeffs, at::T
                     for (int i = 0; i < 3; ++i) d[i] = mean[g * 3 + i] - centre[c * 3 + i];
                     const scalar_t norm = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), scalar_t(kNormEps));
                     sh_basis<scalar_t, scalar_t>(static_cast<int>(degree), d[0] / norm, d[1] / norm, d[2] / norm, basis);
-                    for (int ch = 0; ch < 3; ++ch) {
-                        scalar_t sum = 0;
-                        for (int k = 0; k < used; ++k) sum += basis[k] * coeff[g * stride + k * 3 + ch];
-                        out[(c * n + g) * 3 + ch] = std::max(sum + scalar_t(0.5), scalar_t(0));
+                    scalar_t sum[3] = {0, 0, 0};
+                    for (int k = 0; k < used; ++k) {
+                        const scalar_t* rgb = coeff.of(g, k);
+                        for (int ch = 0; ch < 3; ++ch) sum[ch] += basis[k] * rgb[ch];
                     }
+                    for (int ch = 0; ch < 3; ++ch) out[(c * n + g) * 3 + ch] = std::max(sum[ch] + scalar_t(0.5), scalar_t(0));
                 }
             }
         });
@@ -425,26 +484,35 @@ at::Tensor sh_forward(int64_t degree, at::Tensor means, at::Tensor coeffs, at::T
     return colours;
 }
 
-// -> (dL/dmeans [N, 3], dL/dcoeffs [N, K, 3]) from dL/dcolours [C, N, 3].
-std::vector<at::Tensor> sh_backward(int64_t degree, at::Tensor means, at::Tensor coeffs, at::Tensor centres,
-                                       at::Tensor v_colours) {
-    const int64_t n = means.size(0), n_cameras = centres.size(0), stride = coeffs.size(1) * 3;
+// -> (dL/dmeans [N, 3], dL/dsh0 [N, 1, 3], dL/dshN [N, K - 1, 3]) from dL/dcolours [C, N, 3].
+std::vector<at::Tensor> sh_backward(int64_t degree, at::Tensor means, at::Tensor sh0, at::Tensor rest,
+                                    at::Tensor centres, at::Tensor v_colours) {
+    check_sh_inputs(degree, means, sh0, rest, centres);
+    const int64_t n = means.size(0), n_cameras = centres.size(0);
     v_colours = v_colours.to(means.scalar_type()).contiguous();
     TORCH_CHECK(v_colours.numel() == n_cameras * n * 3, "dL/dcolours must be [C, N, 3]");
     const int used = static_cast<int>((degree + 1) * (degree + 1));
-    auto v_means = at::zeros_like(means);
-    auto v_coeffs = at::zeros_like(coeffs);
+    // Allocated empty: each Gaussian's rows are written by the thread that owns it.
+    auto v_means = at::empty_like(means);
+    auto v_sh0 = at::empty_like(sh0);
+    auto v_rest = at::empty_like(rest);
     AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "sh_backward", [&] {
         using D = Dual<scalar_t>;
         const scalar_t* mean = means.data_ptr<scalar_t>();
-        const scalar_t* coeff = coeffs.data_ptr<scalar_t>();
+        const int64_t rest_per_gaussian = rest.size(1) * 3;
+        const Coefficients<scalar_t> coeff{sh0.data_ptr<scalar_t>(), rest.data_ptr<scalar_t>(), rest_per_gaussian};
         const scalar_t* centre = centres.data_ptr<scalar_t>();
         const scalar_t* g_colour = v_colours.data_ptr<scalar_t>();
         scalar_t* out_mean = v_means.data_ptr<scalar_t>();
-        scalar_t* out_coeff = v_coeffs.data_ptr<scalar_t>();
+        scalar_t* out_sh0 = v_sh0.data_ptr<scalar_t>();
+        scalar_t* out_rest = v_rest.data_ptr<scalar_t>();
         at::parallel_for(0, n, kGrain, [&](int64_t first, int64_t last) {
             D basis[25];
             for (int64_t g = first; g < last; ++g) {
+                scalar_t* v_mean = out_mean + g * 3;
+                std::fill(v_mean, v_mean + 3, scalar_t(0));
+                std::fill(out_sh0 + g * 3, out_sh0 + g * 3 + 3, scalar_t(0));
+                std::fill(out_rest + g * rest_per_gaussian, out_rest + (g + 1) * rest_per_gaussian, scalar_t(0));
                 for (int64_t c = 0; c < n_cameras; ++c) {
                     scalar_t d[3];
                     for (int i = 0; i < 3; ++i) d[i] = mean[g * 3 + i] - centre[c * 3 + i];
@@ -452,35 +520,40 @@ std::vector<at::Tensor> sh_backward(int64_t degree, at::Tensor means, at::Tensor
                     const scalar_t unit[3] = {d[0] / norm, d[1] / norm, d[2] / norm};
                     sh_basis<D, scalar_t>(static_cast<int>(degree), D(unit[0], 0), D(unit[1], 1), D(unit[2], 2), basis);
                     // The clamp at 0 passes the gradient where the colour is not below it (torch's clamp_min).
+                    scalar_t sum[3] = {0, 0, 0};
+                    for (int k = 0; k < used; ++k) {
+                        const scalar_t* rgb = coeff.of(g, k);
+                        for (int ch = 0; ch < 3; ++ch) sum[ch] += basis[k].v * rgb[ch];
+                    }
                     scalar_t v_col[3];
                     bool any = false;
                     for (int ch = 0; ch < 3; ++ch) {
-                        scalar_t sum = 0;
-                        for (int k = 0; k < used; ++k) sum += basis[k].v * coeff[g * stride + k * 3 + ch];
-                        v_col[ch] = sum + scalar_t(0.5) >= scalar_t(0) ? g_colour[(c * n + g) * 3 + ch] : scalar_t(0);
+                        v_col[ch] = sum[ch] + scalar_t(0.5) >= scalar_t(0) ? g_colour[(c * n + g) * 3 + ch] : scalar_t(0);
                         any = any || v_col[ch] != scalar_t(0);
                     }
                     if (!any) continue;
                     scalar_t v_unit[3] = {0, 0, 0};
                     for (int k = 0; k < used; ++k) {
+                        const scalar_t* rgb = coeff.of(g, k);
+                        scalar_t* v_rgb = k == 0 ? out_sh0 + g * 3 : out_rest + g * rest_per_gaussian + (k - 1) * 3;
                         scalar_t along = 0;
                         for (int ch = 0; ch < 3; ++ch) {
-                            out_coeff[g * stride + k * 3 + ch] += basis[k].v * v_col[ch];
-                            along += coeff[g * stride + k * 3 + ch] * v_col[ch];
+                            v_rgb[ch] += basis[k].v * v_col[ch];
+                            along += rgb[ch] * v_col[ch];
                         }
                         for (int i = 0; i < 3; ++i) v_unit[i] += along * basis[k].d[i];
                     }
                     if (degree == 0) continue;
                     // unit = d / max(|d|, eps)
                     if (norm <= scalar_t(kNormEps)) {
-                        for (int i = 0; i < 3; ++i) out_mean[g * 3 + i] += v_unit[i] / norm;
+                        for (int i = 0; i < 3; ++i) v_mean[i] += v_unit[i] / norm;
                     } else {
                         const scalar_t radial = v_unit[0] * unit[0] + v_unit[1] * unit[1] + v_unit[2] * unit[2];
-                        for (int i = 0; i < 3; ++i) out_mean[g * 3 + i] += (v_unit[i] - unit[i] * radial) / norm;
+                        for (int i = 0; i < 3; ++i) v_mean[i] += (v_unit[i] - unit[i] * radial) / norm;
                     }
                 }
             }
         });
     });
-    return {v_means, v_coeffs};
+    return {v_means, v_sh0, v_rest};
 }
