@@ -28,11 +28,11 @@ $(STAMP): pyproject.toml setup.py
 	  || { tail -n 30 $(VENV)/pip.log; exit 1; }
 	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]' >>$(VENV)/pip.log 2>&1 \
 	  || { tail -n 30 $(VENV)/pip.log; exit 1; }
-	@# The native CPU compositor (src/patchsplat/render/native): compiled once here (about a minute) rather than
+	@# The native CPU kernels (src/patchsplat/render/native): compiled once here (about a minute) rather than
 	@# by the first training run. Without a C++ compiler training still works, on the slower pure-torch loop.
 	@$(BIN)/python -m patchsplat.render.native >>$(VENV)/pip.log 2>&1 \
 	  && tail -n 1 $(VENV)/pip.log \
-	  || echo "native CPU compositor not built (see $(VENV)/pip.log): CPU training uses the pure-torch one, ~2x slower"
+	  || echo "native CPU kernels not built (see $(VENV)/pip.log): CPU training uses the pure-torch ones, ~2x slower"
 	@touch $(STAMP)
 
 demo: setup
