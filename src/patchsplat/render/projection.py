@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from patchsplat.render import native
+
 # gsplat's ALPHA_THRESHOLD (include/Common.h): contributions below it are skipped.
 ALPHA_THRESHOLD = 1.0 / 255.0
 # Largest extent of the bounding box in standard deviations (gsplat 1.5.3's kernel).
@@ -110,13 +112,7 @@ def project_gaussians(
 
     ``kernels``: ``auto`` (the native C++ pass on a CPU where it could be built and no camera needs a gradient),
     ``native`` or ``torch``."""
-    from patchsplat.render import native
-
-    module = native.select(kernels, means)
-    if viewmats.requires_grad or Ks.requires_grad:
-        if kernels == "native":
-            raise ValueError("the native projection gives no gradient for viewmats or Ks")
-        module = None
+    module = native.select(kernels, means, fixed=(viewmats, Ks))
     if module is not None:
         tensors = [t.contiguous() for t in (means, quats, scales, opacities.detach(), viewmats.to(means.dtype),
                                             Ks.to(means.dtype))]

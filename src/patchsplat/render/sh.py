@@ -76,11 +76,7 @@ def view_colours(degree: int, means: Tensor, sh0: Tensor, shN: Tensor, camera_ce
 
     ``kernels``: ``auto`` (the native C++ pass on a CPU where it could be built and the centres need no
     gradient; it reads the two coefficient tensors in place), ``native`` or ``torch``."""
-    module = native.select(kernels, means, sh0, shN)
-    if camera_centres.requires_grad:
-        if kernels == "native":
-            raise ValueError("the native SH colours give no gradient for the camera centres")
-        module = None
+    module = native.select(kernels, means, sh0, shN, fixed=(camera_centres,))
     if module is not None:
         return _NativeViewColours.apply(degree, means.contiguous(), sh0.contiguous(), shN.contiguous(),
                                         camera_centres.to(means.dtype).contiguous(), module)

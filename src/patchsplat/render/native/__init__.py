@@ -99,16 +99,21 @@ def load():
         return None
 
 
-def select(kernels: str, *tensors):
+def select(kernels: str, *tensors, fixed=()):
     """The native module when ``kernels`` asks for it and the tensors suit it, else None (use the torch functions).
 
-    ``auto``: on a CPU, float32 or float64, where the module could be built; ``native``: the same, but an error
-    where it cannot serve; ``torch``: never."""
+    ``auto``: on a CPU, float32 or float64, where the module could be built and none of the ``fixed`` tensors
+    (inputs the kernel gives no gradient for) needs one; ``native``: the same, but an error where it cannot
+    serve; ``torch``: never."""
     import torch
 
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     if kernels == "torch":
+        return None
+    if any(t.requires_grad for t in fixed):
+        if kernels == "native":
+            raise ValueError("the native kernels give no gradient for this input (use kernels='torch')")
         return None
     suitable = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
     module = load() if suitable else None
