@@ -329,11 +329,11 @@ def test_native_and_torch_kernels_agree_on_a_scene_like_cloud_in_float32(sh_degr
 
 
 def test_native_compositor_gives_the_same_bits_at_any_thread_count():
-    """Each overlap's gradients come from one thread (every overlap belongs to one tile), so what the native loop
-    returns does not depend on how the tiles are shared among threads (the compositor alone: torch's own scatter
-    ops elsewhere in the backward pass are made repeatable by train.deterministic instead)."""
+    """Each overlap's gradients come from one thread (every overlap belongs to one tile) and each row's sum over its
+    overlaps from one thread in a fixed order, so what the native loop returns does not depend on how the tiles and
+    rows are shared among threads (the compositor alone: torch's own scatter ops elsewhere in the backward pass are
+    made repeatable by train.deterministic instead)."""
     from patchsplat.render import native
-    from patchsplat.render.composite import exponent_coefficients
     from patchsplat.render.projection import project_gaussians
     from patchsplat.render.scenes import scene_camera, scene_like_gaussians
     from patchsplat.render.tiles import intersect_tiles
@@ -344,29 +344,66 @@ def test_native_compositor_gives_the_same_bits_at_any_thread_count():
     with torch.no_grad():
         proj = project_gaussians(cloud["means"], cloud["quats"], cloud["scales"], cloud["opacities"], viewmats, Ks, 96, 72)
     tiles = intersect_tiles(proj.means2d, proj.radii, proj.depths, 96, 72, 8)
-    ids = tiles.flatten_ids
-    tile_in_camera = tiles.tile_keys % (tiles.tile_width * tiles.tile_height)
-    centres = torch.stack([tile_in_camera % tiles.tile_width, tile_in_camera // tiles.tile_width], dim=-1) * 8.0 + 4.0
-    coefs = exponent_coefficients(proj.means2d.reshape(-1, 2)[ids], proj.conics.reshape(-1, 3)[ids],
-                                  cloud["opacities"][ids], centres).contiguous()
-    colors = cloud["colors"][ids].contiguous()
-    offsets, counts = tiles.isect_offsets.reshape(-1), tiles.tile_counts
+    rows = (proj.means2d.reshape(-1, 2).contiguous(), proj.conics.reshape(-1, 3).contiguous(),
+            cloud["opacities"].contiguous(), cloud["colors"].contiguous())
+    lists = (tiles.flatten_ids, tiles.isect_offsets.reshape(-1), tiles.tile_counts, 8, tiles.tile_width,
+             tiles.tile_height)
+    grouping = (tiles.grouped_position, tiles.group_rows, tiles.group_starts)
     module = native.load()
+    n_tiles = tiles.tile_counts.numel()
     gen = torch.Generator().manual_seed(3)
-    grad_color, grad_t = torch.rand(counts.numel(), 64, 3, generator=gen), torch.rand(counts.numel(), 64, generator=gen)
+    grad_color, grad_t = torch.rand(n_tiles, 64, 3, generator=gen), torch.rand(n_tiles, 64, generator=gen)
     threads = torch.get_num_threads()
     outputs = []
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            forward = module.composite_forward(coefs, colors, offsets, counts, 8)
-            outputs.append([*forward, *module.composite_backward(coefs, colors, offsets, counts, 8, forward[1], forward[2],
-                                                                 grad_color, grad_t, True)])
+            forward = module.composite_forward(*rows, *lists)
+            outputs.append([*forward, *module.composite_backward(*rows, *lists, forward[1], forward[2], grad_color,
+                                                                 grad_t, True, *grouping)])
     finally:
         torch.set_num_threads(threads)
-    assert outputs[0][3].abs().max() > 0 and outputs[0][5].abs().max() > 0
+    assert all(outputs[0][i].abs().max() > 0 for i in range(3, 8))
     for other in outputs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
+
+
+def _tile_list_cases():
+    """(means2d, radii, depths, width, height) of 3 cameras with culled rows and Gaussians past the image's edges, and
+    of a scene-like cloud large enough that the C++ version sorts and places the overlaps in several parts."""
+    params, viewmats, Ks, width, height = random_scene(400, seed=4, n_cameras=3, width=70, height=45)
+    params["means"][:10, 2] = -3.0                                   # behind the cameras: culled
+    params["means"][10:30, 0] = torch.linspace(-3.0, 3.0, 20, dtype=torch.float64)   # across and past the edges
+    cloud = scene_like_gaussians(20000, seed=3)
+    scene_view = scene_camera(160, 120)
+    for p, (views, Ks), size in ((params, (viewmats, Ks), (width, height)), (cloud, scene_view, (160, 120))):
+        with torch.no_grad():
+            proj = project_gaussians(p["means"], p["quats"], p["scales"], p["opacities"], views, Ks, *size)
+        yield proj.means2d, proj.radii, proj.depths, *size
+
+
+@pytest.mark.parametrize("tile_size", [8, 16])
+def test_native_tile_lists_are_the_torch_ones_element_for_element(tile_size):
+    """The C++ intersection gives exactly the torch one's lists (order by camera, tile, depth, index; the row grouping
+    the compositor's backward pass reads) at any thread count, whether it works in one part or several."""
+    from patchsplat.render.tiles import intersect_tiles
+
+    _native_or_skip()
+    threads = torch.get_num_threads()
+    try:
+        for means2d, radii, depths, width, height in _tile_list_cases():
+            assert (radii == 0).any() and (radii > 0).any()
+            reference = intersect_tiles(means2d, radii, depths, width, height, tile_size, kernels="torch")
+            for count in (1, 2, 3):
+                torch.set_num_threads(count)
+                ours = intersect_tiles(means2d, radii, depths, width, height, tile_size, kernels="native")
+                for field in ("tiles_per_gauss", "flatten_ids", "tile_keys", "isect_offsets", "tile_counts",
+                              "grouped_position", "group_rows", "group_starts"):
+                    assert torch.equal(getattr(ours, field), getattr(reference, field)), field
+                assert (ours.tile_width, ours.tile_height) == (reference.tile_width, reference.tile_height)
+            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _projection_scene(dtype):

@@ -300,6 +300,11 @@ def composite_tiles(
     :mod:`patchsplat.render.native`; else the torch chunks below), ``native`` or ``torch`` (``chunk_elements``
     applies to the torch one only).
     """
+    native_module = native.select(kernels, means2d, conics, opacities, colors)
+    if native_module is not None:
+        out_color, transmittance, _ = _NativeCompositeFunction.apply(means2d, conics, opacities, colors, tiles,
+                                                                      native_module, absgrad_out)
+        return out_color, transmittance
     ids = tiles.flatten_ids
     ts = tiles.tile_size
     tile_in_camera = tiles.tile_keys % (tiles.tile_width * tiles.tile_height)
@@ -309,35 +314,38 @@ def composite_tiles(
     # is an accumulating index_put_, which torch's deterministic mode sorts first (~1.6x the time, measured).
     isect_opacities = opacities.index_select(0, ids)
     coefs = exponent_coefficients(means2d.index_select(0, ids), conics.index_select(0, ids), isect_opacities, centres)
-    native_module = native.select(kernels, coefs)
-    if native_module is not None:
-        out_color, transmittance, _ = _NativeCompositeFunction.apply(coefs, colors.index_select(0, ids), tiles, native_module,
-                                                                      absgrad_out)
-        return out_color, transmittance
     may_clamp = isect_opacities.detach() > 0.99 * MAX_ALPHA
     plan = _TilePlan(tiles, may_clamp, chunk_elements, means2d.dtype, absgrad_out)
     return _CompositeFunction.apply(coefs, colors.index_select(0, ids), plan)
 
 
 class _NativeCompositeFunction(torch.autograd.Function):
-    """The same compositing as :class:`_CompositeFunction`, one C++ loop per tile (render/native/composite.cpp)."""
+    """The same compositing as :class:`_CompositeFunction`, one C++ loop per tile (render/native/composite.cpp).
+
+    It takes the rows themselves: each overlap's coefficients are computed in the loop from its row, and each
+    row's gradients summed over its overlaps in C++ (in the tile lists' row-grouped order), so the per-overlap
+    copies of the rows, :func:`exponent_coefficients` and their scatter-adds backward, about a tenth of a
+    training step and all on one core, are not needed (bench/RESULTS.md, issue 15)."""
 
     @staticmethod
-    def forward(ctx, coefs: Tensor, colors: Tensor, tiles: TileLists, module, absgrad_out: Tensor | None):
-        coefs = coefs.contiguous()
-        offsets, counts = tiles.isect_offsets.reshape(-1).contiguous(), tiles.tile_counts.contiguous()
-        out_color, transmittance, last = module.composite_forward(coefs, colors, offsets, counts, tiles.tile_size)
-        ctx.save_for_backward(coefs, colors, offsets, counts, transmittance, last)
+    def forward(ctx, means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, tiles: TileLists, module,
+                absgrad_out: Tensor | None):
+        rows = [t.contiguous() for t in (means2d, conics, opacities, colors)]
+        lists = (tiles.flatten_ids, tiles.isect_offsets.reshape(-1).contiguous(), tiles.tile_counts.contiguous(),
+                 tiles.tile_size, tiles.tile_width, tiles.tile_height)
+        out_color, transmittance, last = module.composite_forward(*rows, *lists)
+        ctx.save_for_backward(*rows, transmittance, last)
         ctx.mark_non_differentiable(last)
-        ctx.module, ctx.tile_size, ctx.absgrad_out, ctx.flatten_ids = module, tiles.tile_size, absgrad_out, tiles.flatten_ids
+        ctx.module, ctx.lists, ctx.tiles, ctx.absgrad_out = module, lists, tiles, absgrad_out
         return out_color, transmittance, last
 
     @staticmethod
     def backward(ctx, grad_color: Tensor, grad_transmittance: Tensor, _grad_last):
-        coefs, colors, offsets, counts, transmittance, last = ctx.saved_tensors
-        grad_coefs, grad_colors, absgrads = ctx.module.composite_backward(
-            coefs, colors, offsets, counts, ctx.tile_size, transmittance, last, grad_color, grad_transmittance,
-            ctx.absgrad_out is not None)
+        *rows, transmittance, last = ctx.saved_tensors
+        tiles = ctx.tiles
+        g_means2d, g_conics, g_opacities, g_colors, absgrads = ctx.module.composite_backward(
+            *rows, *ctx.lists, transmittance, last, grad_color, grad_transmittance, ctx.absgrad_out is not None,
+            tiles.grouped_position, tiles.group_rows, tiles.group_starts)
         if ctx.absgrad_out is not None:
-            ctx.absgrad_out.index_add_(0, ctx.flatten_ids, absgrads.to(ctx.absgrad_out.dtype))
-        return grad_coefs, grad_colors, None, None, None
+            ctx.absgrad_out.add_(absgrads.to(ctx.absgrad_out.dtype))
+        return g_means2d, g_conics, g_opacities, g_colors, None, None, None

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from patchsplat.render import native
+
 
 @dataclass
 class TileLists:
@@ -31,6 +33,13 @@ class TileLists:
     tile_keys: Tensor        # [n_isects] int64: camera * tile_height * tile_width + tile row * tile_width + tile col
     isect_offsets: Tensor    # [C, tile_height, tile_width] int64: start of each tile's run in flatten_ids
     tile_counts: Tensor      # [C * tile_height * tile_width] int64: length of each tile's run
+    # The same overlaps grouped row by row (each row's tiles contiguous, the rows in (camera, depth) order), which
+    # is how they are generated before the sort: where each sorted overlap came from [n_isects], the rows that have
+    # overlaps [G] and where each one's run starts [G]. The native compositor sums each row's gradients over its
+    # run in that fixed order, so its backward pass needs no scatter-add.
+    grouped_position: Tensor
+    group_rows: Tensor
+    group_starts: Tensor
 
     @property
     def n_tiles(self) -> int:
@@ -44,9 +53,21 @@ def tile_grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def intersect_tiles(
-    means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int
+    means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int, kernels: str = "auto"
 ) -> TileLists:
-    """Build the sorted (tile, Gaussian) overlap lists (see the module docstring)."""
+    """Build the sorted (tile, Gaussian) overlap lists (see the module docstring).
+
+    ``kernels``: ``auto`` (the native C++ version, render/native/tiles.cpp, on a CPU where it builds; the same lists,
+    element for element), ``native`` or ``torch`` (this function's own torch ops)."""
+    module = native.select(kernels, means2d, depths)
+    if module is not None:
+        tiles_per_gauss, flatten_ids, tile_keys, tile_counts, offsets, grouped, group_rows, group_starts = \
+            module.intersect_tiles(means2d.detach(), radii.to(torch.int32), depths.detach(), width, height, tile_size)
+        tile_width, tile_height = tile_grid(width, height, tile_size)
+        return TileLists(tile_size=tile_size, tile_width=tile_width, tile_height=tile_height,
+                         tiles_per_gauss=tiles_per_gauss, flatten_ids=flatten_ids, tile_keys=tile_keys,
+                         isect_offsets=offsets.reshape(depths.shape[0], tile_height, tile_width), tile_counts=tile_counts,
+                         grouped_position=grouped, group_rows=group_rows, group_starts=group_starts)
     n_cameras, n_gaussians = depths.shape
     device = depths.device
     tile_width, tile_height = tile_grid(width, height, tile_size)
@@ -101,4 +122,7 @@ def intersect_tiles(
         tile_keys=tile_keys,
         isect_offsets=offsets.reshape(n_cameras, tile_height, tile_width),
         tile_counts=tile_counts,
+        grouped_position=order,
+        group_rows=rows,
+        group_starts=starts,
     )

@@ -122,7 +122,7 @@ def rasterization(
         view_colors = depth_channel
     channels = view_colors.shape[-1]
 
-    tiles = intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, tile_size)
+    tiles = intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, tile_size, kernels)
     view_opacities = opacities[None, :].expand(n_cameras, n)
     absgrad_out = None
     if absgrad and proj.means2d.requires_grad:

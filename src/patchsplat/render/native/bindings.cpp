@@ -1,17 +1,22 @@
 // The Python module of patchsplat's native CPU kernels: compositing (composite.cpp), projection and SH colours
-// (project.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side, and the
-// covariances MCMC's noise injection reads (project.cpp, no gradient).
+// (project.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side; and, with
+// no gradient, the tile lists (tiles.cpp) and the covariances MCMC's noise injection reads (project.cpp).
 
 #include <torch/extension.h>
 
 #include <vector>
 
-std::vector<torch::Tensor> composite_forward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
-                                             torch::Tensor counts, int64_t tile_size);
-std::vector<torch::Tensor> composite_backward(torch::Tensor coefs, torch::Tensor colors, torch::Tensor offsets,
-                                              torch::Tensor counts, int64_t tile_size, torch::Tensor t_final,
-                                              torch::Tensor last, torch::Tensor grad_color, torch::Tensor grad_t,
-                                              bool absgrad);
+std::vector<torch::Tensor> composite_forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                             torch::Tensor colors, torch::Tensor flatten_ids, torch::Tensor offsets,
+                                             torch::Tensor counts, int64_t tile_size, int64_t tile_width,
+                                             int64_t tile_height);
+std::vector<torch::Tensor> composite_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                              torch::Tensor colors, torch::Tensor flatten_ids, torch::Tensor offsets,
+                                              torch::Tensor counts, int64_t tile_size, int64_t tile_width,
+                                              int64_t tile_height, torch::Tensor t_final, torch::Tensor last,
+                                              torch::Tensor grad_color, torch::Tensor grad_t, bool absgrad,
+                                              torch::Tensor grouped_position, torch::Tensor group_rows,
+                                              torch::Tensor group_starts);
 std::vector<torch::Tensor> project_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
                                            torch::Tensor opacities, torch::Tensor viewmats, torch::Tensor Ks,
                                            int64_t width, int64_t height, double eps2d, double near_plane,
@@ -26,6 +31,8 @@ torch::Tensor sh_forward(int64_t degree, torch::Tensor means, torch::Tensor sh0,
 std::vector<torch::Tensor> sh_backward(int64_t degree, torch::Tensor means, torch::Tensor sh0, torch::Tensor rest,
                                        torch::Tensor centres, torch::Tensor v_colours);
 torch::Tensor covariances(torch::Tensor quats, torch::Tensor scales, bool inverse);
+std::vector<torch::Tensor> intersect_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor depths,
+                                           int64_t width, int64_t height, int64_t tile_size);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)");
@@ -34,5 +41,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("project_backward", &project_backward, "project, cull and bound Gaussians (backward)");
     m.def("sh_forward", &sh_forward, "view-dependent colours from SH coefficients (forward)");
     m.def("sh_backward", &sh_backward, "view-dependent colours from SH coefficients (backward)");
+    m.def("intersect_tiles", &intersect_tiles, "depth-sorted tile lists of projected Gaussians (no gradient)");
     m.def("covariances", &covariances, "covariance (or precision) matrices of quaternions and scales, no gradient");
 }
