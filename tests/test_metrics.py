@@ -15,6 +15,7 @@ from patchsplat.metrics import (
     colour_corrected_psnr,
     gaussian_window,
     l1,
+    l1_and_ssim,
     mse,
     psnr,
     ssim,
@@ -136,6 +137,57 @@ def test_ssim_is_differentiable():
     prediction = (0.2 + 0.6 * torch.rand(1, 1, 12, 13, generator=generator, dtype=torch.float64)).requires_grad_()
     target = 0.2 + 0.6 * torch.rand(1, 1, 12, 13, generator=generator, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: ssim(x, target), (prediction,), eps=1e-6, atol=1e-5)
+
+
+def _native_or_skip():
+    from patchsplat.render import native
+
+    if native.load() is None:
+        pytest.skip("the native CPU kernels did not build here (python -m patchsplat.render.native says why)")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_the_training_loss_terms_are_l1_and_ssim_natively_and_in_torch(dtype, tolerance):
+    """The native pass gives l1 and ssim per image and their gradient w.r.t. the prediction as the torch functions
+    do (two images, one channel and three, a width that is not a multiple of anything), and the known values:
+    identical images give L1 0 and SSIM 1."""
+    _native_or_skip()
+    generator = torch.Generator().manual_seed(4)
+    for channels in (1, 3):
+        prediction = torch.rand(2, channels, 40, 57, generator=generator, dtype=dtype)
+        target = (prediction + 0.1 * torch.randn(prediction.shape, generator=generator, dtype=dtype)).clamp(0, 1)
+        results = {}
+        for kernels in ("native", "torch"):
+            x = prediction.clone().requires_grad_()
+            l1_values, ssim_values = l1_and_ssim(x, target, kernels=kernels)
+            (0.8 * l1_values.sum() + 0.2 * (1 - ssim_values).sum() + 0.3 * ssim_values[0]).backward()
+            results[kernels] = (l1_values.detach(), ssim_values.detach(), x.grad)
+        torch.testing.assert_close(results["torch"][0], l1(prediction, target))
+        torch.testing.assert_close(results["torch"][1], ssim(prediction, target))
+        for ours, theirs in zip(results["native"], results["torch"]):
+            torch.testing.assert_close(ours, theirs, atol=tolerance * theirs.abs().max().item(), rtol=tolerance)
+    same = l1_and_ssim(prediction, prediction.clone(), kernels="native")
+    assert torch.all(same[0] == 0) and torch.allclose(same[1], torch.ones(2, dtype=dtype), atol=1e-6)
+
+
+def test_the_native_loss_terms_give_the_same_bits_at_any_thread_count():
+    """Each row's sums are added in row order afterwards: the loss and its gradient do not depend on the threads."""
+    _native_or_skip()
+    generator = torch.Generator().manual_seed(5)
+    prediction = torch.rand(1, 3, 120, 160, generator=generator)
+    target = torch.rand(1, 3, 120, 160, generator=generator)
+    threads, outputs = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            x = prediction.clone().requires_grad_()
+            l1_values, ssim_values = l1_and_ssim(x, target, kernels="native")
+            (l1_values + ssim_values).sum().backward()
+            outputs.append((l1_values.detach(), ssim_values.detach(), x.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for other in outputs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outputs[0], other))
 
 
 def test_metrics_run_in_fp32_under_bf16_autocast():

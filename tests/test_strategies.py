@@ -112,22 +112,36 @@ def test_covar_torch_matches_gsplats_torch_reference():
     assert torch.allclose(eye, torch.diag(torch.tensor([1.0, 4.0, 9.0]))[None])
 
 
-def test_the_cpu_covariances_the_noise_reads_match_covar_torch():
-    """On a CPU, MCMC's covariances come from the native kernel where it built (patchsplat.render.native)."""
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_the_native_position_noise_is_gsplats_from_the_same_draws(dtype, tolerance):
+    """On a CPU the MCMC noise runs as one native pass (patchsplat.render.native); from the same random state it
+    moves every Gaussian as gsplat's own torch code does, to rounding."""
+    import gsplat.strategy.ops as ops
+
     from patchsplat.render import native
-    from patchsplat.train.strategies import _quat_scale_to_covar_preci_any_device
+    from patchsplat.train.strategies import _inject_noise_any_device
 
     if native.load() is None:
         pytest.skip("the native CPU kernels did not build here (python -m patchsplat.render.native says why)")
     generator = torch.Generator().manual_seed(3)
-    quats = torch.randn(500, 4, generator=generator, dtype=torch.float64)
-    scales = torch.rand(500, 3, generator=generator, dtype=torch.float64) + 0.05
-    with torch.no_grad():
-        covars, precis = _quat_scale_to_covar_preci_any_device(quats, scales)
-    expected_covars, expected_precis = covar_torch(quats, scales)
-    torch.testing.assert_close(covars, expected_covars, atol=1e-13, rtol=1e-12)
-    torch.testing.assert_close(precis, expected_precis, atol=1e-10, rtol=1e-12)
-    assert torch.allclose(covars @ precis, torch.eye(3, dtype=torch.float64).expand(500, 3, 3), atol=1e-9)
+    n = 700
+    opacity = torch.rand(n, generator=generator, dtype=dtype) * 0.02          # some near 0: large noise
+    opacity[::3] = 0.9                                                        # ... and some opaque: none
+    params = {
+        "means": torch.randn(n, 3, generator=generator, dtype=dtype),
+        "quats": torch.randn(n, 4, generator=generator, dtype=dtype),
+        "scales": torch.log(torch.rand(n, 3, generator=generator, dtype=dtype) * 0.2 + 0.01),
+        "opacities": torch.logit(opacity),
+    }
+    ours, theirs = ({k: v.clone() for k, v in params.items()} for _ in range(2))
+    torch.manual_seed(11)
+    _inject_noise_any_device(ours, {}, {}, scaler=50.0)
+    torch.manual_seed(11)
+    with cpu_fallback_ops():
+        ops.inject_noise_to_position(theirs, {}, {}, scaler=50.0)
+    moved = (theirs["means"] - params["means"]).norm(dim=1)
+    assert (moved[1::3] > 0).all() and (moved[::3] < moved[1::3].min()).all()
+    torch.testing.assert_close(ours["means"], theirs["means"], atol=tolerance, rtol=tolerance)
 
 
 def test_noise_injection_runs_on_cpu_and_moves_only_low_opacity_gaussians_by_a_bounded_amount():

@@ -284,6 +284,54 @@ def ssim_map(prediction: Tensor, target: Tensor) -> Tensor:
         return numerator / denominator
 
 
+def l1_and_ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool = True,
+                kernels: str = "auto") -> tuple[Tensor, Tensor]:
+    """``(l1(prediction, target), ssim(prediction, target))``, each ``[B]``, in one pass: the training loss's terms.
+
+    ``kernels``: ``auto`` (on a CPU, the native C++ pass of :mod:`patchsplat.render.native` where it built, the
+    gradient w.r.t. ``prediction`` only), ``native`` or ``torch`` (:func:`l1` and :func:`ssim` themselves). The two
+    agree to rounding (tests/test_metrics.py); the native one is what made the loss phase of a CPU training step
+    several times cheaper (bench/RESULTS.md, issue 15)."""
+    from patchsplat.render import native
+
+    check_images(prediction, target, name="l1_and_ssim", check_prediction_range=check_prediction_range)
+    height, width = prediction.shape[-2:]
+    if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
+        raise ValueError(
+            f"l1_and_ssim: images of shape {tuple(prediction.shape)} are smaller than the "
+            f"{SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} window; expected H and W >= 11"
+        )
+    dtype = _working_dtype(prediction, target)
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        x, y = prediction.to(dtype), target.to(dtype)
+        module = native.select(kernels, x, y, fixed=(y,))
+        if module is None:
+            return l1(x, y, check_prediction_range=False), ssim_map(x, y).mean(dim=(1, 2, 3))
+        return _NativeImageLoss.apply(x.contiguous(), y.contiguous(), module)
+
+
+class _NativeImageLoss(torch.autograd.Function):
+    """L1 and SSIM per image in one C++ pass (render/native/image_loss.cpp), the gradient w.r.t. the prediction."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, module):
+        window = gaussian_window(dtype=x.dtype)
+        c1, c2 = (SSIM_K1 * 1.0) ** 2, (SSIM_K2 * 1.0) ** 2
+        l1_values, ssim_values, maps = module.image_loss_forward(x, y, window, c1, c2)
+        ctx.save_for_backward(x, y, window, maps)
+        ctx.module, ctx.constants = module, (c1, c2)
+        return l1_values, ssim_values
+
+    @staticmethod
+    def backward(ctx, grad_l1: Tensor, grad_ssim: Tensor):
+        x, y, window, maps = ctx.saved_tensors
+        zeros = torch.zeros(x.shape[0], dtype=x.dtype)
+        grad = ctx.module.image_loss_backward(x, y, window, *ctx.constants, maps,
+                                              zeros if grad_l1 is None else grad_l1,
+                                              zeros if grad_ssim is None else grad_ssim)
+        return grad, None, None
+
+
 def ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool = True) -> Tensor:
     """Structural similarity per image (Wang et al. 2004, Gaussian 11 / 1.5, data range 1) -> ``[B]``.
 

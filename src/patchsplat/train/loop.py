@@ -290,8 +290,7 @@ class _Run:
             prediction = appearance.corrected(prediction, image_index)
         prediction = prediction.permute(0, 3, 1, 2)
         target = target.permute(2, 0, 1)[None].float()
-        l1 = metrics.l1(prediction, target, check_prediction_range=False).mean()
-        ssim = metrics.ssim(prediction, target, check_prediction_range=False).mean()
+        l1, ssim = (term.mean() for term in metrics.l1_and_ssim(prediction, target, check_prediction_range=False))
         loss = (1.0 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * (1.0 - ssim)
         if self.config.strategy.kind == "mcmc":
             loss = loss + self.config.strategy.opacity_reg * torch.sigmoid(params["opacities"]).mean()

@@ -17,7 +17,8 @@ What is wrong upstream, and what this module does about it:
    :func:`cpu_fallback_ops` swaps those two module attributes for device-dispatching
    wrappers for the duration of a ``with`` block (reentrant, thread-safe, restored on exit
    even on error). Nothing else of gsplat is copied, so every other detail of the upstream
-   strategy (sampling, optimizer-state surgery, the 5 % growth rule) is used as is.
+   strategy (sampling, optimizer-state surgery, the 5 % growth rule) is used as is. The noise
+   itself, every step, runs as one native C++ pass on a CPU (:func:`_inject_noise_any_device`).
 
 2. ``DefaultStrategy``'s opacity reset never fires in 1.5.3: the test is written
    ``if step % self.reset_every == 0 & step > 0``, which Python parses as the chained
@@ -42,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import gsplat.strategy.mcmc as gsplat_mcmc
 import gsplat.strategy.ops as gsplat_ops
 import torch
 import torch.nn.functional as F
@@ -52,6 +54,7 @@ from torch import Tensor
 # always handed to these.
 _GSPLAT_COMPUTE_RELOCATION = gsplat_ops.compute_relocation
 _GSPLAT_QUAT_SCALE_TO_COVAR_PRECI = gsplat_ops.quat_scale_to_covar_preci
+_GSPLAT_INJECT_NOISE = gsplat_mcmc.inject_noise_to_position
 
 
 # --------------------------------------------------------------------------------------------- relocation
@@ -173,15 +176,26 @@ def _quat_scale_to_covar_preci_any_device(
         return _GSPLAT_QUAT_SCALE_TO_COVAR_PRECI(
             quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu
         )
+    return covar_torch(quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu)
+
+
+def _inject_noise_any_device(params, optimizers, state: dict, scaler: float) -> None:
+    """gsplat's ``inject_noise_to_position``; on a CPU with the native kernels, the same noise in one C++ pass.
+
+    Upstream evaluates it every step as a dozen [N, 3, 3] torch ops and an einsum, on one core (bench/RESULTS.md,
+    issue 15). The standard normal draws are taken here exactly as upstream takes them (``randn_like`` of the means),
+    so a run consumes the same random numbers either way and only the rounding differs."""
     from patchsplat.render import native
 
-    module = native.select("auto", quats, scales)
-    if module is not None and not triu and not (torch.is_grad_enabled() and (quats.requires_grad or scales.requires_grad)):
-        # MCMC's noise injection, every step: one C++ pass instead of a dozen [N, 3, 3] torch ops on one core.
-        quats, scales = quats.contiguous(), scales.contiguous()
-        return (module.covariances(quats, scales, False) if compute_covar else None,
-                module.covariances(quats, scales, True) if compute_preci else None)
-    return covar_torch(quats, scales, compute_covar=compute_covar, compute_preci=compute_preci, triu=triu)
+    means = params["means"]
+    module = None if means.is_cuda else native.select("auto", means)
+    if module is None or not means.is_contiguous():
+        _GSPLAT_INJECT_NOISE(params=params, optimizers=optimizers, state=state, scaler=scaler)
+        return
+    with torch.no_grad():
+        normal = torch.randn_like(means)
+        module.inject_position_noise(means.data, params["quats"].data.contiguous(), params["scales"].data.contiguous(),
+                                     params["opacities"].data.reshape(-1).contiguous(), normal, float(scaler))
 
 
 # --------------------------------------------------------------------------------------------- patching
@@ -197,15 +211,17 @@ def cpu_fallback_ops() -> Iterator[None]:
     Replaces ``gsplat.strategy.ops.compute_relocation`` and
     ``gsplat.strategy.ops.quat_scale_to_covar_preci`` by wrappers that dispatch on the
     tensors' device (CUDA -> gsplat's kernels, unchanged behaviour; otherwise ->
-    :func:`relocation_torch` / :func:`covar_torch`). Reentrant and thread-safe (a depth
-    count: the originals are restored when the outermost block exits, also on error).
-    Nothing outside ``gsplat.strategy.ops`` is touched.
+    :func:`relocation_torch` / :func:`covar_torch`), and ``gsplat.strategy.mcmc``'s
+    ``inject_noise_to_position`` by :func:`_inject_noise_any_device` (the native pass on a CPU).
+    Reentrant and thread-safe (a depth count: the originals are restored when the outermost block
+    exits, also on error). Nothing outside those two gsplat modules is touched.
     """
     global _patch_depth
     with _patch_lock:
         if _patch_depth == 0:
             gsplat_ops.compute_relocation = _compute_relocation_any_device
             gsplat_ops.quat_scale_to_covar_preci = _quat_scale_to_covar_preci_any_device
+            gsplat_mcmc.inject_noise_to_position = _inject_noise_any_device
         _patch_depth += 1
     try:
         yield
@@ -215,6 +231,7 @@ def cpu_fallback_ops() -> Iterator[None]:
             if _patch_depth == 0:
                 gsplat_ops.compute_relocation = _GSPLAT_COMPUTE_RELOCATION
                 gsplat_ops.quat_scale_to_covar_preci = _GSPLAT_QUAT_SCALE_TO_COVAR_PRECI
+                gsplat_mcmc.inject_noise_to_position = _GSPLAT_INJECT_NOISE
 
 
 # --------------------------------------------------------------------------------------------- strategies

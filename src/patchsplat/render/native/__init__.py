@@ -2,10 +2,11 @@
 
     python -m patchsplat.render.native      # build them now (``make setup`` does), print where and how fast
 
-Three pairs of forward and backward passes and a tile intersection, each the C++ twin of a pure-torch function
-that stays the fallback and the reference (tests/test_render.py holds each to it): ``composite.cpp`` (the tile
-compositing of :mod:`..composite`), ``project.cpp`` (projection of :mod:`..projection` and SH colours of
-:mod:`..sh`), ``tiles.cpp`` (the tile lists of :mod:`..tiles`), and ``bindings.cpp`` (the Python module). They run on torch's threads (``at::parallel_for``) over tiles or Gaussians.
+Forward and backward passes and a tile intersection, each the C++ twin of a pure-torch function that stays the
+fallback and the reference (tests/test_render.py and tests/test_metrics.py hold each to it): ``composite.cpp``
+(the tile compositing of :mod:`..composite`), ``project.cpp`` (projection of :mod:`..projection`, SH colours of
+:mod:`..sh`, MCMC's position noise), ``tiles.cpp`` (the tile lists of :mod:`..tiles`), ``image_loss.cpp`` (the
+training loss's L1 and SSIM, :mod:`patchsplat.metrics`) and ``bindings.cpp`` (the Python module). They run on torch's threads (``at::parallel_for``) over tiles or Gaussians.
 
 :func:`load` returns the compiled module, or None when it cannot be built here (no C++ compiler, or
 ``PATCHSPLAT_NATIVE=0``); the renderer then uses the pure-torch functions, which give the same images and
@@ -27,7 +28,7 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("composite.cpp", "project.cpp", "tiles.cpp", "bindings.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("composite.cpp", "project.cpp", "tiles.cpp", "image_loss.cpp", "bindings.cpp"))
 NAME = "patchsplat_native"
 KERNELS = ("auto", "native", "torch")
 # -O3: the per-pixel loops; no -march=native, so a build cached on a shared home folder runs on any x86-64.

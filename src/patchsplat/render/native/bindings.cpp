@@ -1,6 +1,6 @@
 // The Python module of patchsplat's native CPU kernels: compositing (composite.cpp), projection and SH colours
-// (project.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side; and, with
-// no gradient, the tile lists (tiles.cpp) and the covariances MCMC's noise injection reads (project.cpp).
+// (project.cpp), the training loss's L1 and SSIM (image_loss.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side; and, with
+// no gradient, the tile lists (tiles.cpp) and MCMC's noise on the positions (project.cpp).
 
 #include <torch/extension.h>
 
@@ -30,7 +30,12 @@ torch::Tensor sh_forward(int64_t degree, torch::Tensor means, torch::Tensor sh0,
                          torch::Tensor centres);
 std::vector<torch::Tensor> sh_backward(int64_t degree, torch::Tensor means, torch::Tensor sh0, torch::Tensor rest,
                                        torch::Tensor centres, torch::Tensor v_colours);
-torch::Tensor covariances(torch::Tensor quats, torch::Tensor scales, bool inverse);
+void inject_position_noise(torch::Tensor means, torch::Tensor quats, torch::Tensor log_scales,
+                           torch::Tensor opacity_logits, torch::Tensor normal, double scaler);
+std::vector<torch::Tensor> image_loss_forward(torch::Tensor x, torch::Tensor y, torch::Tensor window, double c1,
+                                              double c2);
+torch::Tensor image_loss_backward(torch::Tensor x, torch::Tensor y, torch::Tensor window, double c1, double c2,
+                                  torch::Tensor maps, torch::Tensor grad_l1, torch::Tensor grad_ssim);
 std::vector<torch::Tensor> intersect_tiles(torch::Tensor means2d, torch::Tensor radii, torch::Tensor depths,
                                            int64_t width, int64_t height, int64_t tile_size);
 
@@ -41,6 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("project_backward", &project_backward, "project, cull and bound Gaussians (backward)");
     m.def("sh_forward", &sh_forward, "view-dependent colours from SH coefficients (forward)");
     m.def("sh_backward", &sh_backward, "view-dependent colours from SH coefficients (backward)");
+    m.def("image_loss_forward", &image_loss_forward, "L1 and SSIM per image (forward)");
+    m.def("image_loss_backward", &image_loss_backward, "L1 and SSIM per image (backward, w.r.t. the prediction)");
     m.def("intersect_tiles", &intersect_tiles, "depth-sorted tile lists of projected Gaussians (no gradient)");
-    m.def("covariances", &covariances, "covariance (or precision) matrices of quaternions and scales, no gradient");
+    m.def("inject_position_noise", &inject_position_noise, "MCMC's noise on the positions, in place, no gradient");
 }

@@ -399,28 +399,41 @@ std::vector<at::Tensor> project_backward(at::Tensor means, at::Tensor quats, at:
     return {v_means, v_quats, v_scales};
 }
 
-// -> [N, 3, 3] R S S^T R^T (or with S^-1: the precision matrix) of quats [N, 4] and scales [N, 3], as
-// strategies.covar_torch gives them; no gradient (MCMC's noise injection reads them under no_grad).
-at::Tensor covariances(at::Tensor quats, at::Tensor scales, bool inverse) {
-    const int64_t n = quats.size(0);
-    TORCH_CHECK(quats.device().is_cpu() && quats.is_contiguous() && scales.is_contiguous() &&
-                    quats.scalar_type() == scales.scalar_type() && quats.dim() == 2 && quats.size(1) == 4 &&
-                    scales.sizes() == at::IntArrayRef({n, 3}), "quats [N, 4] and scales [N, 3] expected, contiguous, one dtype");
-    auto out = at::empty({n, 3, 3}, quats.options());
-    AT_DISPATCH_FLOATING_TYPES(quats.scalar_type(), "covariances", [&] {
+// MCMC's noise on the positions, in place and without gradient, as gsplat 1.5.3's
+// strategy.ops.inject_noise_to_position computes it from the same standard normal draws `normal` [N, 3]:
+//     means += Sigma (normal * w * scaler),  w = 1 / (1 + exp(-100 (1 - sigmoid(opacity_logit) - 0.995)))
+// with Sigma = R S S^T R^T of quats [N, 4] and exp(log_scales) [N, 3]. One pass per Gaussian, where upstream's
+// dozen [N, 3, 3] torch ops and an einsum ran on one core every step.
+void inject_position_noise(at::Tensor means, at::Tensor quats, at::Tensor log_scales, at::Tensor opacity_logits,
+                           at::Tensor normal, double scaler) {
+    const int64_t n = means.size(0);
+    for (const at::Tensor* tensor : {&means, &quats, &log_scales, &opacity_logits, &normal}) {
+        TORCH_CHECK(tensor->device().is_cpu() && tensor->is_contiguous() && tensor->scalar_type() == means.scalar_type(),
+                    "the noise's tensors must be contiguous CPU tensors of one floating type");
+    }
+    TORCH_CHECK(means.dim() == 2 && means.size(1) == 3 && quats.sizes() == at::IntArrayRef({n, 4}) &&
+                    log_scales.sizes() == at::IntArrayRef({n, 3}) && opacity_logits.numel() == n &&
+                    normal.sizes() == means.sizes(), "means [N, 3], quats [N, 4], log_scales [N, 3], opacities [N], normal [N, 3]");
+    AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "inject_position_noise", [&] {
+        scalar_t* mean = means.data_ptr<scalar_t>();
         const scalar_t* quat = quats.data_ptr<scalar_t>();
-        const scalar_t* scale = scales.data_ptr<scalar_t>();
-        scalar_t* matrix = out.data_ptr<scalar_t>();
+        const scalar_t* log_scale = log_scales.data_ptr<scalar_t>();
+        const scalar_t* logit = opacity_logits.data_ptr<scalar_t>();
+        const scalar_t* draw = normal.data_ptr<scalar_t>();
+        const scalar_t scale_by = static_cast<scalar_t>(scaler);
         at::parallel_for(0, n, kGrain, [&](int64_t first, int64_t last) {
             for (int64_t g = first; g < last; ++g) {
-                const scalar_t s[3] = {scale[g * 3], scale[g * 3 + 1], scale[g * 3 + 2]};
-                const scalar_t used[3] = {inverse ? 1 / s[0] : s[0], inverse ? 1 / s[1] : s[1], inverse ? 1 / s[2] : s[2]};
-                const WorldShape<scalar_t> shape(quat + g * 4, used);
-                std::copy(shape.sigma, shape.sigma + 9, matrix + g * 9);
+                const scalar_t s[3] = {std::exp(log_scale[g * 3]), std::exp(log_scale[g * 3 + 1]), std::exp(log_scale[g * 3 + 2])};
+                const WorldShape<scalar_t> shape(quat + g * 4, s);
+                const scalar_t opacity = scalar_t(1) / (scalar_t(1) + std::exp(-logit[g]));
+                const scalar_t weight = scalar_t(1) / (scalar_t(1) + std::exp(scalar_t(-100) * (scalar_t(1) - opacity - scalar_t(0.995))));
+                scalar_t step[3];
+                for (int i = 0; i < 3; ++i) step[i] = draw[g * 3 + i] * weight * scale_by;
+                for (int i = 0; i < 3; ++i)
+                    mean[g * 3 + i] += shape.sigma[i * 3] * step[0] + shape.sigma[i * 3 + 1] * step[1] + shape.sigma[i * 3 + 2] * step[2];
             }
         });
     });
-    return out;
 }
 
 namespace {
