@@ -14,7 +14,8 @@ is, so both start from the same points; OpenSplat ignores the tracks).
 
 The two trainers alternate (patchsplat, each OpenSplat variant, patchsplat, ... for --repeats rounds). Per
 trainer: wall time of its process, CPU utilisation (the child's user + system CPU time from
-getrusage(RUSAGE_CHILDREN) over its wall time, in %; 200 % = both cores busy), steps/s (steps over the wall
+getrusage(RUSAGE_CHILDREN) over its wall time, in %; 200 % = both cores busy; for patchsplat also over its
+training loop alone, from the first to the last step record, by the process's own CPU clock), steps/s (steps over the wall
 time less patchsplat's in-training evaluations), held-out PSNR at equal steps (both trainers' PLYs rendered by
 patchsplat's evaluator, `evaluate_views`, on the same 12 held-out views at full resolution), and the time each
 takes to reach the other's final PSNR, interpolated on its PSNR curve (seconds since its process started, less
@@ -236,6 +237,8 @@ def run_patchsplat(patch: Path, run_dir: Path, steps: int, eval_every: int, thre
     return {**process, "trainer": "patchsplat", "steps": steps, "eval_s": eval_s,
             "steps_per_s": steps / (process["wall_s"] - eval_s),
             "loop_steps_per_s": (last["step"] - first["step"]) / max(last["seconds"] - first["seconds"], 1e-9),
+            # CPU over the training loop alone (its in-training evaluations included): start-up and writing excluded.
+            "loop_cpu_percent": 100.0 * (last["cpu_s"] - first["cpu_s"]) / max(last["time"] - first["time"], 1e-9),
             "psnr": psnr, "training_psnr": child["heldout_psnr"], "gaussians": gaussians, "curve": curve,
             "settings": child["settings"]}
 
@@ -272,7 +275,7 @@ def child(run_dir: Path) -> None:
     timeline = []
 
     def on_metrics(record: dict, step: int) -> None:
-        timeline.append({"step": step, "time": time.time(), "eval_s": evaluation["seconds"],
+        timeline.append({"step": step, "time": time.time(), "cpu_s": time.process_time(), "eval_s": evaluation["seconds"],
                          "psnr": record.get("heldout_psnr")})
 
     metrics = loop.train_patch(patch, run_dir / "prepared", run_dir / "out", settings.config,
@@ -353,6 +356,7 @@ def summarise(runs: list[dict]) -> dict:
         "cpu_percent": statistics.median(run["cpu_percent"] for run in runs),
         "steps_per_s": statistics.median(run["steps_per_s"] for run in runs),
         "loop_steps_per_s": statistics.median(run["loop_steps_per_s"] for run in runs) if all(run.get("loop_steps_per_s") for run in runs) else None,
+        "loop_cpu_percent": statistics.median(run["loop_cpu_percent"] for run in runs) if all(run.get("loop_cpu_percent") for run in runs) else None,
         "psnr": statistics.mean(run["psnr"] for run in runs), "gaussians": runs[-1]["gaussians"],
         "eval_s": statistics.median(run["eval_s"] for run in runs),
         "curve": runs[-1]["curve"], "recorded": False,
@@ -362,7 +366,7 @@ def summarise(runs: list[dict]) -> dict:
 def recorded_summary(name: str) -> dict:
     figures = RECORDED[name]
     return {"runs": figures["wall_runs"], "steps": figures["steps"], "wall_s": figures["wall_s"],
-            "wall_range_s": figures["wall_range_s"], "cpu_percent": figures["cpu_percent"],
+            "wall_range_s": figures["wall_range_s"], "cpu_percent": figures["cpu_percent"], "loop_cpu_percent": None,
             "steps_per_s": figures["steps"] / figures["wall_s"], "loop_steps_per_s": None, "psnr": figures["psnr"],
             "gaussians": figures["gaussians"], "eval_s": 0.0, "curve": None, "recorded": True, "flags": figures["args"],
             "source": RECORDED_SOURCE}
@@ -418,16 +422,17 @@ def print_tables(results: dict) -> None:
         console = Console(width=180)
     trainers = Table(title=f"patchsplat (CPU, torch backend, {results['threads']} threads) vs OpenSplat (CPU build): "
                            "the demo as one patch, 84 training / 12 held-out views")
-    for column in ("trainer", "figures", "runs", "steps", "wall s (median, range)", "CPU %", "steps/s", "loop steps/s",
-                   "held-out PSNR dB", "Gaussians"):
+    for column in ("trainer", "figures", "runs", "steps", "wall s (median, range)", "CPU %", "loop CPU %", "steps/s",
+                   "loop steps/s", "held-out PSNR dB", "Gaussians"):
         trainers.add_column(column, justify="left" if column in ("trainer", "figures") else "right")
     for name, row in results["trainers"].items():
         low, high = row["wall_range_s"]
         wall = f"{row['wall_s']:.0f}" + (f" ({low:.0f}-{high:.0f})" if row["runs"] > 1 else "")
         loop = f"{row['loop_steps_per_s']:.1f}" if row.get("loop_steps_per_s") else "-"
+        loop_cpu = f"{row['loop_cpu_percent']:.0f}" if row.get("loop_cpu_percent") else "-"
         gaussians = f"{row['gaussians']:,}" if row["gaussians"] is not None else "-"
         trainers.add_row(name, "RECORDED" if row["recorded"] else "measured", str(row["runs"]), f"{row['steps']:,}", wall,
-                         f"{row['cpu_percent']:.0f}", f"{row['steps_per_s']:.2f}", loop, f"{row['psnr']:.2f}", gaussians)
+                         f"{row['cpu_percent']:.0f}", loop_cpu, f"{row['steps_per_s']:.2f}", loop, f"{row['psnr']:.2f}", gaussians)
     console.print(trainers)
 
     comparison = Table(title="patchsplat / OpenSplat (ratios > 1: patchsplat faster per step; < 1: patchsplat reaches the quality sooner)")
@@ -448,8 +453,8 @@ def print_tables(results: dict) -> None:
             print(f"{name}: flags {' '.join(row.get('flags') or []) or '(none: its defaults)'}{frame}")
     if any(row["recorded"] for row in results["comparisons"]):
         print(f"RECORDED rows are not measured in this run: {RECORDED_SOURCE}; wall time the median of its runs.")
-    print("steps/s: steps / (wall - patchsplat's in-training evaluations); loop steps/s: between the first and last "
-          "timed steps (no start-up). Times to a PSNR: seconds since the process started, less evaluations; "
+    print("steps/s: steps / (wall - patchsplat's in-training evaluations); loop steps/s and loop CPU %: between the "
+          "first and last timed steps (no start-up, no writing of the outputs). Times to a PSNR: seconds since the process started, less evaluations; "
           "'<=': already above it at the first evaluation (recorded OpenSplat: at its end).")
     print(f"results: {HERE / 'results.json'}")
 
