@@ -1,6 +1,7 @@
 // The Python module of patchsplat's native CPU kernels: compositing (composite.cpp), projection and SH colours
-// (project.cpp), the training loss's L1 and SSIM (image_loss.cpp), each a forward and backward pair behind one torch.autograd.Function on the Python side; and, with
-// no gradient, the tile lists (tiles.cpp) and MCMC's noise on the positions (project.cpp).
+// (project.cpp), the training loss's L1 and SSIM (image_loss.cpp), each a forward and backward pair behind one
+// torch.autograd.Function on the Python side; and, with no gradient, the tile lists (tiles.cpp) and MCMC's noise on
+// the positions (project.cpp).
 
 #include <torch/extension.h>
 

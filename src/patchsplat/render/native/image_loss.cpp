@@ -39,6 +39,21 @@ Shape check_images(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w
     return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) - taps + 1, x.size(3) - taps + 1, taps};
 }
 
+// The four factors of SSIM = A B / (C D) at one output pixel `at` of the five filtered maps (mu_x, mu_y, s_xx, s_yy,
+// s_xy, each `stride` apart).
+template <typename scalar_t>
+struct SsimTerms {
+    scalar_t mx, my, a, b, c, d;
+    SsimTerms(const scalar_t* maps, int64_t stride, int64_t at, scalar_t k1, scalar_t k2)
+        : mx(maps[at]), my(maps[stride + at]) {
+        const scalar_t sxx = maps[2 * stride + at], syy = maps[3 * stride + at], sxy = maps[4 * stride + at];
+        a = scalar_t(2) * mx * my + k1;
+        b = scalar_t(2) * (sxy - mx * my) + k2;
+        c = mx * mx + my * my + k1;
+        d = (sxx - mx * mx) + (syy - my * my) + k2;
+    }
+};
+
 // Sums of per-row partial sums, in row order, per image: [planes * rows] -> [batch].
 at::Tensor per_image(const std::vector<double>& row_sums, const Shape& shape, int64_t rows, double scale,
                      const at::TensorOptions& options) {
@@ -113,13 +128,8 @@ std::vector<at::Tensor> image_loss_forward(at::Tensor x, at::Tensor y, at::Tenso
                 }
                 double sum = 0;
                 for (int64_t j = 0; j < Wo; ++j) {
-                    const int64_t at = out_row * Wo + j;
-                    const scalar_t mx = filtered[at], my = filtered[map_stride + at];
-                    const scalar_t sxx = filtered[2 * map_stride + at], syy = filtered[3 * map_stride + at];
-                    const scalar_t sxy = filtered[4 * map_stride + at];
-                    const scalar_t a = scalar_t(2) * mx * my + k1, b = scalar_t(2) * (sxy - mx * my) + k2;
-                    const scalar_t c = mx * mx + my * my + k1, d = (sxx - mx * mx) + (syy - my * my) + k2;
-                    sum += static_cast<double>((a * b) / (c * d));
+                    const SsimTerms<scalar_t> t(filtered, map_stride, out_row * Wo + j, k1, k2);
+                    sum += static_cast<double>((t.a * t.b) / (t.c * t.d));
                 }
                 ssim_rows[out_row] = sum;
             }
@@ -160,16 +170,12 @@ at::Tensor image_loss_backward(at::Tensor x, at::Tensor y, at::Tensor window, do
                 const scalar_t g = static_cast<scalar_t>(g_ssim[image] / static_cast<double>(shape.channels * Ho * Wo));
                 for (int64_t j = 0; j < Wo; ++j) {
                     const int64_t at = out_row * Wo + j;
-                    const scalar_t mx = filtered[at], my = filtered[map_stride + at];
-                    const scalar_t sxx = filtered[2 * map_stride + at], syy = filtered[3 * map_stride + at];
-                    const scalar_t sxy = filtered[4 * map_stride + at];
-                    const scalar_t a = scalar_t(2) * mx * my + k1, b = scalar_t(2) * (sxy - mx * my) + k2;
-                    const scalar_t c = mx * mx + my * my + k1, d = (sxx - mx * mx) + (syy - my * my) + k2;
-                    const scalar_t cd = c * d, s = (a * b) / cd;
+                    const SsimTerms<scalar_t> t(filtered, map_stride, at, k1, k2);
+                    const scalar_t cd = t.c * t.d, s = (t.a * t.b) / cd, two = scalar_t(2);
                     // dS/dmu_x = (2 my B - 2 my A) / (C D) - S (2 mx / C - 2 mx / D); dS/ds_xx = -S / D; dS/ds_xy = 2 A / (C D)
-                    g_maps[at] = g * ((scalar_t(2) * my * b - scalar_t(2) * my * a) / cd - s * (scalar_t(2) * mx / c - scalar_t(2) * mx / d));
-                    g_maps[map_stride + at] = g * (-s / d);
-                    g_maps[2 * map_stride + at] = g * (scalar_t(2) * a / cd);
+                    g_maps[at] = g * ((two * t.my * t.b - two * t.my * t.a) / cd - s * (two * t.mx / t.c - two * t.mx / t.d));
+                    g_maps[map_stride + at] = g * (-s / t.d);
+                    g_maps[2 * map_stride + at] = g * (two * t.a / cd);
                 }
             }
         });
