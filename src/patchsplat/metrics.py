@@ -49,6 +49,9 @@ SSIM_WINDOW_SIZE = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+# The stabilising constants (K * data range)^2, the data range being 1.
+SSIM_C1 = (SSIM_K1 * 1.0) ** 2
+SSIM_C2 = (SSIM_K2 * 1.0) ** 2
 VALID_CHANNELS = (1, 3)
 
 
@@ -279,8 +282,7 @@ def ssim_map(prediction: Tensor, target: Tensor) -> Tensor:
         x = prediction.to(dtype)
         y = target.to(dtype)
         window = gaussian_window(dtype=dtype, device=x.device)
-        c1 = (SSIM_K1 * 1.0) ** 2
-        c2 = (SSIM_K2 * 1.0) ** 2
+        c1, c2 = SSIM_C1, SSIM_C2
         # The five filtered maps in one grouped convolution: five small ones each ran on one core (issue 15).
         mu_x, mu_y, mean_xx, mean_yy, mean_xy = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1),
                                                                window).chunk(5, dim=1)
@@ -291,6 +293,16 @@ def ssim_map(prediction: Tensor, target: Tensor) -> Tensor:
         numerator = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_xy + c2)
         denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
         return numerator / denominator
+
+
+def _check_window(prediction: Tensor, name: str) -> None:
+    """SSIM needs every image to hold at least one whole window."""
+    height, width = prediction.shape[-2:]
+    if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
+        raise ValueError(
+            f"{name}: images of shape {tuple(prediction.shape)} are smaller than the {SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} "
+            "window; expected H and W >= 11"
+        )
 
 
 def l1_and_ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool = True,
@@ -304,12 +316,7 @@ def l1_and_ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool
     from patchsplat.render import native
 
     check_images(prediction, target, name="l1_and_ssim", check_prediction_range=check_prediction_range)
-    height, width = prediction.shape[-2:]
-    if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
-        raise ValueError(
-            f"l1_and_ssim: images of shape {tuple(prediction.shape)} are smaller than the "
-            f"{SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} window; expected H and W >= 11"
-        )
+    _check_window(prediction, "l1_and_ssim")
     dtype = _working_dtype(prediction, target)
     with torch.autocast(device_type=prediction.device.type, enabled=False):
         x, y = prediction.to(dtype), target.to(dtype)
@@ -325,7 +332,7 @@ class _NativeImageLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, module):
         window = gaussian_window(dtype=x.dtype)
-        c1, c2 = (SSIM_K1 * 1.0) ** 2, (SSIM_K2 * 1.0) ** 2
+        c1, c2 = SSIM_C1, SSIM_C2
         l1_values, ssim_values, maps = module.image_loss_forward(x, y, window, c1, c2)
         ctx.save_for_backward(x, y, window, maps)
         ctx.module, ctx.constants = module, (c1, c2)
@@ -348,11 +355,6 @@ def ssim(prediction: Tensor, target: Tensor, check_prediction_range: bool = True
     the valid region, so images must be at least 11 x 11 pixels. Identical images give 1.
     """
     check_images(prediction, target, name="ssim", check_prediction_range=check_prediction_range)
-    height, width = prediction.shape[-2:]
-    if height < SSIM_WINDOW_SIZE or width < SSIM_WINDOW_SIZE:
-        raise ValueError(
-            f"ssim: images of shape {tuple(prediction.shape)} are smaller than the {SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} "
-            "window; expected H and W >= 11"
-        )
+    _check_window(prediction, "ssim")
     return ssim_map(prediction, target).mean(dim=(1, 2, 3))
 
