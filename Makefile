@@ -41,9 +41,10 @@ demo: setup
 
 # Two pytest workers, each test file on one of them (module fixtures are built once): the suite is mostly
 # single-threaded end-to-end runs, so this halves it on 2 cores (21 -> 14 min, bench/RESULTS.md). One test:
-# .venv/bin/python -m pytest tests/test_x.py -k name (no workers).
+# .venv/bin/python -m pytest tests/test_x.py -k name (no workers). The slowest files start first
+# (tests/conftest.py, SLOWEST_FILES_FIRST), so that no long file starts last.
 test: setup browser js-readers
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # tests/test_view.py loads `patchsplat view` in Debian's Chromium (driven by playwright, which downloads no
 # browser): installed with apt-get when missing and this is root or has sudo; otherwise that test skips, saying so.

@@ -287,6 +287,26 @@ def test_ctrl_c_stops_after_a_step_with_a_checkpoint_and_resumes_exactly(patch, 
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["attempts"] == 1   # not a recovery
 
 
+def test_a_checkpoint_that_cannot_be_written_stops_training_naming_it(patch, tmp_path, monkeypatch):
+    """Checkpoints are written by a thread of their own while training goes on: a write that fails (a full disk)
+    still stops training with the error naming the file, leaves no half-written file and no outputs."""
+    import errno
+
+    real_save = torch.save
+
+    def full_disk(payload, path, *args, **kwargs):
+        if Path(path).name.startswith(".last.pt."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(payload, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as raised:
+        train(patch, tmp_path, settings())
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename.endswith("last.pt"), raised.value
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "checkpoints").iterdir()), "a temporary checkpoint was left behind"
+
+
 def test_resume_ignores_a_checkpoint_of_other_settings(patch, tmp_path):
     train(patch, tmp_path, settings(steps=20))
     messages = []

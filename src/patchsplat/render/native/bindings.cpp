@@ -41,14 +41,17 @@ std::vector<torch::Tensor> intersect_tiles(torch::Tensor means2d, torch::Tensor 
                                            int64_t width, int64_t height, int64_t tile_size);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)");
-    m.def("composite_backward", &composite_backward, "composite depth-sorted tile lists (backward)");
-    m.def("project_forward", &project_forward, "project, cull and bound Gaussians (forward)");
-    m.def("project_backward", &project_backward, "project, cull and bound Gaussians (backward)");
-    m.def("sh_forward", &sh_forward, "view-dependent colours from SH coefficients (forward)");
-    m.def("sh_backward", &sh_backward, "view-dependent colours from SH coefficients (backward)");
-    m.def("image_loss_forward", &image_loss_forward, "L1 and SSIM per image (forward)");
-    m.def("image_loss_backward", &image_loss_backward, "L1 and SSIM per image (backward, w.r.t. the prediction)");
-    m.def("intersect_tiles", &intersect_tiles, "depth-sorted tile lists of projected Gaussians (no gradient)");
-    m.def("inject_position_noise", &inject_position_noise, "MCMC's noise on the positions, in place, no gradient");
+    // The kernels touch no Python object: they let go of the GIL while they run, so that another Python thread
+    // (the training loop's checkpoint writer) is not held up for the length of a compositing pass.
+    const auto without_gil = py::call_guard<py::gil_scoped_release>();
+    m.def("composite_forward", &composite_forward, "composite depth-sorted tile lists (forward)", without_gil);
+    m.def("composite_backward", &composite_backward, "composite depth-sorted tile lists (backward)", without_gil);
+    m.def("project_forward", &project_forward, "project, cull and bound Gaussians (forward)", without_gil);
+    m.def("project_backward", &project_backward, "project, cull and bound Gaussians (backward)", without_gil);
+    m.def("sh_forward", &sh_forward, "view-dependent colours from SH coefficients (forward)", without_gil);
+    m.def("sh_backward", &sh_backward, "view-dependent colours from SH coefficients (backward)", without_gil);
+    m.def("image_loss_forward", &image_loss_forward, "L1 and SSIM per image (forward)", without_gil);
+    m.def("image_loss_backward", &image_loss_backward, "L1 and SSIM per image (backward, w.r.t. the prediction)", without_gil);
+    m.def("intersect_tiles", &intersect_tiles, "depth-sorted tile lists of projected Gaussians (no gradient)", without_gil);
+    m.def("inject_position_noise", &inject_position_noise, "MCMC's noise on the positions, in place, no gradient", without_gil);
 }
