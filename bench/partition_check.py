@@ -1,6 +1,6 @@
 """Benchmark: what splitting costs — the merged patches against one model of the same scene (issue 14).
 
-    python bench/partition_check.py [--scene demo|large|both] [--steps N]
+    python bench/partition_check.py [--scene demo|large|both] [--steps N] [--budget steps|pipeline]
 
 For each scene a workspace under bench/.work/partition-<scene> (this project's params.yaml with the
 scene's changes, the scene stage run once) and `patchsplat check-partition` in it: the scene trained as
@@ -10,7 +10,9 @@ minus single overall (target: at least -0.3 dB) and on border views (at least -0
 
 Scenes: ``demo``, the built-in demo as params.yaml has it (2 x 2 patches); ``large``, the demo grown to
 twice its area (side x sqrt 2; cameras, points and objects x 2) and cut 3 x 3. A second run re-scores
-without training (the check resumes); delete bench/.work/partition-* to train again.
+without training (the check resumes); delete bench/.work/partition-* to train again. ``--budget pipeline``
+trains each patch as a pipeline run would (the profile's steps and cap per patch) instead of sharing the single
+model's budget; it retrains the split only. The training steps and seconds of both variants are printed.
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ def workspace(name: str) -> Path:
     return root
 
 
-def check(root: Path, steps: int | None) -> tuple[object, float]:
+def check(root: Path, steps: int | None, budget: str) -> tuple[object, float]:
     from patchsplat.partition_check import PartitionCheck
 
     started = time.perf_counter()
-    command = [sys.executable, "-m", "patchsplat.cli", "check-partition", "."] + (["--steps", str(steps)] if steps else [])
+    command = [sys.executable, "-m", "patchsplat.cli", "check-partition", ".", "--budget", budget] + (["--steps", str(steps)] if steps else [])
     subprocess.run(command, cwd=root, check=True)
     return PartitionCheck.load(root / "reports" / "partition.json"), time.perf_counter() - started
 
@@ -73,21 +75,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scene", choices=[*SCENES, "both"], default="both")
     parser.add_argument("--steps", type=int, default=None, help="single model's steps (default: the profile's)")
+    parser.add_argument("--budget", choices=("steps", "pipeline"), default="steps",
+                        help="steps: the split with the single model's budget (the target's); pipeline: as a run trains it")
     arguments = parser.parse_args()
     names = list(SCENES) if arguments.scene == "both" else [arguments.scene]
     rows = []
     for name in names:
-        record, seconds = check(workspace(name), arguments.steps)
+        record, seconds = check(workspace(name), arguments.steps, arguments.budget)
         rows.append((name, record, seconds))
     print()
-    print(f"{'scene':<7} {'split':<34} {'steps':>6} {'single dB':>9} {'merged dB':>9} {'diff dB':>8} {'target':>7} "
-          f"{'border':>6} {'diff dB':>8} {'target':>7} {'Gaussians single/merged':>24} {'verdict':>8} {'wall s':>7}")
+    print(f"{'scene':<7} {'split':<34} {'budget':<8} {'steps single/merged':>19} {'single dB':>9} {'merged dB':>9} "
+          f"{'diff dB':>8} {'target':>7} {'border':>6} {'diff dB':>8} {'target':>7} {'Gaussians single/merged':>24} "
+          f"{'train s single/merged':>21} {'verdict':>8} {'wall s':>7}")
     for name, record, seconds in rows:
         border = "-" if record.border_psnr_difference is None else f"{record.border_psnr_difference:+.2f}"
-        print(f"{name:<7} {record.split:<34} {record.single.steps:>6} {record.single.psnr:>9.2f} {record.merged.psnr:>9.2f} "
+        train_s = "/".join("-" if value is None else f"{value:.0f}" for value in (record.single.train_seconds, record.merged.train_seconds))
+        print(f"{name:<7} {record.split:<34} {record.budget:<8} {record.single.steps:>9,}/{record.merged.steps:<9,} "
+              f"{record.single.psnr:>9.2f} {record.merged.psnr:>9.2f} "
               f"{record.psnr_difference:>+8.2f} {-OVERALL_TARGET_DB:>+7.1f} {record.num_border_views:>6} {border:>8} "
               f"{-BORDER_TARGET_DB:>+7.1f} {record.single.gaussians:>11,}/{record.merged.gaussians:<12,} "
-              f"{'within' if record.within_target else 'OUTSIDE':>8} {seconds:>7.0f}")
+              f"{train_s:>21} {'within' if record.within_target else 'OUTSIDE':>8} {seconds:>7.0f}")
 
 
 if __name__ == "__main__":

@@ -223,3 +223,20 @@ def test_a_workspace_without_a_scene_is_refused_in_one_line(tmp_path):
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "data/scene" in refused.stderr and "no scene yet" in refused.stderr
     assert not Workspace(workspace).partition_check_dir.exists()
+
+
+def test_the_pipeline_budget_trains_each_patch_as_a_run_would_and_keeps_the_single_model(checked):
+    """--budget pipeline: the split's patches train with the steps the profile gives each (here the small demo's
+    train.steps each, not a share of them); the single model is reused, not retrained; the report and the table
+    give both variants' steps and training seconds, the price of the split in time."""
+    workspace, _ = checked
+    before = PartitionCheck.load(Workspace(workspace).partition_report)
+    completed = _cli(workspace, "check-partition", ".", "--budget", "pipeline")
+    assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
+    assert "single p0:" not in completed.stdout and "split: the budgets changed" in completed.stdout
+    after = PartitionCheck.load(Workspace(workspace).partition_report)
+    assert after.budget == "pipeline" and before.budget == "steps"
+    assert after.single == before.single
+    assert after.merged.steps == 20 * after.merged.patches > before.merged.steps
+    assert after.single.train_seconds > 0 and after.merged.train_seconds > 0
+    assert "training seconds" in completed.stdout and "as a pipeline run trains it" in completed.stdout

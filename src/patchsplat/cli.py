@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -405,10 +406,18 @@ def show_config(
     guarded(run)
 
 
+class PartitionBudget(str, Enum):
+    """check-partition --budget (PartitionCheckConfig.budget)."""
+
+    steps = "steps"
+    pipeline = "pipeline"
+
+
 @app.command("check-partition")
 def check_partition_command(
     workspace: Annotated[Path, typer.Argument(help="The patchsplat workspace (its scene must exist: run the pipeline first).")] = Path("."),
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps of the single model, shared among the patches (default: the profile's for the scene as one patch).")] = None,
+    budget: Annotated[PartitionBudget, typer.Option("--budget", help="steps: the split trained with the single model's steps and Gaussian cap shared among its patches (what splitting itself costs); pipeline: each patch with the profile's steps and cap, as `patchsplat run` trains it (what a user's split costs, in time too).")] = PartitionBudget.steps,
 ) -> None:
     """Measure what splitting costs: the scene trained as one model and as the split, same budget, same held-out views."""
 
@@ -419,7 +428,7 @@ def check_partition_command(
         place = Workspace(workspace)
         params = load_params(place.params_file)
         say = lambda message: console.print(f"check-partition: {message}", markup=False, highlight=False)  # noqa: E731
-        record = check_partition(place, params, PartitionCheckConfig(total_steps=steps), log=say)
+        record = check_partition(place, params, PartitionCheckConfig(total_steps=steps, budget=budget.value), log=say)
         print_partition_table(record)
         log_partition_check(params.tracking, place, record)
         console.print(f"report: {place.partition_report}; worst view: {place.partition_png}; "

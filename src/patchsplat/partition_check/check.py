@@ -2,7 +2,8 @@
 
 Both variants are trained by the pipeline's own functions (split, prepare, train, merge) in
 ``data/partition-check/{single,split}``, the split's patches with the single model's profile steps and
-Gaussian budget shared among them (:mod:`.budget`). The user's ``patch_overrides`` do not apply: they are per
+Gaussian budget shared among them (:mod:`.budget`), or, with ``budget="pipeline"``, each patch with the steps
+and cap the profile gives it in a pipeline run (the price of splitting as a user pays it, in time as well as dB). The user's ``patch_overrides`` do not apply: they are per
 patch of one split, and the check compares two. Every step's output is complete or absent and training
 resumes from its checkpoints, so an interrupted check continues where it stopped; a change of the
 settings or the scene starts it afresh (``check.json`` holds their fingerprint).
@@ -13,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,6 +43,11 @@ class PartitionCheckConfig:
     # Training steps of the single model (and, shared, of the split's patches). None: the profile's
     # steps for the scene as one patch (preview on a CPU: 8 per training image in [500, 1500]).
     total_steps: int | None = None
+    # How the split is trained. "steps": with the single model's budget, its steps shared among the patches in
+    # proportion to their training images and its cap per SfM point (equal budgets: what splitting itself
+    # costs). "pipeline": each patch with the steps and cap the training profile gives it, as `patchsplat run`
+    # trains it (what a user's split costs against one model; the training times show the price in time).
+    budget: Literal["steps", "pipeline"] = "steps"
     # A held-out view is a border view when a second core cell holds at least this fraction of the SfM
     # points its image observes (split.visibility_fraction's default, the same notion of "sees enough").
     border_fraction: float = 0.1
@@ -148,30 +154,24 @@ def _split(variant: _Variant, scene_dir: Path, split: SplitConfig, params: Param
 
 
 def _train(variant: _Variant, patch_ids: list[str], overrides: dict[str, dict | None], params: Params,
-           progress: bool, log: Callable[[str], None]) -> float | None:
-    """Prepare and train every patch not trained yet; the training seconds summed (None if any was trained before)."""
+           progress: bool, log: Callable[[str], None]) -> None:
+    """Prepare and train every patch not trained yet."""
     from patchsplat.prepare import prepare_patch
     from patchsplat.profiles import PatchFacts, resolve_train
     from patchsplat.train.loop import train_patch
 
-    seconds: float | None = 0.0
     for patch_id in patch_ids:
         trained = variant.trained / patch_id
         if (trained / "metrics.json").is_file():
-            seconds = None
             continue
         patch_dir = variant.patches / patch_id
         settings = resolve_train(params.train, PatchFacts.of_patch(patch_dir), overrides[patch_id], patch_id)
         if not (variant.prepared(patch_id) / "prepare.json").is_file():
             prepare_patch(patch_dir, variant.prepared(patch_id), settings.config, patch_id)
         log(f"{variant.name} {patch_id}: {settings.config.steps} steps, at most {settings.config.strategy.cap_max:,} Gaussians")
-        start = time.perf_counter()
         train_patch(patch_dir, variant.prepared(patch_id), trained, settings.config, checkpoint_dir=variant.checkpoints(patch_id),
                     resume=True, progress=progress, log=lambda message, name=f"{variant.name} {patch_id}": log(f"{name}: {message}"),
                     profile=settings.profile, origins=settings.origins)
-        if seconds is not None:
-            seconds += time.perf_counter() - start
-    return seconds
 
 
 def _merge(variant: _Variant, params: Params) -> int:
@@ -193,6 +193,20 @@ def _budget(variant: _Variant, patch_ids: list[str]) -> tuple[int, int]:
     return steps, caps
 
 
+def _train_seconds(variant: _Variant, patch_ids: list[str]) -> float | None:
+    """Training seconds summed over the variant's patches: each patch's steps at the rate its metrics.json measured
+    (a resumed patch's rate is that of its last run). None when a patch has no rate (no step ran)."""
+    from patchsplat.train.records import TrainedMetrics
+
+    total = 0.0
+    for patch_id in patch_ids:
+        metrics = TrainedMetrics.load(variant.trained / patch_id / "metrics.json")
+        if not metrics.steps_per_second:
+            return None
+        total += metrics.steps / metrics.steps_per_second
+    return round(total, 1)
+
+
 def _evaluate(variant: _Variant, scene, factor: int, keep: set[str]) -> dict:
     """The variant's merged splats scored on the scene's held-out views: name -> ViewResult."""
     from patchsplat.evaluate.images import evaluate_views
@@ -212,21 +226,24 @@ def _mean(values: list[float]) -> float | None:
 
 def _train_both(single: _Variant, split: _Variant, scene_dir: Path, params: Params, config: PartitionCheckConfig,
                 progress: bool, log: Callable[[str], None]) -> tuple[dict[str, list[str]], tuple[float | None, float | None]]:
-    """Split and train both variants, the split with the single model's budget; (patch ids, training seconds)."""
+    """Split and train both variants, the split with the single model's budget (or the profile's); their patch ids."""
     from patchsplat.profiles import PatchFacts
 
     split_ids = _split(split, scene_dir, params.split, params)
     single_ids = _split(single, scene_dir, _single_split(params.split), params)
     single_override = {"steps": config.total_steps} if config.total_steps else None
-    single_seconds = _train(single, single_ids, {single_ids[0]: single_override}, params, progress, log)
+    _train(single, single_ids, {single_ids[0]: single_override}, params, progress, log)
     total_steps, total_cap = _budget(single, single_ids)
     facts = {patch_id: PatchFacts.of_patch(split.patches / patch_id) for patch_id in split_ids}
-    overrides = patch_overrides(total_steps, total_cap, {patch_id: fact.train_images for patch_id, fact in facts.items()},
-                                {patch_id: fact.initial_points for patch_id, fact in facts.items()},
-                                PatchFacts.of_patch(single.patches / single_ids[0]).initial_points)
+    if config.budget == "pipeline":
+        overrides: dict[str, dict | None] = {patch_id: None for patch_id in split_ids}
+    else:
+        overrides = patch_overrides(total_steps, total_cap, {patch_id: fact.train_images for patch_id, fact in facts.items()},
+                                    {patch_id: fact.initial_points for patch_id, fact in facts.items()},
+                                    PatchFacts.of_patch(single.patches / single_ids[0]).initial_points)
     _forget_training_unless(split, overrides, log)
-    split_seconds = _train(split, split_ids, overrides, params, progress, log)
-    return {SINGLE: single_ids, SPLIT: split_ids}, (single_seconds, split_seconds)
+    _train(split, split_ids, overrides, params, progress, log)
+    return {SINGLE: single_ids, SPLIT: split_ids}
 
 
 def check_partition(workspace: Workspace, params: Params, config: PartitionCheckConfig = PartitionCheckConfig(),
@@ -251,7 +268,7 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
     _start_or_resume(work_dir, hashlib.sha256(f"{fingerprint} {config.total_steps}".encode()).hexdigest(), log)
     single, split = _Variant(SINGLE, work_dir / SINGLE), _Variant(SPLIT, work_dir / SPLIT)
 
-    ids, seconds = _train_both(single, split, scene_dir, params, config, progress, log)
+    ids = _train_both(single, split, scene_dir, params, config, progress, log)
     gaussians = {SINGLE: _merge(single, params), SPLIT: _merge(split, params)}
 
     scene = SceneCameras(layout.model_dir, layout.images_dir, arrays)
@@ -267,7 +284,7 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
     views = [_compare(name, owners[name], name in border_names, seen[name], results[SINGLE][name], results[SPLIT][name])
              for name in names]
     record = _record(params, config, scene_dir, factor, views, single, split, ids[SINGLE], ids[SPLIT], gaussians,
-                     seconds, fingerprint)
+                     fingerprint)
     worst = next(view for view in views if view.name == record.worst_view)
     _write_png(workspace.partition_png, record, worst, results[SINGLE][worst.name], results[SPLIT][worst.name])
     record.save(workspace.partition_report)
@@ -285,18 +302,18 @@ def _compare(name: str, owner: str | None, border: bool, cells: dict[str, float]
 
 def _record(params: Params, config: PartitionCheckConfig, scene_dir: Path, factor: int, views: list[ViewComparison],
             single: _Variant, split: _Variant, single_ids: list[str], split_ids: list[str], gaussians: dict[str, int],
-            seconds: tuple[float | None, float | None], fingerprint: str) -> PartitionCheck:
-    def summary(variant: _Variant, ids: list[str], key: str, psnr_of: Callable, ssim_of: Callable, train_seconds) -> VariantSummary:
+            fingerprint: str) -> PartitionCheck:
+    def summary(variant: _Variant, ids: list[str], key: str, psnr_of: Callable, ssim_of: Callable) -> VariantSummary:
         steps, cap = _budget(variant, ids)
         return VariantSummary(patches=len(ids), steps=steps, cap_max=cap, gaussians=gaussians[key],
-                              train_seconds=round(train_seconds, 1) if train_seconds is not None else None,
+                              train_seconds=_train_seconds(variant, ids),
                               psnr=float(np.mean([psnr_of(view) for view in views])),
                               ssim=float(np.mean([ssim_of(view) for view in views])))
 
     border = [view.psnr_difference for view in views if view.border]
     interior = [view.psnr_difference for view in views if not view.border]
-    single_summary = summary(single, single_ids, SINGLE, lambda view: view.single_psnr, lambda view: view.single_ssim, seconds[0])
-    merged_summary = summary(split, split_ids, SPLIT, lambda view: view.merged_psnr, lambda view: view.merged_ssim, seconds[1])
+    single_summary = summary(single, single_ids, SINGLE, lambda view: view.single_psnr, lambda view: view.single_ssim)
+    merged_summary = summary(split, split_ids, SPLIT, lambda view: view.merged_psnr, lambda view: view.merged_ssim)
     difference = merged_summary.psnr - single_summary.psnr
     border_difference = _mean(border)
     worst = min((view for view in views if view.border or not border), key=lambda view: view.psnr_difference)
@@ -304,6 +321,7 @@ def _record(params: Params, config: PartitionCheckConfig, scene_dir: Path, facto
     described = (f"grid {split_config.rows} x {split_config.cols}" if split_config.mode == "grid" else split_config.mode)
     return PartitionCheck(
         scene=str(scene_dir), split=f"{len(split_ids)} patches ({described}, overlap {split_config.overlap:g})",
+        budget=config.budget,
         resolution_factor=factor, single=single_summary, merged=merged_summary,
         psnr_difference=difference, ssim_difference=merged_summary.ssim - single_summary.ssim,
         border_psnr_difference=border_difference, interior_psnr_difference=_mean(interior),
@@ -314,10 +332,13 @@ def _record(params: Params, config: PartitionCheckConfig, scene_dir: Path, facto
         views=views, settings_fingerprint=fingerprint,
         definitions=[
             "single: the scene trained as one patch (split grid 1 x 1) with the training profile's steps and Gaussian "
-            "cap for it; merged: the workspace's split, its patches trained with those steps shared in proportion to "
-            "their training images and a Gaussian cap each of the single cap x the patch's SfM points / the scene's "
-            "(so the merged scene may hold about as many as the single model: merging drops the overlap's), then "
-            "merged by the merge stage; train.* settings as params.yaml has them, patch_overrides left out",
+            "cap for it; merged: the workspace's split, " + (
+                "its patches trained with those steps shared in proportion to their training images and a Gaussian "
+                "cap each of the single cap x the patch's SfM points / the scene's (so the merged scene may hold about "
+                "as many as the single model: merging drops the overlap's)" if config.budget == "steps" else
+                "each patch trained with the steps and Gaussian cap the training profile gives it, as a pipeline run "
+                "trains it (budget: pipeline; the steps and training seconds of both are in single and merged)") +
+            ", then merged by the merge stage; train.* settings as params.yaml has them, patch_overrides left out",
             "both are scored on the scene's held-out views (every 8th image sorted by name, never trained on), "
             f"rendered at 1/{factor} resolution; psnr and ssim as in reports/evaluation.json; differences are merged "
             "minus single, means over views",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -36,7 +37,7 @@ class VariantSummary(_Record):
     steps: int                      # training steps over all patches
     cap_max: int                    # Gaussian caps summed over all patches
     gaussians: int                  # Gaussians in the (merged) scene evaluated
-    train_seconds: float | None     # training time summed over patches (None: a patch was trained in an earlier run)
+    train_seconds: float | None     # training time summed over patches: each patch's steps at its measured rate
     psnr: float                     # mean over the held-out views
     ssim: float
 
@@ -46,6 +47,7 @@ class PartitionCheck(_Record):
 
     scene: str
     split: str                       # the split compared, in words
+    budget: Literal["steps", "pipeline"] = "steps"   # how the split was trained (PartitionCheckConfig.budget)
     resolution_factor: int           # the downscale both were trained and evaluated at
     single: VariantSummary
     merged: VariantSummary
@@ -83,12 +85,17 @@ class PartitionCheck(_Record):
             "single_psnr": self.single.psnr, "merged_psnr": self.merged.psnr, "psnr_difference": self.psnr_difference,
             "ssim_difference": self.ssim_difference, "border_views": self.num_border_views,
             "border_psnr_difference": self.border_psnr_difference, "within_target": int(self.within_target),
+            "single_train_seconds": self.single.train_seconds, "merged_train_seconds": self.merged.train_seconds,
         }
         return {key: value for key, value in numbers.items() if value is not None}
 
 
 def _signed(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def print_partition_table(record: PartitionCheck) -> None:
@@ -98,8 +105,11 @@ def print_partition_table(record: PartitionCheck) -> None:
     from patchsplat.console import console
 
     border = [view for view in record.views if view.border]
-    table = Table(title=f"partition check: {record.split} vs one model, same budget ({record.single.steps} steps, "
-                        f"cap {record.single.cap_max} Gaussians)")
+    if record.budget == "steps":
+        budget = f"same budget ({record.single.steps} steps, cap {record.single.cap_max} Gaussians)"
+    else:
+        budget = "each as a pipeline run trains it"
+    table = Table(title=f"partition check: {record.split} vs one model, {budget}")
     for column in ("views", "count", "single PSNR (dB)", "merged PSNR (dB)", "merged - single (dB)", "allowed (dB)"):
         table.add_column(column, justify="left" if column == "views" else "right")
 
@@ -112,6 +122,8 @@ def print_partition_table(record: PartitionCheck) -> None:
                   mean([view.merged_psnr for view in border]), _signed(record.border_psnr_difference),
                   f"-{record.border_target_db:g}")
     table.add_row("Gaussians", "", f"{record.single.gaussians:,}", f"{record.merged.gaussians:,}", "", "")
+    table.add_row("training steps", "", f"{record.single.steps:,}", f"{record.merged.steps:,}", "", "")
+    table.add_row("training seconds", "", _seconds(record.single.train_seconds), _seconds(record.merged.train_seconds), "", "")
     console.print(table)
     verdict = "within" if record.within_target else "OUTSIDE"
     console.print(f"splitting costs {_signed(record.psnr_difference)} dB overall and "

@@ -18,8 +18,9 @@ def partition_metrics(record: PartitionCheck) -> dict[str, float]:
 def log_partition_check(tracking: TrackingConfig, workspace: Workspace, record: PartitionCheck) -> None:
     """A ``check-partition`` run holding the figures, the report and the worst view's PNG."""
     with tracked_run(tracking, workspace.root, "check-partition", tags={"stage": "check-partition"}) as tracker:
-        tracker.params({"partition.split": record.split, "partition.steps": record.single.steps,
-                        "partition.cap_max": record.single.cap_max})
+        tracker.params({"partition.split": record.split, "partition.budget": record.budget,
+                        "partition.steps": record.single.steps, "partition.cap_max": record.single.cap_max,
+                        "partition.merged_steps": record.merged.steps})
         tracker.metrics(partition_metrics(record))
         tracker.artifact(workspace.partition_report, "reports")
         tracker.artifact(workspace.partition_png, "reports")
