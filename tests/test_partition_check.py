@@ -240,3 +240,22 @@ def test_the_pipeline_budget_trains_each_patch_as_a_run_would_and_keeps_the_sing
     assert after.merged.steps == 20 * after.merged.patches > before.merged.steps
     assert after.single.train_seconds > 0 and after.merged.train_seconds > 0
     assert "training seconds" in completed.stdout and "as a pipeline run trains it" in completed.stdout
+
+
+def test_the_run_report_shows_the_check_made_with_the_current_settings_only(checked, tmp_path):
+    from patchsplat.run_report import write_run_report
+
+    workspace, _ = checked
+    place = Workspace(workspace)
+    record = PartitionCheck.load(place.partition_report)
+    page = write_run_report(place, [], "succeeded", out=tmp_path / "run.html").read_text()
+    section = page[page.index("<h2>What splitting costs</h2>"):page.index("<h2>Viewer</h2>")]
+    assert f"{record.psnr_difference:+.2f}" in section and f"worst view {record.worst_view}" in section
+    assert section.count("data:image/png;base64,") == 1
+    edit_params(workspace, lambda params: params["train"].update({"seed": 11}))
+    try:
+        page = write_run_report(place, [], "succeeded", out=tmp_path / "run.html").read_text()
+    finally:
+        edit_params(workspace, lambda params: params["train"].update({"seed": 0}))
+    section = page[page.index("<h2>What splitting costs</h2>"):page.index("<h2>Viewer</h2>")]
+    assert "made with other settings" in section and "data:image/png" not in section

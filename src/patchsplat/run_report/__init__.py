@@ -2,7 +2,8 @@
 
 It shows the run's outcome and stage timings, then what the workspace holds after it: evaluation
 metrics, validation findings, the split, each patch's training (curve, metrics, held-out image) and
-recovery attempts, the held-out grid, merge and mesh, and how to open the viewer. Sections whose
+recovery attempts, the held-out grid, merge and mesh, what splitting costs (the partition check, when one
+was made with the current settings), and how to open the viewer. Sections whose
 inputs a failed or interrupted run did not produce say so in one line.
 
 :func:`write_run_report` raises on a bug (tests see it); the pipeline calls

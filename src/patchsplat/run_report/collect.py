@@ -11,12 +11,15 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patchsplat.errors import InputError
 from patchsplat.reading import read_json_object
 from patchsplat.train.records import ATTEMPTS_FILE, METRICS_FILE, Attempt, AttemptsRecord, TrainedMetrics
 from patchsplat.workspace import Workspace, failed_record_of, is_patch_id, patch_ids_in, patch_number
+
+if TYPE_CHECKING:  # the check's package imports torch; only a workspace with a check needs it
+    from patchsplat.partition_check.record import PartitionCheck
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ class PatchTraining:
 
 
 @dataclass(frozen=True)
+class PartitionCost:
+    """What splitting costs, from the partition check made with the workspace's current settings."""
+
+    record: PartitionCheck
+    worst_view_png: bytes | None
+
+
+@dataclass(frozen=True)
 class RunReport:
     """Everything on the page."""
 
@@ -124,6 +135,7 @@ class RunReport:
     evaluation_grid_png: bytes | None
     merge: dict | Missing
     mesh: dict | Missing
+    partition: PartitionCost | Missing
 
 
 def _shown(workspace: Workspace, path: Path) -> str:
@@ -253,6 +265,24 @@ def read_training(workspace: Workspace, split: Split | Missing) -> tuple[PatchTr
     return tuple(read_patch_training(workspace, patch_id) for patch_id in ids)
 
 
+def read_partition_check(workspace: Workspace) -> PartitionCost | Missing:
+    """The partition check if one was made with these settings on this scene (an older one would mislead)."""
+    report = _shown(workspace, workspace.partition_report)
+    if not workspace.partition_report.is_file():
+        return Missing("not measured: `patchsplat check-partition` trains the scene as one model too and compares "
+                       f"(writes {report})")
+    from patchsplat.config import load_params
+    from patchsplat.partition_check import current_partition_check
+
+    try:
+        record = current_partition_check(workspace, load_params(workspace.params_file))
+    except InputError as error:
+        return Missing(error.one_line())
+    if record is None:
+        return Missing(f"{report} was made with other settings or another scene: run `patchsplat check-partition` again")
+    return PartitionCost(record, _png(workspace.partition_png))
+
+
 def collect(workspace: Workspace, stage_rows: list[tuple[str, str, str, str]], outcome: str, written_at: str,
             version: str, seconds: float | None) -> RunReport:
     split = read_split(workspace)
@@ -262,4 +292,5 @@ def collect(workspace: Workspace, stage_rows: list[tuple[str, str, str, str]], o
         evaluation=read_evaluation(workspace), validation=read_validation(workspace), split=split,
         training=read_training(workspace, split), evaluation_grid_png=_png(workspace.evaluation_grid),
         merge=_json_object(workspace, workspace.merge_report, "merge report", "merge"),
-        mesh=_json_object(workspace, workspace.mesh_report, "mesh report", "mesh"))
+        mesh=_json_object(workspace, workspace.mesh_report, "mesh report", "mesh"),
+        partition=read_partition_check(workspace))

@@ -11,14 +11,14 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from patchsplat.run_report.collect import (
-    Evaluation, Missing, PatchTraining, RunReport, Split, Validation,
+    Evaluation, Missing, PartitionCost, PatchTraining, RunReport, Split, Validation,
 )
 from patchsplat.run_report.plot import curve_png
 from patchsplat.train.records import TrainedMetrics
 
 # The section headings, in page order (the tests look for each).
 SECTIONS = ("Stage timings", "Metrics", "Validation", "Split", "Training", "Recovery", "Held-out grid",
-            "Merge and mesh", "Viewer")
+            "Merge and mesh", "What splitting costs", "Viewer")
 VIEWER_URL = "http://127.0.0.1:8080"  # `patchsplat view`'s default address
 
 _STYLE = """
@@ -227,6 +227,37 @@ def _merge_and_mesh(report: RunReport) -> str:
     return "\n".join(parts)
 
 
+def _partition(partition: PartitionCost | Missing) -> str:
+    if isinstance(partition, Missing):
+        return _missing(partition)
+    record = partition.record
+    border = [view for view in record.views if view.border]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    budget = ("the single model's steps and Gaussian budget shared among the patches" if record.budget == "steps"
+              else "each patch trained as a pipeline run trains it")
+    rows = [
+        ("all held-out views", _number(record.num_views), _number(record.single.psnr), _number(record.merged.psnr),
+         _text(f"{record.psnr_difference:+.2f}"), _text(f"-{record.overall_target_db:g}")),
+        ("border views", _number(len(border)), _number(mean([view.single_psnr for view in border])),
+         _number(mean([view.merged_psnr for view in border])),
+         "-" if record.border_psnr_difference is None else _text(f"{record.border_psnr_difference:+.2f}"),
+         _text(f"-{record.border_target_db:g}")),
+        ("Gaussians", "", _number(record.single.gaussians), _number(record.merged.gaussians), "", ""),
+        ("training steps", "", _number(record.single.steps), _number(record.merged.steps), "", ""),
+        ("training seconds", "", _number(record.single.train_seconds, 0), _number(record.merged.train_seconds, 0), "", ""),
+    ]
+    verdict = "within" if record.within_target else "outside"
+    image = (_image(partition.worst_view_png, f"worst view {record.worst_view}: ground truth | single | merged | difference")
+             if partition.worst_view_png else "")
+    return (f"<p>{_text(record.split)} against the scene trained as one model ({_text(budget)}), scored on the same "
+            f"held-out views: {verdict} the target; worst view {_text(record.worst_view)}.</p>"
+            + _table(("views", "count", "single PSNR (dB)", "merged PSNR (dB)", "merged - single (dB)", "allowed (dB)"),
+                     rows, numeric=(1, 2, 3, 4, 5)) + image)
+
+
 def _viewer(report: RunReport) -> str:
     return (f"<p>Look at the splats, cameras, patch cells and mesh in a browser: run "
             f"<code>patchsplat view {_text(report.workspace)}</code>, then open "
@@ -238,7 +269,8 @@ def render_page(report: RunReport) -> str:
         "Stage timings": _stage_timings(report), "Metrics": _metrics(report.evaluation),
         "Validation": _validation(report.validation), "Split": _split(report.split),
         "Training": _training(report.training), "Recovery": _recovery(report.training),
-        "Held-out grid": _grid(report), "Merge and mesh": _merge_and_mesh(report), "Viewer": _viewer(report),
+        "Held-out grid": _grid(report), "Merge and mesh": _merge_and_mesh(report),
+        "What splitting costs": _partition(report.partition), "Viewer": _viewer(report),
     }
     body = "\n".join(_section(title, sections[title]) for title in SECTIONS)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
