@@ -8,7 +8,8 @@ phase of the loop is timed by wrapping the function that does it: wall time and 
 (``time.process_time``, all threads) spent inside, and their ratio, the phase's CPU utilisation (200% = both cores
 busy). Phases: render (projection, SH colours, tile lists, compositing forward), loss (L1 + SSIM and the
 regularisers), backward, Adam, the MCMC step (noise every step, relocation every 100), the health checks, the held-out
-evaluation, writing the outputs; "rest of the loop" is the loop's wall time outside them (Python, progress). The
+evaluation, the checkpoints (the profile's ten per run; the training thread's share: copying the state, and, until
+the writer thread, serialising and renaming the files), writing the outputs; "rest of the loop" is the loop's wall time outside them (Python, progress). The
 whole process's wall and CPU time are printed too, with the loop's: start-up (imports, preparation) and the
 writing of the outputs run on one core.
 
@@ -35,6 +36,7 @@ PHASES = (("render", "patchsplat.train.loop:_Run.render"), ("loss", "patchsplat.
           ("MCMC step", "patchsplat.train.strategies:CpuSafeMCMCStrategy.step_post_backward"),
           ("health checks", "patchsplat.train.health:check_step"),
           ("evaluation", "patchsplat.train.loop:_Run.evaluate"),
+          ("checkpoints", "patchsplat.train.loop:_Run.save_checkpoint"),
           ("writing outputs", "patchsplat.train.loop:_write_outputs"))
 
 
@@ -89,8 +91,7 @@ def child(threads: int, steps: int, out: Path) -> None:
     _wrap("patchsplat.train.loop:_Run.run_attempt", "loop", wall, cpu, where)
     patch = cpu_vs_opensplat.workspace()
     params = load_params(ROOT / "params.yaml")
-    override = {**(params.patch_overrides.get("p0") or {}), "steps": steps, "backend": "torch", "eval_every": steps,
-                "checkpoint_every": steps}
+    override = {**(params.patch_overrides.get("p0") or {}), "steps": steps, "backend": "torch", "eval_every": steps}
     settings = resolve_train(params.train, PatchFacts.of_patch(patch), override, "p0", profile="preview")
     run = out.with_suffix("")
     prepare_patch(patch, run / "prepared", settings.config, "p0")

@@ -99,6 +99,7 @@ def test_the_documented_profile_values_are_the_ones_that_run():
         "steps": ([PREVIEW.steps_per_image, PREVIEW.min_steps, PREVIEW.max_steps], [FULL.steps, 1, FULL.images_per_scale]),
         "scales_lr": ([PREVIEW.scales_lr], [FULL.scales_lr]),
         "opacities_lr": ([PREVIEW.opacities_lr], [FULL.opacities_lr]),
+        "strategy.opacity_reg": ([PREVIEW.opacity_reg], [FULL.opacity_reg]),
         "strategy.cap_max": ([PREVIEW.gaussians_per_kilopixel, PREVIEW.initial_growth, PREVIEW.min_cap, PREVIEW.max_cap],
                              [FULL.cap_max]),
         "split.megapixels_per_patch": ([PREVIEW.megapixels_per_patch], [FULL.megapixels_per_patch]),

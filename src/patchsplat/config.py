@@ -195,7 +195,9 @@ class StrategyConfig(_Section):
         "(gsplat: 5 %). None: the profile's (preview: enough to reach the cap by 60 % of the steps).")
     noise_lr: float = Field(5e5, ge=0.0, description="MCMC: scale of the noise injected into low-opacity Gaussians' positions.")
     min_opacity: float = Field(0.005, gt=0.0, lt=1.0, description="MCMC: below this a Gaussian is dead and relocated.")
-    opacity_reg: float = Field(0.01, ge=0.0, description="MCMC: L1 penalty on opacities (gsplat's MCMC preset).")
+    opacity_reg: Optional[float] = Field(
+        None, ge=0.0, description="MCMC: L1 penalty on opacities. None: the profile's (full: 0.01, gsplat's MCMC preset; "
+        "preview: 0, see patchsplat.profiles.PreviewProfile).")
     scale_reg: float = Field(0.01, ge=0.0, description="MCMC: L1 penalty on scales (gsplat's MCMC preset).")
     # Default
     grow_grad2d: float = Field(0.0002, gt=0.0, description="default: image-space gradient above which a Gaussian is cloned or split.")
