@@ -48,8 +48,9 @@ def patch(tmp_path_factory) -> Path:
 def train(patch: Path, tmp_path: Path, config: TrainConfig, **options) -> TrainedMetrics:
     prepared = tmp_path / "prepared"
     prepare_patch(patch, prepared, config)
+    options.setdefault("log", lambda message: None)
     return train_patch(patch, prepared, tmp_path / "out", config, checkpoint_dir=tmp_path / "checkpoints",
-                       progress=False, log=lambda message: None, **options)
+                       progress=False, **options)
 
 
 def attempts(tmp_path: Path) -> list[dict]:
@@ -70,6 +71,19 @@ def test_outputs_are_complete_and_the_ply_is_standard(patch, tmp_path):
     assert header.startswith("step,attempt,loss,heldout_psnr")
     effective = json.loads((out / "settings.json").read_text())
     assert effective["train"]["steps"] == 60
+
+
+def test_the_near_transparent_gaussians_are_counted_and_a_wasted_budget_is_said(patch, tmp_path):
+    """metrics.json's transparent_fraction is the share of splats.ply's Gaussians below the health check's opacity;
+    when it is large (a strong opacity penalty fades them), the log says so in one line."""
+    messages: list[str] = []
+    faded = settings(strategy={"opacity_reg": 2.0}, opacities_lr=0.2)
+    metrics = train(patch, tmp_path, faded, log=messages.append)
+    opacities = 1.0 / (1.0 + np.exp(-np.asarray(read_splats_ply(tmp_path / "out" / "splats.ply")["opacities"])))
+    assert metrics.transparent_fraction == pytest.approx(float(np.mean(opacities < 0.01)), abs=1e-6)
+    assert metrics.transparent_fraction > 0.3
+    (line,) = [message for message in messages if "near-transparent" in message]
+    assert f"{metrics.transparent_fraction:.0%} of the {metrics.gaussians:,} Gaussians" in line and "opacity_reg" in line
 
 
 def test_training_improves_on_the_initial_points(patch, tmp_path):

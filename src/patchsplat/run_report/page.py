@@ -134,7 +134,9 @@ def _split(split: Split | Missing) -> str:
 def _trained_metrics(metrics: TrainedMetrics) -> str:
     return _table(None, [
         ("held-out PSNR", _number(metrics.heldout_psnr, 2, " dB")), ("held-out SSIM", _number(metrics.heldout_ssim, 3)),
-        ("held-out views", _number(metrics.heldout_views)), ("Gaussians", _number(metrics.gaussians)),
+        ("held-out views", _number(metrics.heldout_views)),
+        ("Gaussians", _number(metrics.gaussians) + ("" if metrics.transparent_fraction is None else
+                                                    f" ({metrics.transparent_fraction:.0%} near-transparent)")),
         ("steps", _number(metrics.steps)), ("steps/s", _number(metrics.steps_per_second, 1)),
         ("peak memory", _number(metrics.peak_memory_mb, 0, " MiB") + f" (planned {_number(metrics.memory_estimate_mb, 0)})"),
         ("memory plan", _text(metrics.memory_plan)), ("resolution", f"1/{metrics.resolution_factor}"),

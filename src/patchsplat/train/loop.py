@@ -180,6 +180,10 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
 
 
+# Above this fraction of near-transparent Gaussians at the end, training says so: most of the budget is wasted (with
+# gsplat's opacity_reg at the preview's 4x opacity rate, 36-68% ended so; bench/RESULTS.md).
+WASTED_FRACTION = 0.3
+
 # What save_checkpoint writes: a payload without them is not one of ours.
 CHECKPOINT_KEYS = {"fingerprint", "state", "settings", "attempts", "curve"}
 
@@ -668,8 +672,13 @@ def _train_run(run: _Run, out_dir: Path, resume: bool, log: Callable[[str], None
                 torch.cuda.empty_cache()
 
     seconds = time.perf_counter() - started
-    return _write_outputs(run, state, settings, plan, out_dir, seconds, config.steps - first_step,
-                          {"profile": profile, "origins": origins or {}})
+    metrics = _write_outputs(run, state, settings, plan, out_dir, seconds, config.steps - first_step,
+                             {"profile": profile, "origins": origins or {}})
+    if (metrics.transparent_fraction or 0.0) > WASTED_FRACTION:
+        log(f"{metrics.transparent_fraction:.0%} of the {metrics.gaussians:,} Gaussians ended near-transparent (opacity "
+            f"< {config.health.transparent_opacity:g}): they cost time and memory and draw nothing; a strong "
+            f"train.strategy.opacity_reg or a high opacities_lr fades them faster than the strategy reuses them")
+    return metrics
 
 
 def _resumed_attempts(saved: list[dict], step: int, checkpoint: Path) -> list[Attempt]:
@@ -697,6 +706,11 @@ def _appearance_record(state: TrainingState) -> dict[str, float]:
         return {}
     gain, offset = state.appearance.largest_changes()
     return {"appearance_max_gain_change": gain, "appearance_max_offset": offset}
+
+
+def _transparent_fraction(state: TrainingState, below: float) -> float:
+    opacities = torch.sigmoid(state.params["opacities"].detach())
+    return float((opacities < below).float().mean()) if opacities.numel() else 0.0
 
 
 def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
@@ -730,6 +744,7 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
             recovered=any(attempt.outcome == "failed" for attempt in run.attempts),
             resumed=any(attempt.resumed_at_steps for attempt in run.attempts),
             **_appearance_record(state),
+            transparent_fraction=_transparent_fraction(state, config.health.transparent_opacity),
         )
         metrics.save(tmp / METRICS_FILE)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),

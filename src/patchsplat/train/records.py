@@ -53,6 +53,9 @@ class TrainedMetrics(BaseModel):
     # absent from metrics.json files written before the setting existed)
     appearance_max_gain_change: float | None = None   # the largest |M - I| entry of a transform's 3 x 3 matrix
     appearance_max_offset: float | None = None        # the largest |b| entry of a transform's offset (colours in 0..1)
+    # Of the final Gaussians, the fraction below health.transparent_opacity: Gaussians that cost time and memory and
+    # draw nothing (None: metrics.json files written before it was recorded)
+    transparent_fraction: float | None = None
 
     def save(self, path: Path) -> None:
         write_json(path, self.model_dump(mode="json"))
