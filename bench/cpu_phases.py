@@ -9,9 +9,9 @@ phase of the loop is timed by wrapping the function that does it: wall time and 
 busy). Phases: render (projection, SH colours, tile lists, compositing forward), loss (L1 + SSIM and the
 regularisers), backward, Adam, the MCMC step (noise every step, relocation every 100), the health checks, the held-out
 evaluation, the checkpoints (the profile's ten per run; the training thread's share: copying the state, and, until
-the writer thread, serialising and renaming the files), writing the outputs; "rest of the loop" is the loop's wall time outside them (Python, progress). The
-whole process's wall and CPU time are printed too, with the loop's: start-up (imports, preparation) and the
-writing of the outputs run on one core.
+the writer thread, serialising and renaming the files), writing the outputs; "rest of the loop" is the loop's wall
+time outside them (Python, progress). The whole process's wall and CPU time are printed too, with the loop's:
+start-up (imports, preparation) and the writing of the outputs run on one core.
 
 Printed per thread count; the last column compares the two: a phase whose time does not halve from 1 to 2 threads
 runs (partly) on one core.

@@ -3,10 +3,11 @@
 Both variants are trained by the pipeline's own functions (split, prepare, train, merge) in
 ``data/partition-check/{single,split}``, the split's patches with the single model's profile steps and
 Gaussian budget shared among them (:mod:`.budget`), or, with ``budget="pipeline"``, each patch with the steps
-and cap the profile gives it in a pipeline run (the price of splitting as a user pays it, in time as well as dB). The user's ``patch_overrides`` do not apply: they are per
-patch of one split, and the check compares two. Every step's output is complete or absent and training
-resumes from its checkpoints, so an interrupted check continues where it stopped; a change of the
-settings or the scene starts it afresh (``check.json`` holds their fingerprint).
+and cap the profile gives it in a pipeline run (the price of splitting as a user pays it, in time as well as
+dB). The user's ``patch_overrides`` do not apply: they are per patch of one split, and the check compares two.
+Every step's output is complete or absent and training resumes from its checkpoints, so an interrupted check
+continues where it stopped; a change of the settings or the scene starts it afresh (``check.json`` holds their
+fingerprint).
 """
 
 from __future__ import annotations

@@ -79,6 +79,14 @@ class PartitionCheck(_Record):
             raise InputError(path, f"not a partition check report ({key}: {problem['msg']}); run "
                              "`patchsplat check-partition` again", kind="corrupt_file") from None
 
+    def border_psnr(self) -> tuple[float | None, float | None]:
+        """(single, merged) mean PSNR over the border views (None, None without one)."""
+        border = [view for view in self.views if view.border]
+        if not border:
+            return None, None
+        return (sum(view.single_psnr for view in border) / len(border),
+                sum(view.merged_psnr for view in border) / len(border))
+
     def headline(self) -> dict[str, float | int]:
         """The numbers MLflow logs and the run comparison shows (``partition.*``)."""
         numbers = {
@@ -104,7 +112,6 @@ def print_partition_table(record: PartitionCheck) -> None:
 
     from patchsplat.console import console
 
-    border = [view for view in record.views if view.border]
     if record.budget == "steps":
         budget = f"same budget ({record.single.steps} steps, cap {record.single.cap_max} Gaussians)"
     else:
@@ -113,13 +120,14 @@ def print_partition_table(record: PartitionCheck) -> None:
     for column in ("views", "count", "single PSNR (dB)", "merged PSNR (dB)", "merged - single (dB)", "allowed (dB)"):
         table.add_column(column, justify="left" if column == "views" else "right")
 
-    def mean(values: list[float]) -> str:
-        return f"{sum(values) / len(values):.2f}" if values else "-"
+    def psnr(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
 
+    border_single, border_merged = record.border_psnr()
     table.add_row("all held-out", str(record.num_views), f"{record.single.psnr:.2f}", f"{record.merged.psnr:.2f}",
                   _signed(record.psnr_difference), f"-{record.overall_target_db:g}")
-    table.add_row("border views", str(len(border)), mean([view.single_psnr for view in border]),
-                  mean([view.merged_psnr for view in border]), _signed(record.border_psnr_difference),
+    table.add_row("border views", str(record.num_border_views), psnr(border_single), psnr(border_merged),
+                  _signed(record.border_psnr_difference),
                   f"-{record.border_target_db:g}")
     table.add_row("Gaussians", "", f"{record.single.gaussians:,}", f"{record.merged.gaussians:,}", "", "")
     table.add_row("training steps", "", f"{record.single.steps:,}", f"{record.merged.steps:,}", "", "")

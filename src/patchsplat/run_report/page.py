@@ -233,18 +233,13 @@ def _partition(partition: PartitionCost | Missing) -> str:
     if isinstance(partition, Missing):
         return _missing(partition)
     record = partition.record
-    border = [view for view in record.views if view.border]
-
-    def mean(values: list[float]) -> float | None:
-        return sum(values) / len(values) if values else None
-
+    border_single, border_merged = record.border_psnr()
     budget = ("the single model's steps and Gaussian budget shared among the patches" if record.budget == "steps"
               else "each patch trained as a pipeline run trains it")
     rows = [
         ("all held-out views", _number(record.num_views), _number(record.single.psnr), _number(record.merged.psnr),
          _text(f"{record.psnr_difference:+.2f}"), _text(f"-{record.overall_target_db:g}")),
-        ("border views", _number(len(border)), _number(mean([view.single_psnr for view in border])),
-         _number(mean([view.merged_psnr for view in border])),
+        ("border views", _number(record.num_border_views), _number(border_single), _number(border_merged),
          "-" if record.border_psnr_difference is None else _text(f"{record.border_psnr_difference:+.2f}"),
          _text(f"-{record.border_target_db:g}")),
         ("Gaussians", "", _number(record.single.gaussians), _number(record.merged.gaussians), "", ""),

@@ -50,6 +50,12 @@ def check_step(loss: torch.Tensor, params: dict[str, torch.nn.Parameter], step: 
             )
 
 
+def transparent_fraction(opacity_logits: torch.Tensor, below: float) -> float:
+    """The fraction of Gaussians whose opacity is under ``below`` (1.0 when there are none: nothing is drawn)."""
+    with torch.no_grad():
+        return float((torch.sigmoid(opacity_logits) < below).float().mean()) if opacity_logits.numel() else 1.0
+
+
 @dataclass
 class HealthMonitor:
     """The periodic checks. ``spacing`` is the initial points' median NN spacing (canonical units)."""
@@ -65,10 +71,9 @@ class HealthMonitor:
             count = int(params["means"].shape[0])
             self.peak_count = max(self.peak_count, count)
             scales = torch.exp(params["scales"]).max(dim=-1).values
-            opacities = torch.sigmoid(params["opacities"])
             metrics: dict[str, float] = {
                 "gaussians": float(count),
-                "transparent_fraction": float((opacities < self.config.transparent_opacity).float().mean()) if count else 1.0,
+                "transparent_fraction": transparent_fraction(params["opacities"], self.config.transparent_opacity),
                 "scale_median": float(scales.median()) if count else 0.0,
                 "scale_max": float(scales.max()) if count else 0.0,
                 "peak_memory_mb": peak_memory_bytes / 2**20,

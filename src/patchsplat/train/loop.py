@@ -708,11 +708,6 @@ def _appearance_record(state: TrainingState) -> dict[str, float]:
     return {"appearance_max_gain_change": gain, "appearance_max_offset": offset}
 
 
-def _transparent_fraction(state: TrainingState, below: float) -> float:
-    opacities = torch.sigmoid(state.params["opacities"].detach())
-    return float((opacities < below).float().mean()) if opacities.numel() else 0.0
-
-
 def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, plan, out_dir: Path,
                    seconds: float, steps_run: int, provenance: dict) -> TrainedMetrics:
     from patchsplat.splat_io import transform_splats, write_splats_ply
@@ -744,7 +739,7 @@ def _write_outputs(run: _Run, state: TrainingState, settings: AttemptSettings, p
             recovered=any(attempt.outcome == "failed" for attempt in run.attempts),
             resumed=any(attempt.resumed_at_steps for attempt in run.attempts),
             **_appearance_record(state),
-            transparent_fraction=_transparent_fraction(state, config.health.transparent_opacity),
+            transparent_fraction=health.transparent_fraction(state.params["opacities"], config.health.transparent_opacity),
         )
         metrics.save(tmp / METRICS_FILE)
         write_json(tmp / "settings.json", {"train": config.model_dump(mode="json"), "final_attempt": asdict(settings),
