@@ -12,8 +12,6 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
-# OpenMP threads that sleep instead of spinning when they wait (see src/patchsplat/__init__.py).
-export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup demo test bench clean-demo wheel deps browser js-readers
 
@@ -42,9 +40,10 @@ demo: setup
 # Two pytest workers, each test file on one of them (module fixtures are built once): the suite is mostly
 # single-threaded end-to-end runs, so this halves it on 2 cores (21 -> 14 min, bench/RESULTS.md). One test:
 # .venv/bin/python -m pytest tests/test_x.py -k name (no workers). The slowest files start first
-# (tests/conftest.py, SLOWEST_FILES_FIRST), so that no long file starts last.
+# (tests/conftest.py, SLOWEST_FILES_FIRST), so that no long file starts last. Two workers share the 2 cores, so
+# their OpenMP threads sleep when they wait, never spin (see src/patchsplat/__init__.py).
 test: setup browser js-readers
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # tests/test_view.py loads `patchsplat view` in Debian's Chromium (driven by playwright, which downloads no
 # browser): installed with apt-get when missing and this is root or has sudo; otherwise that test skips, saying so.

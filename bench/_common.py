@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 WORK = Path(__file__).resolve().parent / ".work"
+
+OPENMP_WAITS = ("patchsplat", "passive", "gnu-default")
+
+
+def openmp_environment(wait: str) -> dict[str, str]:
+    """os.environ with the OpenMP wait settings of a measured process: "patchsplat", what its entry points set (a
+    short spin, src/patchsplat/__init__.py); "passive", OMP_WAIT_POLICY=PASSIVE (its setting before issue 15's fifth
+    round); or "gnu-default", neither variable (GNU OpenMP's own 300,000 spins: OpenSplat's setting when it is run
+    alone). Given to every trainer of a comparison alike."""
+    from patchsplat import OPENMP_SPIN_COUNT
+
+    if wait not in OPENMP_WAITS:
+        raise ValueError(f"unknown OpenMP wait {wait!r}; known: {', '.join(OPENMP_WAITS)}")
+    environment = {name: value for name, value in os.environ.items() if name not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if wait == "patchsplat":
+        environment["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+    elif wait == "passive":
+        environment["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:   # patchsplat, imported by the child, must not set its own either
+        environment["GOMP_SPINCOUNT"] = "300000"
+    return environment
 
 
 def large_model(num_images: int, num_points: int) -> Path:

@@ -1,6 +1,6 @@
 """Benchmark: where a CPU training step's time goes, and how much of it uses both cores (issue 15).
 
-    python bench/cpu_phases.py [--steps 300] [--threads 1 2]
+    python bench/cpu_phases.py [--steps 300] [--threads 1 2] [--omp-wait patchsplat passive] [--busy-process]
 
 The demo patch of bench/cpu_vs_opensplat.py (generated there once), trained as that script trains it (params.yaml's
 settings, preview profile, torch backend), for --steps steps once per thread count, each in a fresh process. Every
@@ -13,8 +13,13 @@ the writer thread, serialising and renaming the files), writing the outputs; "re
 time outside them (Python, progress). The whole process's wall and CPU time are printed too, with the loop's:
 start-up (imports, preparation) and the writing of the outputs run on one core.
 
-Printed per thread count; the last column compares the two: a phase whose time does not halve from 1 to 2 threads
-runs (partly) on one core.
+--omp-wait: the OpenMP wait of the processes, each thread count measured under each: "patchsplat", what its entry
+points set (a short spin before a waiting thread sleeps, src/patchsplat/__init__.py), "passive" (sleep at once), or
+"gnu-default" (GNU OpenMP's own 300,000 spins). --busy-process: another process busy on one core throughout (a Python
+loop), as when a second program or a parallel stage shares the machine: the case a spinning thread makes slower.
+
+Printed per thread count (and wait); the last column compares the first and the last: a phase whose time does not
+halve from 1 to 2 threads runs (partly) on one core.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from _common import OPENMP_WAITS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -102,19 +109,24 @@ def child(threads: int, steps: int, out: Path) -> None:
                                "process_wall": total_wall, "process_cpu": total_cpu}), encoding="utf-8")
 
 
-def measure(threads: int, steps: int) -> dict:
-    out = HERE / ".work" / "cpu-phases" / f"threads-{threads}.json"
+def measure(threads: int, steps: int, wait: str) -> dict:
+    from _common import openmp_environment
+
+    out = HERE / ".work" / "cpu-phases" / f"threads-{threads}-{wait}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
+    env = {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, __file__, "--child", str(threads), str(steps), str(out)], env=env, check=True)
-    return json.loads(out.read_text(encoding="utf-8"))
+    return {**json.loads(out.read_text(encoding="utf-8")), "wait": wait}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--omp-wait", nargs="+", default=["patchsplat"], choices=OPENMP_WAITS,
+                        help="OpenMP waits to measure each thread count under: patchsplat's short spin, PASSIVE, GNU's default")
+    parser.add_argument("--busy-process", action="store_true", help="keep another process busy on one core meanwhile")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
@@ -124,14 +136,21 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    results = [measure(threads, arguments.steps) for threads in arguments.threads]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if arguments.busy_process else None
+    try:
+        results = [measure(threads, arguments.steps, wait) for wait in arguments.omp_wait for threads in arguments.threads]
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
     labels = [label for label, _ in PHASES]
-    table = Table(title=f"the demo patch, {arguments.steps} steps: wall s / CPU s (utilisation) per phase")
+    table = Table(title=f"the demo patch, {arguments.steps} steps: wall s / CPU s (utilisation) per phase"
+                        + (", another process busy on one core" if arguments.busy_process else ""))
     table.add_column("phase")
     for result in results:
-        table.add_column(f"{result['threads']} thread(s)", justify="right")
+        table.add_column(f"{result['threads']} thread(s), {result['wait']}", justify="right")
     if len(results) > 1:
-        table.add_column(f"wall {results[0]['threads']} / {results[-1]['threads']} threads", justify="right")
+        table.add_column("wall first / last", justify="right")
 
     def cells(wall_of, cpu_of):
         row = [f"{wall_of(r):.2f} / {cpu_of(r):.2f} ({100 * cpu_of(r) / max(wall_of(r), 1e-9):.0f}%)" for r in results]

@@ -6,8 +6,11 @@
 Data: the built-in demo (params.yaml's scene.demo: 96 images of 160x120, 30,000 points) split 1 x 1 into one
 patch, generated once under bench/.work/cpu-vs-opensplat/. patchsplat trains it as `patchsplat run` would on a
 CPU: params.yaml's train settings resolved with the preview profile for the patch, except ``steps`` (--steps),
-``backend: torch`` and ``eval_every`` (--eval-every, for a PSNR curve), in a fresh process with
-OMP_WAIT_POLICY=PASSIVE and --threads torch threads. OpenSplat trains the same 84 training images (every 8th
+``backend: torch`` and ``eval_every`` (--eval-every, for a PSNR curve), in a fresh process with --threads torch
+threads. Both trainers run under the same OpenMP wait (--omp-wait): "patchsplat", the short spin its entry points
+set (src/patchsplat/__init__.py); "passive", OMP_WAIT_POLICY=PASSIVE (the setting of the figures recorded before
+issue 15's fifth round); or "gnu-default", GNU OpenMP's own 300,000 spins (OpenSplat's setting when run alone, as
+the issue measured it). OpenSplat trains the same 84 training images (every 8th
 image sorted by name is held out, as patch.json's heldout_image_names says): a COLMAP binary project with only
 those images (the project's own writer; images/ is a symlink) and all 30,000 points (points3D.bin copied as it
 is, so both start from the same points; OpenSplat ignores the tracks).
@@ -57,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import WORK
+from _common import OPENMP_WAITS, WORK, openmp_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = WORK / "cpu-vs-opensplat"
@@ -217,14 +220,14 @@ def run_process(command: list[str], log: Path, env: dict | None = None, on_line=
     return {"started": started, "wall_s": wall, "cpu_s": cpu, "cpu_percent": 100.0 * cpu / wall}
 
 
-def run_patchsplat(patch: Path, run_dir: Path, steps: int, eval_every: int, threads: int) -> dict:
+def run_patchsplat(patch: Path, run_dir: Path, steps: int, eval_every: int, threads: int, wait: str) -> dict:
     import shutil
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     (run_dir / "request.json").write_text(json.dumps(
         {"patch": str(patch), "steps": steps, "eval_every": eval_every, "threads": threads}), encoding="utf-8")
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
+    env = {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     process = run_process([sys.executable, __file__, "--child", str(run_dir)], run_dir / "log.txt", env)
     child = json.loads((run_dir / "child.json").read_text(encoding="utf-8"))
@@ -295,7 +298,7 @@ def opensplat_flags(binary: str) -> set[str]:
 
 
 def run_opensplat(binary: str, variant: str, patch: Path, run_dir: Path, steps: int, eval_every: int,
-                  supported: set[str]) -> dict:
+                  supported: set[str], wait: str) -> dict:
     import shutil
 
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -314,7 +317,7 @@ def run_opensplat(binary: str, variant: str, patch: Path, run_dir: Path, steps: 
         if match:
             step_times[int(match.group(1))] = seconds
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = openmp_environment(wait)
     process = run_process(command, run_dir / "log.txt", env, on_line)
     frame = None if keep_crs else opensplat_normalisation(patch)
     curve = []
@@ -421,7 +424,8 @@ def print_tables(results: dict) -> None:
     if not console.is_terminal:  # a log or a pipe: wide enough for the columns rather than rich's 80
         console = Console(width=180)
     trainers = Table(title=f"patchsplat (CPU, torch backend, {results['threads']} threads) vs OpenSplat (CPU build): "
-                           "the demo as one patch, 84 training / 12 held-out views")
+                           f"the demo as one patch, 84 training / 12 held-out views, OpenMP wait: "
+                           f"{results.get('omp_wait', 'passive')}")
     for column in ("trainer", "figures", "runs", "steps", "wall s (median, range)", "CPU %", "loop CPU %", "steps/s",
                    "loop steps/s", "held-out PSNR dB", "Gaussians"):
         trainers.add_column(column, justify="left" if column in ("trainer", "figures") else "right")
@@ -466,6 +470,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100, help="held-out PSNR (and OpenSplat snapshots) every N steps")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of (patchsplat, each OpenSplat variant)")
     parser.add_argument("--threads", type=int, default=2, help="patchsplat's torch threads")
+    parser.add_argument("--omp-wait", default="patchsplat", choices=OPENMP_WAITS,
+                        help="both trainers' OpenMP wait: patchsplat's short spin, PASSIVE, or GNU OpenMP's default")
     parser.add_argument("--variants", default="defaults,densify", help=f"OpenSplat variants to run, of {', '.join(VARIANTS)}")
     parser.add_argument("--how-to-build", action="store_true", help="print how to build OpenSplat's CPU version and stop")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -491,12 +497,13 @@ def main() -> None:
     their_runs: dict[str, list[dict]] = {name: [] for name in variants} if args.opensplat else {}
     for round_number in range(args.repeats):
         print(f"round {round_number + 1}/{args.repeats}: patchsplat, {args.steps} steps ...", flush=True)
-        ours_runs.append(run_patchsplat(patch, HERE / "runs" / f"patchsplat-{round_number}", args.steps, args.eval_every, args.threads))
+        ours_runs.append(run_patchsplat(patch, HERE / "runs" / f"patchsplat-{round_number}", args.steps, args.eval_every, args.threads,
+                                        args.omp_wait))
         print(f"  {ours_runs[-1]['wall_s']:.0f} s, {ours_runs[-1]['psnr']:.2f} dB", flush=True)
         for name in their_runs:
             print(f"round {round_number + 1}/{args.repeats}: OpenSplat {name}, {args.steps} steps ...", flush=True)
             their_runs[name].append(run_opensplat(args.opensplat, name, patch, HERE / "runs" / f"opensplat-{name}-{round_number}",
-                                                  args.steps, args.eval_every, supported))
+                                                  args.steps, args.eval_every, supported, args.omp_wait))
             print(f"  {their_runs[name][-1]['wall_s']:.0f} s, {their_runs[name][-1]['psnr']:.2f} dB", flush=True)
 
     ours = summarise(ours_runs)
@@ -516,6 +523,7 @@ def main() -> None:
             print(f"note: the recorded OpenSplat figures are at {RECORDED['defaults']['steps']:,} steps, this run at "
                   f"{args.steps:,}: PSNRs are not at equal steps")
     results = {"steps": args.steps, "eval_every": args.eval_every, "threads": args.threads, "repeats": args.repeats,
+               "omp_wait": args.omp_wait,
                "opensplat": args.opensplat, "recorded_source": None if args.opensplat else RECORDED_SOURCE,
                "trainers": trainers, "comparisons": comparisons,
                "runs": {"patchsplat": ours_runs, **{f"OpenSplat {name}": runs for name, runs in their_runs.items()}}}

@@ -73,7 +73,6 @@ def stage_environment(extra: dict[str, str] | None = None, threads: int | None =
     # A stage's output goes to a pipe (DVC passes it on to the flow's log), where Python would buffer
     # it in 8 kB blocks: progress lines would arrive minutes late, all at once.
     environment["PYTHONUNBUFFERED"] = "1"
-    environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads is not None:
         environment["OMP_NUM_THREADS"] = environment["MKL_NUM_THREADS"] = str(threads)
     environment.update(extra or {})
