@@ -255,7 +255,7 @@ def test_colour_correction_is_the_least_squares_fit_of_the_truth_on_the_render_p
     truth[1] = (0.5 * render[1] + 0.25).clamp(0, 1)          # a different map for the second image
     corrected = colour_corrected(render, truth)
     assert corrected.shape == render.shape and corrected.dtype == torch.float32
-    for r, t, c in zip(render, truth, corrected):
+    for index, (r, t, c) in enumerate(zip(render, truth, corrected)):
         pixels = r.double().reshape(3, -1).T.numpy()                               # [N, 3]
         target = t.double().reshape(3, -1).T.numpy()
         design = np.concatenate([pixels, np.ones((len(pixels), 1))], axis=1)      # [N, 4]
@@ -264,7 +264,8 @@ def test_colour_correction_is_the_least_squares_fit_of_the_truth_on_the_render_p
         np.testing.assert_allclose(c.reshape(3, -1).T.numpy(), expected, atol=1e-5)
         reverse, *_ = np.linalg.lstsq(np.concatenate([target, np.ones((len(target), 1))], axis=1), pixels, rcond=None)
         inverted = np.clip((pixels - reverse[3]) @ np.linalg.inv(reverse[:3]), 0, 1)
-        assert np.mean((expected - target) ** 2) < np.mean((inverted - target) ** 2)
+        if index == 0:   # with noise; the second image's exact map fits both ways, to rounding (a coin toss)
+            assert np.mean((expected - target) ** 2) < np.mean((inverted - target) ** 2)
     assert torch.allclose(corrected[1], truth[1], atol=1e-5)
 
 
