@@ -23,8 +23,8 @@ OPENMP_WAITS = ("patchsplat", "passive", "gnu-default")
 def openmp_environment(wait: str) -> dict[str, str]:
     """os.environ with the OpenMP wait settings of a measured process: "patchsplat", what its entry points set (a
     short spin, src/patchsplat/__init__.py); "passive", OMP_WAIT_POLICY=PASSIVE (its setting before issue 15's fifth
-    round); or "gnu-default", neither variable (GNU OpenMP's own 300,000 spins: OpenSplat's setting when it is run
-    alone). Given to every trainer of a comparison alike."""
+    round); or "gnu-default", GNU OpenMP's own default of 300,000 spins (OpenSplat's setting when it is run alone;
+    given explicitly, since patchsplat would set its own in the child). Given to every trainer of a comparison alike."""
     from patchsplat import OPENMP_SPIN_COUNT
 
     if wait not in OPENMP_WAITS:
@@ -34,7 +34,7 @@ def openmp_environment(wait: str) -> dict[str, str]:
         environment["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
     elif wait == "passive":
         environment["OMP_WAIT_POLICY"] = "PASSIVE"
-    else:   # patchsplat, imported by the child, must not set its own either
+    else:
         environment["GOMP_SPINCOUNT"] = "300000"
     return environment
 

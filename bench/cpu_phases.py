@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import OPENMP_WAITS
+from _common import OPENMP_WAITS, openmp_environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -110,8 +110,6 @@ def child(threads: int, steps: int, out: Path) -> None:
 
 
 def measure(threads: int, steps: int, wait: str) -> dict:
-    from _common import openmp_environment
-
     out = HERE / ".work" / "cpu-phases" / f"threads-{threads}-{wait}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
