@@ -88,7 +88,7 @@ v3.11.3, nanoflann v1.5.5, cxxopts v3.2.0): unpack them and add
 # demo (96 images 160x120, 30,000 points, one patch; 84 training images, 12 held out), 1,000 steps, its PLY
 # scored by patchsplat's evaluator on the 12 held-out views.
 RECORDED_SOURCE = ("OpenSplat 1.2.0 CPU build on this 2-core machine, built-in demo (96 images 160x120, 30,000 points, "
-                   "one patch; 84 training, 12 held out), 1,000 steps, issue 15; its CPU % under GNU OpenMP's own wait "
+                   "one patch; 84 training, 12 held out), 1,000 steps, issue 15; its CPU % under GNU OpenMP's own wait, as the issue implies "
                    "(300,000 spins: --omp-wait gnu-default reproduces it, 192% for 1.1.5 on 2026-12-03)")
 RECORDED = {
     "defaults": {"args": [], "steps": 1000, "wall_s": 110.0, "wall_runs": 3, "wall_range_s": [105.0, 138.0],
