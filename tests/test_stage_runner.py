@@ -131,3 +131,16 @@ def test_the_guard_records_a_refused_write_as_a_file_error_not_bad_input(tmp_pat
     assert (started.stage, started.outcome, closing.outcome, closing.kind, closing.patch) == (
         "merge", "started", "failed", "file_error", None)
     assert closing.reason == "data/merged/splats.ply: No space left on device" and not worth_a_retry(closing.kind)
+
+
+@pytest.mark.parametrize(("runner", "address", "expected"), [
+    ("local", None, 1),                          # 2 patches at once on 2 cores: one thread each
+    ("dask", None, 1),                           # the local Dask cluster patchsplat starts: the same machine
+    ("dask", "tcp://elsewhere:8786", None),      # a cluster's machines: their own cores, torch's default
+])
+def test_patches_trained_at_once_on_this_machine_share_its_cores(monkeypatch, runner, address, expected):
+    from patchsplat.config import OrchestrationConfig
+    from patchsplat.orchestrate.flow import patch_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert patch_threads(OrchestrationConfig(task_runner=runner, dask_address=address), concurrency=2) == expected
