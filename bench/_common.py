@@ -39,6 +39,14 @@ def openmp_environment(wait: str) -> dict[str, str]:
     return environment
 
 
+def trainer_environment(wait: str, threads: int) -> dict[str, str]:
+    """The environment of a patchsplat training measured in a child process: ``wait``'s OpenMP settings, ``threads``
+    threads, MLflow off, and this checkout's patchsplat first on PYTHONPATH."""
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    return {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
+            "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+
+
 def large_model(num_images: int, num_points: int) -> Path:
     """A model-only demo scene (no PNGs) of this size, generated once and cached under bench/.work."""
     from patchsplat.demo import generate_demo_scene, with_overrides

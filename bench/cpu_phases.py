@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import OPENMP_WAITS, openmp_environment
+from _common import OPENMP_WAITS, trainer_environment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -112,8 +111,7 @@ def child(threads: int, steps: int, out: Path) -> None:
 def measure(threads: int, steps: int, wait: str) -> dict:
     out = HERE / ".work" / "cpu-phases" / f"threads-{threads}-{wait}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = trainer_environment(wait, threads)
     subprocess.run([sys.executable, __file__, "--child", str(threads), str(steps), str(out)], env=env, check=True)
     return {**json.loads(out.read_text(encoding="utf-8")), "wait": wait}
 

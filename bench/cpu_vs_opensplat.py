@@ -60,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import OPENMP_WAITS, WORK, openmp_environment
+from _common import OPENMP_WAITS, WORK, openmp_environment, trainer_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = WORK / "cpu-vs-opensplat"
@@ -228,8 +228,7 @@ def run_patchsplat(patch: Path, run_dir: Path, steps: int, eval_every: int, thre
     run_dir.mkdir(parents=True)
     (run_dir / "request.json").write_text(json.dumps(
         {"patch": str(patch), "steps": steps, "eval_every": eval_every, "threads": threads}), encoding="utf-8")
-    env = {**openmp_environment(wait), "OMP_NUM_THREADS": str(threads), "PATCHSPLAT_TRACKING": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = trainer_environment(wait, threads)
     process = run_process([sys.executable, __file__, "--child", str(run_dir)], run_dir / "log.txt", env)
     child = json.loads((run_dir / "child.json").read_text(encoding="utf-8"))
     # Seconds since the process started at each step, less the in-training evaluations up to then.

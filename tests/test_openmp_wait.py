@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-PROBE = ("import json, os, patchsplat, torch; "
+PROBE = ("import json, os, patchsplat; "
          "print(json.dumps({name: os.environ.get(name) for name in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}))")
 
 

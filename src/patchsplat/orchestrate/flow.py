@@ -218,13 +218,17 @@ def default_concurrency(patch_count: int) -> int:
     return max(1, min(patch_count, devices or os.cpu_count() or 1))
 
 
+def trains_on_this_machine(config: OrchestrationConfig) -> bool:
+    """Whether patches train here: the local runner, or the local Dask cluster patchsplat starts (no address)."""
+    return config.task_runner == "local" or not config.dask_address
+
+
 def patch_threads(config: OrchestrationConfig, concurrency: int) -> int | None:
-    """The CPU threads of each patch's training: the machine's cores shared among the patches trained at once on it
-    (the local runner, or the local Dask cluster patchsplat starts); None (torch's default) on a Dask cluster's
-    machines, whose cores this process cannot see. Without the share, two trainings with all the cores each would
-    oversubscribe them, and their OpenMP threads would wait on each other's (see patchsplat/__init__.py)."""
-    on_this_machine = config.task_runner == "local" or not config.dask_address
-    return threads_per_patch(concurrency) if on_this_machine else None
+    """The CPU threads of each patch's training: the machine's cores shared among the patches trained at once on it;
+    None (torch's default) on a Dask cluster's machines, whose cores this process cannot see. Without the share, two
+    trainings with all the cores each would oversubscribe them, and their OpenMP threads would wait on each other's
+    (see patchsplat/__init__.py)."""
+    return threads_per_patch(concurrency) if trains_on_this_machine(config) else None
 
 
 def patch_task_runner(config: OrchestrationConfig, concurrency: int, params_file: Path):
@@ -367,8 +371,8 @@ def _train_patches(workspace: Workspace, patch_ids: list[str], config: Orchestra
     logger = get_run_logger()
     concurrency = config.max_concurrent_patches or default_concurrency(len(patch_ids))
     environment = stage_environment(pipeline.child_environment(), threads=patch_threads(config, concurrency))
-    logger.info("training %d patches, %s at a time (%s runner)", len(patch_ids), concurrency if config.task_runner == "local"
-                or not config.dask_address else "as many as the cluster's workers", config.task_runner)
+    logger.info("training %d patches, %s at a time (%s runner)", len(patch_ids),
+                concurrency if trains_on_this_machine(config) else "as many as the cluster's workers", config.task_runner)
     one_patch = patch_task.with_options(retries=config.patch_retries, retry_delay_seconds=config.retry_delay_seconds)
     failed: dict[str, str] = {}
     runner = patch_task_runner(config, concurrency, workspace.params_file)
