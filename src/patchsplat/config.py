@@ -140,7 +140,12 @@ class SplitConfig(_Section):
     rows: int = Field(2, ge=1, le=64, description="grid mode: cells per column.")
     cols: int = Field(2, ge=1, le=64, description="grid mode: columns.")
     max_cameras: int = Field(40, ge=2, description="max_cameras mode: most camera centres a core cell may hold.")
-    overlap: float = Field(0.2, ge=0.0, le=2.0, description="Expanded cell = core cell grown by this fraction of its size on each side.")
+    overlap: float = Field(
+        0.0, ge=0.0, le=2.0,
+        description="Expanded cell = core cell grown by this fraction of its size on each side; its cameras join the patch "
+        "whatever they look at. 0: a patch has its core cell's cameras and those that see it (visibility_fraction), which "
+        "measured better than 0.2 on every split scene (bench/RESULTS.md, issue 14).",
+    )
     up: Literal["auto", "cameras", "pca", "z"] = Field(
         "auto",
         description="Gravity: cameras' mean up vector (image -y), PCA normal of the points, the model's +z, "
@@ -151,7 +156,8 @@ class SplitConfig(_Section):
     )
     visibility_fraction: float = Field(
         0.1, gt=0.0, le=1.0,
-        description="A camera outside the expanded cell joins the patch if it observes at least this fraction of the patch's core points.",
+        description="A camera outside the expanded cell joins the patch if at least this fraction of the SfM points its image "
+        "observes lie in the patch's core cell (what it sees, whatever the cell's size).",
     )
     max_cameras_per_patch: int = Field(0, ge=0, description="Cap on cameras per patch (0 = no cap); cameras inside the cell go first.")
     points_seen_by_cameras: bool = Field(

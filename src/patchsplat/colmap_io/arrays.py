@@ -117,7 +117,8 @@ class ModelArrays:
         without observations has a row of zeros."""
         group = np.asarray(group_of_point)[self.obs_point]
         kept = group >= 0
-        counts = np.bincount(self.obs_image[kept].astype(np.int64) * groups + group[kept],
+        # Multiplying by an int64 scalar widens in the same pass (no separate int64 copy of 9M image indices).
+        counts = np.bincount(self.obs_image[kept] * np.int64(groups) + group[kept],
                              minlength=len(self.image_names) * groups).reshape(len(self.image_names), groups)
         totals = np.bincount(self.obs_image, minlength=len(self.image_names))
         return counts / np.maximum(totals, 1)[:, None]

@@ -50,7 +50,7 @@ class PartitionCheckConfig:
     # trains it (what a user's split costs against one model; the training times show the price in time).
     budget: Literal["steps", "pipeline"] = "steps"
     # A held-out view is a border view when a second core cell holds at least this fraction of the SfM
-    # points its image observes (split.visibility_fraction's default, the same notion of "sees enough").
+    # points its image observes (split.visibility_fraction's default and measure: the split's notion of "sees").
     border_fraction: float = 0.1
     # The price of splitting allowed, dB of PSNR: merged at most this far below the single model overall...
     overall_target_db: float = 0.3

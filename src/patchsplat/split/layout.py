@@ -84,7 +84,7 @@ class PatchDescription:
 
     id: str                              # the patch id, also the name of its folder
     core_cell: Cell                      # the ground the patch owns (cells of a split tile the plane)
-    expanded_cell: Cell                  # the core cell grown by split.overlap: the ground it trains on
+    expanded_cell: Cell                  # the core cell grown by split.overlap (the core cell itself at overlap 0)
     ground: GroundFrame                  # [world_to_aligned] the frame the cells are drawn in
     images_dir: str                      # the scene's images folder (no copies are made)
     image_names: tuple[str, ...]         # the images of the patch model, in the scene model's order

@@ -131,21 +131,15 @@ def plan_split(arrays: ModelArrays, config: SplitConfig, robust_percentile: floa
     core_of_camera = _core_index(cells, camera_xy)
     core_of_point = _core_index(cells, point_xy)  # NaN positions compare False everywhere: -1
 
-    # Observations per (camera, patch of the observed point's core cell): the visibility test below.
-    observed_core = core_of_point[arrays.obs_point]
-    obs_image = arrays.obs_image
-    valid = observed_core >= 0
-    if not valid.all():  # non-finite points are nobody's: leave their observations out (a copy, rarely needed)
-        obs_image, observed_core = obs_image[valid], observed_core[valid]
-    # obs_image stays int32 (no 9M-element copy): images x cells is far below 2**31.
-    seen = np.bincount(obs_image * len(cells) + observed_core, minlength=num_images * len(cells)).reshape(num_images, len(cells))
+    # What each camera sees: the fraction of the points its image observes that lie in each core cell (the
+    # visibility test below; the same measure as the partition check's border views and train.overlap_view_weight).
+    seen_fraction = arrays.observed_fractions(core_of_point, len(cells))
     core_point_counts = np.bincount(core_of_point[core_of_point >= 0], minlength=len(cells))
-
     patches = []
     for index, core in enumerate(cells):
         expanded = core.grown(config.overlap, core.clipped(bounds))
         inside = expanded.contains(camera_xy)
-        fraction = seen[:, index] / max(int(core_point_counts[index]), 1)
+        fraction = seen_fraction[:, index]
         by_visibility = ~inside & (fraction >= config.visibility_fraction)
         chosen = np.flatnonzero(inside | by_visibility)
         dropped = 0
