@@ -74,8 +74,9 @@ def plot_layout(
         shown_core, shown_grown = core.clipped(view), grown.clipped(view)
         axes.add_patch(Rectangle((shown_core.x_min, shown_core.y_min), shown_core.x_max - shown_core.x_min,
                                  shown_core.y_max - shown_core.y_min, fill=False, lw=2, ec=colour, zorder=2))
-        axes.add_patch(Rectangle((shown_grown.x_min, shown_grown.y_min), shown_grown.x_max - shown_grown.x_min,
-                                 shown_grown.y_max - shown_grown.y_min, fill=False, lw=1, ls="--", ec=colour, zorder=2))
+        if grown != core:  # split.overlap 0 (the default): the expanded cell is the core cell
+            axes.add_patch(Rectangle((shown_grown.x_min, shown_grown.y_min), shown_grown.x_max - shown_grown.x_min,
+                                     shown_grown.y_max - shown_grown.y_min, fill=False, lw=1, ls="--", ec=colour, zorder=2))
         label_cell = core.clipped(bounds)
         axes.text((label_cell.x_min + label_cell.x_max) / 2, (label_cell.y_min + label_cell.y_max) / 2,
                   patch_id + (" (!)" if patch_id in flagged else ""), ha="center", va="center", fontsize=12,
@@ -86,7 +87,8 @@ def plot_layout(
     axes.set_aspect("equal")
     axes.set_xlabel("aligned x (ground)")
     axes.set_ylabel("aligned y (ground)")
-    axes.set_title(f"{len(cores)} patches: core cells (solid), expanded cells (dashed), cameras (dots), point density"
+    dashed = ", expanded cells (dashed)" if any(grown != core for core, grown in zip(cores, expanded)) else ""
+    axes.set_title(f"{len(cores)} patches: core cells (solid){dashed}, cameras (dots, by core cell), point density"
                    + ("\n(!) = stands out from the median patch, see the table" if flagged else ""), fontsize=10)
     with atomic_file(path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
