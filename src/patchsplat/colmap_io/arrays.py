@@ -116,9 +116,12 @@ class ModelArrays:
         (``group_of_point`` per point, -1 for none: counted in the image's total, in no group). An image
         without observations has a row of zeros."""
         group = np.asarray(group_of_point)[self.obs_point]
+        image = self.obs_image
         kept = group >= 0
-        # Multiplying by an int64 scalar widens in the same pass (no separate int64 copy of 9M image indices).
-        counts = np.bincount(self.obs_image[kept] * np.int64(groups) + group[kept],
+        if not kept.all():  # points in no group: leave their observations out (copies of 9M entries, rarely needed)
+            image, group = image[kept], group[kept]
+        # Multiplying by an int64 scalar widens in the same pass (no separate int64 copy of the image indices).
+        counts = np.bincount(image * np.int64(groups) + group,
                              minlength=len(self.image_names) * groups).reshape(len(self.image_names), groups)
         totals = np.bincount(self.obs_image, minlength=len(self.image_names))
         return counts / np.maximum(totals, 1)[:, None]
