@@ -116,7 +116,11 @@ def test_one_patch_override_reruns_only_that_patch(workspace):
 
 
 def test_changing_the_split_is_one_command_and_leaves_nothing_stale(workspace):
-    edit_params(workspace, lambda params: params["split"].update({"rows": 1, "cols": 3}))
+    def three_patches_with_an_override(params):
+        params["split"].update({"rows": 1, "cols": 3})
+        params["patch_overrides"]["p1"] = {"init_scale": 0.5}  # also set by the test before; this one runs alone too
+
+    edit_params(workspace, three_patches_with_an_override)
     refused = _dvc(workspace, "repro", check=False)
     assert refused.returncode != 0
     assert "patchsplat repro" in refused.stdout + refused.stderr
