@@ -43,7 +43,7 @@ def test_full_is_gsplats_recipe_scaled_with_the_images():
     small = resolve_train(TrainConfig(), ORBIT, profile="full").config
     assert (small.steps, small.strategy.refine_start_iter, small.strategy.refine_stop_iter, small.strategy.refine_every,
             small.sh_degree_interval) == (30_000, 500, 25_000, 100, 1_000)
-    assert (small.scales_lr, small.opacities_lr, small.strategy.cap_max, small.resolution_factor) == (5e-3, 5e-2, 1_000_000, 1)
+    assert (small.scales_lr, small.opacities_lr, small.lr_scale, small.strategy.cap_max, small.resolution_factor) == (5e-3, 5e-2, 1.0, 1_000_000, 1)
     large = resolve_train(TrainConfig(), PatchFacts(1200, 4000, 3000, 10**6, 5.0), profile="full").config
     assert large.steps == 120_000 and large.strategy.refine_stop_iter == 100_000   # 1200 images / 300 = 4x
     assert large.resolution_factor == 3                                             # 4000 px -> 1333 <= 1600
@@ -99,6 +99,7 @@ def test_the_documented_profile_values_are_the_ones_that_run():
         "steps": ([PREVIEW.steps_per_image, PREVIEW.min_steps, PREVIEW.max_steps], [FULL.steps, 1, FULL.images_per_scale]),
         "scales_lr": ([PREVIEW.scales_lr], [FULL.scales_lr]),
         "opacities_lr": ([PREVIEW.opacities_lr], [FULL.opacities_lr]),
+        "lr_scale": ([PREVIEW.lr_reference_steps, 1, PREVIEW.max_lr_scale], [FULL.lr_scale]),
         "strategy.opacity_reg": ([PREVIEW.opacity_reg], [FULL.opacity_reg]),
         "strategy.cap_max": ([PREVIEW.gaussians_per_kilopixel, PREVIEW.initial_growth, PREVIEW.min_cap, PREVIEW.max_cap],
                              [FULL.cap_max]),
@@ -135,3 +136,21 @@ def test_config_command_says_where_every_training_setting_came_from(tmp_path):
     assert "321" in rows["steps"] and "patch_overrides.p1" in rows["steps"]
     assert "0.5" in rows["init_scale"] and "params.yaml" in rows["init_scale"]
     assert "profile preview" in rows["strategy.cap_max"] and "default" in rows["ssim_lambda"]
+
+
+@pytest.mark.parametrize(("written_steps", "scale"), [(60, 2.0), (250, 2.0), (500, 1.414), (1000, 1.0), (1500, 1.0)])
+def test_preview_rates_grow_as_the_run_shortens(written_steps, scale):
+    """A short run takes larger steps (measured: bench/RESULTS.md); written steps carry the rates with them."""
+    from patchsplat.train.model import learning_rates
+
+    config = resolve_train(TrainConfig(steps=written_steps), ORBIT, profile="preview").config
+    assert config.lr_scale == pytest.approx(scale, abs=1e-3)
+    rates = learning_rates(config, 1.0)
+    assert rates["means"] == pytest.approx(config.means_lr * scale, rel=1e-3)
+    assert rates["opacities"] == pytest.approx(PREVIEW.opacities_lr * scale, rel=1e-3)
+    assert rates["appearance"] == config.appearance.lr   # not a Gaussian rate
+
+
+def test_a_written_rate_scale_wins_and_full_keeps_gsplats_rates():
+    assert resolve_train(TrainConfig(steps=250, lr_scale=1.0), ORBIT, profile="preview").config.lr_scale == 1.0
+    assert resolve_train(TrainConfig(steps=250), ORBIT, profile="full").config.lr_scale == 1.0

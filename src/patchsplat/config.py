@@ -339,6 +339,9 @@ class TrainConfig(_Section):
     quats_lr: float = Field(1e-3, gt=0.0)
     sh0_lr: float = Field(2.5e-3, gt=0.0)
     shN_lr: float = Field(2.5e-3 / 20, gt=0.0)
+    lr_scale: Optional[float] = Field(
+        None, gt=0.0, description="Multiplies the six learning rates above (not the appearance's). None: the profile's "
+        "(full 1, gsplat's recipe; preview sqrt(1000 / steps) in [1, 2]: a shorter run wants larger steps).")
     max_image_size: Optional[int] = Field(
         None, ge=16, description="Longest image side trained on, in pixels: images are downscaled by the smallest integer "
         "factor that fits. None: the profile's (preview 400, full 1600).")

@@ -47,6 +47,9 @@ class PreviewProfile:
     max_steps: int = 1500
     scales_lr: float = 0.02             # 4x the recipe's: +2.9 dB at 1k steps on the demo (measured)
     opacities_lr: float = 0.2           # 4x the recipe's, same measurement
+    lr_reference_steps: int = 1000      # every Gaussian rate (those two included) x sqrt(this / steps) within [1, max_lr_scale]:
+    max_lr_scale: float = 2.0           # a shorter run wants larger steps (x1.41 at 500 steps; x2, the best measured, from
+                                        # 250 down). Measured on five scenes: bench/RESULTS.md "A learning-rate control"
     opacity_reg: float = 0.0            # MCMC's opacity penalty off: at these rates gsplat's 0.01 cost 0.75 dB on the
                                         # demo and 5.9 dB on a scene twice its size, where the cap binds; real captures
                                         # within their seed-to-seed spread (bench/profile_sweep.py, bench/RESULTS.md)
@@ -83,6 +86,7 @@ class FullProfile:
     growth_rate: float = 0.05           # gsplat's fixed 5 % per refinement
     scales_lr: float = 5e-3
     opacities_lr: float = 5e-2
+    lr_scale: float = 1.0
     opacity_reg: float = 0.01           # gsplat's MCMC preset
 
 
@@ -211,6 +215,8 @@ def _preview(facts: PatchFacts, chosen: dict[str, Any], strategy_kind: str) -> d
                  f"{p.steps_per_image} per training image ({facts.train_images}), in [{p.min_steps}, {p.max_steps}]")
     take("scales_lr", p.scales_lr, "4x the recipe's for a short run")
     take("opacities_lr", p.opacities_lr, "4x the recipe's for a short run")
+    take("lr_scale", round(min(p.max_lr_scale, max(1.0, math.sqrt(p.lr_reference_steps / steps))), 3),
+         f"sqrt({p.lr_reference_steps} / {steps} steps) in [1, {p.max_lr_scale:g}]: a shorter run takes larger steps")
     take("strategy.opacity_reg", p.opacity_reg, "off at the preview rates (measured)")
     take("sh_degree_interval", max(1, round(p.sh_degree_interval * steps)), f"{p.sh_degree_interval:.0%} of the steps")
     take("eval_every", max(1, steps // p.evaluations), f"{p.evaluations} evaluations per run")
@@ -250,6 +256,7 @@ def _full(facts: PatchFacts, chosen: dict[str, Any], strategy_kind: str) -> dict
         take(key, max(1, round(value * ratio)), f"gsplat's {value} at 30k steps, x {ratio:.3g}")
     take("scales_lr", f.scales_lr, "gsplat's recipe")
     take("opacities_lr", f.opacities_lr, "gsplat's recipe")
+    take("lr_scale", f.lr_scale, "gsplat's recipe as it is")
     take("strategy.cap_max", f.cap_max, "gsplat's MCMC preset")
     take("strategy.opacity_reg", f.opacity_reg, "gsplat's MCMC preset")
     take("strategy.growth_rate", f.growth_rate, "gsplat's 5 % per refinement")

@@ -37,13 +37,14 @@ def initial_splats(prepared: dict[str, np.ndarray], config: TrainConfig, init_sc
 
 def learning_rates(config: TrainConfig, lr_factor: float) -> dict[str, float]:
     # Canonical frame: the scene scale is 1, so gsplat's means_lr * scene_scale is means_lr.
+    gaussian_factor = config.lr_scale * lr_factor
     return {
-        "means": config.means_lr * lr_factor,
-        "scales": config.scales_lr * lr_factor,
-        "quats": config.quats_lr * lr_factor,
-        "opacities": config.opacities_lr * lr_factor,
-        "sh0": config.sh0_lr * lr_factor,
-        "shN": config.shN_lr * lr_factor,
+        "means": config.means_lr * gaussian_factor,
+        "scales": config.scales_lr * gaussian_factor,
+        "quats": config.quats_lr * gaussian_factor,
+        "opacities": config.opacities_lr * gaussian_factor,
+        "sh0": config.sh0_lr * gaussian_factor,
+        "shN": config.shN_lr * gaussian_factor,
         "appearance": config.appearance.lr * lr_factor,   # the per-image colour transforms (train.appearance)
     }
 
@@ -60,7 +61,7 @@ def make_optimisers(params: torch.nn.ParameterDict, rates: dict[str, float]) -> 
 def means_lr_at(step: int, config: TrainConfig, lr_factor: float) -> float:
     """Exponential decay from means_lr to means_lr_final_factor x means_lr over the run (gsplat's schedule)."""
     progress = min(step / max(config.steps, 1), 1.0)
-    return config.means_lr * lr_factor * config.means_lr_final_factor ** progress
+    return config.means_lr * config.lr_scale * lr_factor * config.means_lr_final_factor ** progress
 
 
 @dataclass
