@@ -330,6 +330,19 @@ def test_resume_ignores_a_checkpoint_of_other_settings(patch, tmp_path):
     assert any("starting afresh" in message for message in messages)
 
 
+def test_resume_ignores_a_checkpoint_of_other_training_code(patch, tmp_path, monkeypatch):
+    """After an upgrade DVC reruns the train stage; its old final checkpoint must not come back as the new model."""
+    from patchsplat.train import loop
+
+    train(patch, tmp_path, settings(steps=20))
+    monkeypatch.setattr(loop, "_training_code_digest", lambda: b"the next version's training code")
+    messages = []
+    train_patch(patch, tmp_path / "prepared", tmp_path / "out2", settings(steps=20), checkpoint_dir=tmp_path / "checkpoints",
+                resume=True, progress=False, log=messages.append)
+    assert any("starting afresh" in message for message in messages), messages
+    assert not any("resuming" in message for message in messages), messages
+
+
 def test_mlflow_run_per_patch_with_params_step_metrics_and_artifacts(patch, tmp_path, monkeypatch):
     import mlflow
 

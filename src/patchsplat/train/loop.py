@@ -12,7 +12,7 @@ prepared folder (a :class:`~patchsplat.prepare.PreparedPatch`), and writes ``out
     attempts.json    every attempt: why it ended and what the next one changed (an AttemptsRecord)
 
 Checkpoints go to ``checkpoint_dir`` (atomically, every ``checkpoint_every`` steps, at the
-milestones and at the end) and carry a fingerprint of the settings and inputs, so
+milestones and at the end) and carry a fingerprint of the settings, the inputs and the training code, so
 ``resume=True`` continues only a run that is the same run.
 
 With ``train.appearance`` on, each training image's render is mapped by that image's learnt colour
@@ -169,8 +169,25 @@ def select_device(backend: str) -> tuple[torch.device, str]:
     return device, chosen
 
 
+def _training_code_digest() -> bytes:
+    """The source of every patchsplat module this loop imports, transitively (the train stage's code deps).
+
+    In the fingerprint so that a checkpoint written by other training code (an upgrade, an edit) is not resumed:
+    DVC reruns the stage for the changed code, and resuming that run's final checkpoint would hand back the old
+    model as the new one."""
+    import patchsplat
+    from patchsplat.import_closure import module_closure
+
+    package = Path(patchsplat.__file__).parent
+    digest = hashlib.sha256()
+    for relative in sorted(module_closure(Path(__file__), package) | {Path(__file__).relative_to(package).as_posix()}):
+        digest.update(relative.encode() + (package / relative).read_bytes())
+    return digest.digest()
+
+
 def _fingerprint(config: TrainConfig, patch_dir: Path, prepared_dir: Path) -> str:
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(_training_code_digest())
     for path in (patch_dir / "sparse" / "0" / "images.bin", patch_dir / "sparse" / "0" / "points3D.bin", prepared_dir / INIT_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -422,7 +439,7 @@ class _Run:
             self.set_aside(path, "not a patchsplat checkpoint")
             return None
         if payload.get("fingerprint") != self.fingerprint:
-            self.log(f"checkpoint {path} is from other settings or inputs: starting afresh")
+            self.log(f"checkpoint {path} is from other settings, inputs or training code: starting afresh")
             return None
         return payload
 
