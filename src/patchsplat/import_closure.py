@@ -13,9 +13,7 @@ import functools
 from pathlib import Path
 
 PACKAGE = "patchsplat"
-
-
-NATIVE_SOURCES = "*.cpp"
+NATIVE_SOURCES = "*.cpp"  # C++ a package compiles at run time (render/native) is its code too
 
 
 def _module_file(package: Path, module: str) -> Path | None:

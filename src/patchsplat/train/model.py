@@ -59,9 +59,9 @@ def make_optimisers(params: torch.nn.ParameterDict, rates: dict[str, float]) -> 
 
 
 def means_lr_at(step: int, config: TrainConfig, lr_factor: float) -> float:
-    """Exponential decay from means_lr to means_lr_final_factor x means_lr over the run (gsplat's schedule)."""
+    """Exponential decay of the means' rate (:func:`learning_rates`) to means_lr_final_factor x it over the run (gsplat's schedule)."""
     progress = min(step / max(config.steps, 1), 1.0)
-    return config.means_lr * config.lr_scale * lr_factor * config.means_lr_final_factor ** progress
+    return learning_rates(config, lr_factor)["means"] * config.means_lr_final_factor ** progress
 
 
 @dataclass
