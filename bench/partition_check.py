@@ -1,6 +1,7 @@
 """Benchmark: what splitting costs — the merged patches against one model of the same scene (issue 14).
 
     python bench/partition_check.py [--scene demo|large|both] [--steps N] [--budget steps|pipeline]
+                                   [--split-steps-factor F]
 
 For each scene a workspace under bench/.work/partition-<scene> (this project's params.yaml with the
 scene's changes, the scene stage run once) and `patchsplat check-partition` in it: the scene trained as
@@ -12,7 +13,9 @@ Scenes: ``demo``, the built-in demo as params.yaml has it (2 x 2 patches); ``lar
 twice its area (side x sqrt 2; cameras, points and objects x 2) and cut 3 x 3. A second run re-scores
 without training (the check resumes); delete bench/.work/partition-* to train again. ``--budget pipeline``
 trains each patch as a pipeline run would (the profile's steps and cap per patch) instead of sharing the single
-model's budget; it retrains the split only. The training steps and seconds of both variants are printed.
+model's budget; it retrains the split only. ``--split-steps-factor F`` gives the split F times the single model's
+steps (its cap unchanged): how many steps the split needs to match one model. The training steps and seconds of
+both variants are printed.
 """
 
 from __future__ import annotations
@@ -62,11 +65,12 @@ def workspace(name: str) -> Path:
     return root
 
 
-def check(root: Path, steps: int | None, budget: str) -> tuple[object, float]:
+def check(root: Path, steps: int | None, budget: str, split_steps_factor: float) -> tuple[object, float]:
     from patchsplat.partition_check import PartitionCheck
 
     started = time.perf_counter()
-    command = [sys.executable, "-m", "patchsplat.cli", "check-partition", ".", "--budget", budget] + (["--steps", str(steps)] if steps else [])
+    command = [sys.executable, "-m", "patchsplat.cli", "check-partition", ".", "--budget", budget,
+               "--split-steps-factor", str(split_steps_factor)] + (["--steps", str(steps)] if steps else [])
     subprocess.run(command, cwd=root, check=True)
     return PartitionCheck.load(root / "reports" / "partition.json"), time.perf_counter() - started
 
@@ -77,11 +81,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="single model's steps (default: the profile's)")
     parser.add_argument("--budget", choices=("steps", "pipeline"), default="steps",
                         help="steps: the split with the single model's budget (the target's); pipeline: as a run trains it")
+    parser.add_argument("--split-steps-factor", type=float, default=1.0,
+                        help="with --budget steps: the split's steps as a multiple of the single model's (1: equal)")
     arguments = parser.parse_args()
     names = list(SCENES) if arguments.scene == "both" else [arguments.scene]
     rows = []
     for name in names:
-        record, seconds = check(workspace(name), arguments.steps, arguments.budget)
+        record, seconds = check(workspace(name), arguments.steps, arguments.budget, arguments.split_steps_factor)
         rows.append((name, record, seconds))
     print()
     print(f"{'scene':<7} {'split':<34} {'budget':<8} {'steps single/merged':>19} {'single dB':>9} {'merged dB':>9} "

@@ -239,7 +239,7 @@ def test_the_pipeline_budget_trains_each_patch_as_a_run_would_and_keeps_the_sing
     assert after.single == before.single
     assert after.merged.steps == 20 * after.merged.patches > before.merged.steps
     assert after.single.train_seconds > 0 and after.merged.train_seconds > 0
-    assert "training seconds" in completed.stdout and "as a pipeline run trains it" in completed.stdout
+    assert "training seconds" in completed.stdout and "as a pipeline run trains it" in " ".join(completed.stdout.split())
 
 
 def test_the_run_report_shows_the_check_made_with_the_current_settings_only(checked, tmp_path):
@@ -259,3 +259,25 @@ def test_the_run_report_shows_the_check_made_with_the_current_settings_only(chec
         edit_params(workspace, lambda params: params["train"].update({"seed": 0}))
     section = page[page.index("<h2>What splitting costs</h2>"):page.index("<h2>Viewer</h2>")]
     assert "made with other settings" in section and "data:image/png" not in section
+
+
+def test_the_split_can_be_given_a_multiple_of_the_single_models_steps(checked):
+    """--split-steps-factor 2: the split retrains with twice the single model's steps (its cap unchanged), the
+    single model is kept, and the report and table say the budgets were not equal; with the pipeline budget, which
+    sets each patch's steps itself, the factor is refused in one line. (Last in the file: it retrains the split.)"""
+    workspace, _ = checked
+    refused = _cli(workspace, "check-partition", ".", "--budget", "pipeline", "--split-steps-factor", "2")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "--split-steps-factor" in refused.stderr and "applies to --budget steps only" in refused.stderr
+    before = PartitionCheck.load(Workspace(workspace).partition_report)
+    completed = _cli(workspace, "check-partition", ".", "--split-steps-factor", "2")
+    assert completed.returncode == 0, f"{completed.stdout}\n{completed.stderr}"
+    assert "single p0:" not in completed.stdout and "split: the budgets changed" in completed.stdout
+    after = PartitionCheck.load(Workspace(workspace).partition_report)
+    assert after.single == before.single and after.split_steps_factor == 2
+    assert after.merged.steps == 2 * after.single.steps
+    assert after.merged.cap_max == sum(
+        json.loads((Workspace(workspace).partition_check_dir / "split" / "trained" / patch / "settings.json").read_text())
+        ["train"]["strategy"]["cap_max"] for patch in SplitLayout.load(Workspace(workspace).partition_check_dir / "split" / "patches").ids)
+    assert "2 x the single model's 20 steps" in " ".join(completed.stdout.split())
+    assert "at 2 x the steps (the target is for equal budgets)" in " ".join(completed.stdout.split())

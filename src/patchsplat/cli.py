@@ -417,6 +417,7 @@ class PartitionBudget(str, Enum):
 def check_partition_command(
     workspace: Annotated[Path, typer.Argument(help="The patchsplat workspace (its scene must exist: run the pipeline first).")] = Path("."),
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Training steps of the single model, shared among the patches (default: the profile's for the scene as one patch).")] = None,
+    split_steps_factor: Annotated[float, typer.Option("--split-steps-factor", help="With --budget steps: train the split with this many times the single model's steps (1: equal budgets, the target's; more: how many steps the split needs to match one model).")] = 1.0,
     budget: Annotated[PartitionBudget, typer.Option("--budget", help="steps: the split trained with the single model's steps and Gaussian cap shared among its patches (what splitting itself costs); pipeline: each patch with the profile's steps and cap, as `patchsplat run` trains it (what a user's split costs, in time too).")] = PartitionBudget.steps,
 ) -> None:
     """Measure what splitting costs: the scene trained as one model and as the split, same budget, same held-out views."""
@@ -428,7 +429,8 @@ def check_partition_command(
         place = Workspace(workspace)
         params = load_params(place.params_file)
         say = lambda message: console.print(f"check-partition: {message}", markup=False, highlight=False)  # noqa: E731
-        record = check_partition(place, params, PartitionCheckConfig(total_steps=steps, budget=budget.value), log=say)
+        record = check_partition(place, params, PartitionCheckConfig(total_steps=steps, budget=budget.value,
+                                                                       split_steps_factor=split_steps_factor), log=say)
         print_partition_table(record)
         log_partition_check(params.tracking, place, record)
         console.print(f"report: {place.partition_report}; worst view: {place.partition_png}; "

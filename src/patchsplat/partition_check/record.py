@@ -48,6 +48,7 @@ class PartitionCheck(_Record):
     scene: str
     split: str                       # the split compared, in words
     budget: Literal["steps", "pipeline"] = "steps"   # how the split was trained (PartitionCheckConfig.budget)
+    split_steps_factor: float = 1.0  # budget steps: the split's steps / the single model's (1: equal budgets)
     resolution_factor: int           # the downscale both were trained and evaluated at
     single: VariantSummary
     merged: VariantSummary
@@ -78,6 +79,14 @@ class PartitionCheck(_Record):
             key = ".".join(str(part) for part in problem["loc"])
             raise InputError(path, f"not a partition check report ({key}: {problem['msg']}); run "
                              "`patchsplat check-partition` again", kind="corrupt_file") from None
+
+    def budget_description(self) -> str:
+        """How the split was trained against the single model, in words (the table's title, the run page)."""
+        if self.budget == "pipeline":
+            return "each patch trained as a pipeline run trains it"
+        steps = (f"the single model's {self.single.steps} steps" if self.split_steps_factor == 1 else
+                 f"{self.split_steps_factor:g} x the single model's {self.single.steps} steps")
+        return f"{steps} and its cap of {self.single.cap_max:,} Gaussians shared among the patches"
 
     def border_psnr(self) -> tuple[float | None, float | None]:
         """(single, merged) mean PSNR over the border views (None, None without one)."""
@@ -112,11 +121,7 @@ def print_partition_table(record: PartitionCheck) -> None:
 
     from patchsplat.console import console
 
-    if record.budget == "steps":
-        budget = f"same budget ({record.single.steps} steps, cap {record.single.cap_max} Gaussians)"
-    else:
-        budget = "each as a pipeline run trains it"
-    table = Table(title=f"partition check: {record.split} vs one model, {budget}")
+    table = Table(title=f"partition check: {record.split} vs one model; {record.budget_description()}")
     for column in ("views", "count", "single PSNR (dB)", "merged PSNR (dB)", "merged - single (dB)", "allowed (dB)"):
         table.add_column(column, justify="left" if column == "views" else "right")
 
@@ -134,6 +139,12 @@ def print_partition_table(record: PartitionCheck) -> None:
     table.add_row("training seconds", "", _seconds(record.single.train_seconds), _seconds(record.merged.train_seconds), "", "")
     console.print(table)
     verdict = "within" if record.within_target else "OUTSIDE"
+    if record.budget == "pipeline":
+        verdict += " the target, as a run trains the split (the target is for equal budgets)"
+    elif record.split_steps_factor != 1:
+        verdict += f" the target, at {record.split_steps_factor:g} x the steps (the target is for equal budgets)"
+    else:
+        verdict += " the target"
     console.print(f"splitting costs {_signed(record.psnr_difference)} dB overall and "
-                  f"{_signed(record.border_psnr_difference)} dB on border views: {verdict} the target; "
+                  f"{_signed(record.border_psnr_difference)} dB on border views: {verdict}; "
                   f"worst view {record.worst_view}", markup=False, highlight=False)

@@ -19,6 +19,7 @@ def log_partition_check(tracking: TrackingConfig, workspace: Workspace, record: 
     """A ``check-partition`` run holding the figures, the report and the worst view's PNG."""
     with tracked_run(tracking, workspace.root, "check-partition", tags={"stage": "check-partition"}) as tracker:
         tracker.params({"partition.split": record.split, "partition.budget": record.budget,
+                        "partition.split_steps_factor": record.split_steps_factor,
                         "partition.steps": record.single.steps, "partition.cap_max": record.single.cap_max,
                         "partition.merged_steps": record.merged.steps})
         tracker.metrics(partition_metrics(record))

@@ -234,8 +234,6 @@ def _partition(partition: PartitionCost | Missing) -> str:
         return _missing(partition)
     record = partition.record
     border_single, border_merged = record.border_psnr()
-    budget = ("the single model's steps and Gaussian budget shared among the patches" if record.budget == "steps"
-              else "each patch trained as a pipeline run trains it")
     rows = [
         ("all held-out views", _number(record.num_views), _number(record.single.psnr), _number(record.merged.psnr),
          _text(f"{record.psnr_difference:+.2f}"), _text(f"-{record.overall_target_db:g}")),
@@ -249,7 +247,7 @@ def _partition(partition: PartitionCost | Missing) -> str:
     verdict = "within" if record.within_target else "outside"
     image = (_image(partition.worst_view_png, f"worst view {record.worst_view}: ground truth | single | merged | difference")
              if partition.worst_view_png else "")
-    return (f"<p>{_text(record.split)} against the scene trained as one model ({_text(budget)}), scored on the same "
+    return (f"<p>{_text(record.split)} against the scene trained as one model ({_text(record.budget_description())}), scored on the same "
             f"held-out views: {verdict} the target; worst view {_text(record.worst_view)}.</p>"
             + _table(("views", "count", "single PSNR (dB)", "merged PSNR (dB)", "merged - single (dB)", "allowed (dB)"),
                      rows, numeric=(1, 2, 3, 4, 5)) + image)
