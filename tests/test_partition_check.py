@@ -198,6 +198,8 @@ def test_the_pipeline_run_and_the_comparison_show_the_figures(checked, monkeypat
     comparison = compare_runs([RunSummary("a", "a", None, "FINISHED", metrics=partition_metrics(record)),
                                RunSummary("b", "b", None, "FINISHED", metrics={})])
     assert comparison.overall["partition.psnr_difference"] == [pytest.approx(record.psnr_difference), None]
+    # ... with the budgets it was made at, without which the difference cannot be read
+    assert comparison.overall["partition.merged_steps"] == [record.merged.steps, None]
 
 
 def test_a_split_of_one_patch_is_refused_in_one_line_and_keeps_the_last_check(checked, tmp_path):

@@ -42,7 +42,7 @@ _OVERALL_ORDER = ("evaluate.psnr", "evaluate.ssim", "evaluate.chamfer", "evaluat
                   "evaluate.completeness", "evaluate.num_gaussians",
                   # `patchsplat check-partition`'s price of splitting, on runs of the settings it was made with.
                   "partition.psnr_difference", "partition.border_psnr_difference", "partition.single_psnr",
-                  "partition.merged_psnr")
+                  "partition.merged_psnr", "partition.single_steps", "partition.merged_steps")
 _PER_PATCH_ORDER = ("heldout_psnr", "scene_psnr", "heldout_ssim", "scene_ssim", "scene_l1", "gaussians", "attempts",
                     "train_loss", "steps_per_second", "scene_num_views")
 _LABELS = {

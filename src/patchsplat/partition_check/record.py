@@ -102,6 +102,9 @@ class PartitionCheck(_Record):
             "single_psnr": self.single.psnr, "merged_psnr": self.merged.psnr, "psnr_difference": self.psnr_difference,
             "ssim_difference": self.ssim_difference, "border_views": self.num_border_views,
             "border_psnr_difference": self.border_psnr_difference, "within_target": int(self.within_target),
+            # The budget each was trained with: a difference means little without them (equal steps, a multiple,
+            # or the pipeline's).
+            "single_steps": self.single.steps, "merged_steps": self.merged.steps,
             "single_train_seconds": self.single.train_seconds, "merged_train_seconds": self.merged.train_seconds,
         }
         return {key: value for key, value in numbers.items() if value is not None}
