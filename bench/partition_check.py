@@ -96,7 +96,8 @@ def main() -> None:
     for name, record, seconds in rows:
         border = "-" if record.border_psnr_difference is None else f"{record.border_psnr_difference:+.2f}"
         train_s = "/".join("-" if value is None else f"{value:.0f}" for value in (record.single.train_seconds, record.merged.train_seconds))
-        print(f"{name:<7} {record.split:<34} {record.budget:<8} {record.single.steps:>9,}/{record.merged.steps:<9,} "
+        budget = record.budget if record.split_steps_factor == 1 else f"steps x{record.split_steps_factor:g}"
+        print(f"{name:<7} {record.split:<34} {budget:<8} {record.single.steps:>9,}/{record.merged.steps:<9,} "
               f"{record.single.psnr:>9.2f} {record.merged.psnr:>9.2f} "
               f"{record.psnr_difference:>+8.2f} {-OVERALL_TARGET_DB:>+7.1f} {record.num_border_views:>6} {border:>8} "
               f"{-BORDER_TARGET_DB:>+7.1f} {record.single.gaussians:>11,}/{record.merged.gaussians:<12,} "
