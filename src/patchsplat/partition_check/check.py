@@ -51,7 +51,7 @@ class PartitionCheckConfig:
     budget: Literal["steps", "pipeline"] = "steps"
     # With budget "steps": the split's steps are this many times the single model's, still shared in proportion to
     # the patches' training images (its Gaussian cap unchanged). 1 is the equal budget the target is set for; a
-    # larger factor measures how many more steps the split needs to match one model (bench/RESULTS.md: about 1.7x
+    # larger factor measures how many more steps the split needs to match one model (bench/RESULTS.md: 1.7-2.1x
     # on the demo's 2 x 2 split, a little over 2.5x on the 3 x 3 scene).
     split_steps_factor: float = 1.0
     # A held-out view is a border view when a second core cell holds at least this fraction of the SfM
