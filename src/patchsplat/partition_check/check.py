@@ -62,6 +62,13 @@ class PartitionCheckConfig:
     # ... and on border views, where the seams are.
     border_target_db: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not self.split_steps_factor > 0:
+            raise InputError("--split-steps-factor", f"must be above 0, not {self.split_steps_factor:g}", kind="bad_value")
+        if self.budget == "pipeline" and self.split_steps_factor != 1:
+            raise InputError("--split-steps-factor", "applies to --budget steps only: the pipeline budget gives each "
+                             "patch the profile's steps", kind="bad_value")
+
 
 @dataclass(frozen=True)
 class _Variant:
@@ -256,19 +263,14 @@ def check_partition(workspace: Workspace, params: Params, config: PartitionCheck
                     progress: bool = True, log: Callable[[str], None] = print) -> PartitionCheck:
     """Train and compare both variants; write ``workspace.partition_report`` and ``partition_png``; return the record.
 
-    Raises :class:`InputError` when the workspace has no scene yet, its split makes a single patch, or
-    ``split_steps_factor`` is not positive or is given with the pipeline budget (which sets each patch's steps)."""
+    Raises :class:`InputError` when the workspace has no scene yet or its split makes a single patch (and
+    :class:`PartitionCheckConfig` when its step factor is not positive or comes with the pipeline budget)."""
     from patchsplat.evaluate.resolution import trained_factors
     from patchsplat.scene_layout import locate_scene
     from patchsplat.scene_source import resolve_scene_dir
     from patchsplat.scene_views import SceneCameras
     from patchsplat.split import SplitLayout
 
-    if not config.split_steps_factor > 0:
-        raise InputError("--split-steps-factor", f"must be above 0, not {config.split_steps_factor:g}", kind="bad_value")
-    if config.budget == "pipeline" and config.split_steps_factor != 1:
-        raise InputError("--split-steps-factor", "applies to --budget steps only: the pipeline budget gives each patch "
-                         "the profile's steps", kind="bad_value")
     if not workspace.scene_dir.exists():
         raise InputError(workspace.scene_dir, "no scene yet: run `patchsplat run` (or its scene stage) first", kind="missing_file")
     scene_dir = resolve_scene_dir(workspace.scene_dir)
@@ -333,7 +335,7 @@ def _record(params: Params, config: PartitionCheckConfig, scene_dir: Path, facto
     described = (f"grid {split_config.rows} x {split_config.cols}" if split_config.mode == "grid" else split_config.mode)
     return PartitionCheck(
         scene=str(scene_dir), split=f"{len(split_ids)} patches ({described}, overlap {split_config.overlap:g})",
-        budget=config.budget, split_steps_factor=config.split_steps_factor if config.budget == "steps" else 1.0,
+        budget=config.budget, split_steps_factor=config.split_steps_factor,
         resolution_factor=factor, single=single_summary, merged=merged_summary,
         psnr_difference=difference, ssim_difference=merged_summary.ssim - single_summary.ssim,
         border_psnr_difference=border_difference, interior_psnr_difference=_mean(interior),
