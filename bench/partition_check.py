@@ -1,7 +1,7 @@
 """Benchmark: what splitting costs — the merged patches against one model of the same scene (issue 14).
 
     python bench/partition_check.py [--scene demo|large|both] [--steps N] [--budget steps|pipeline]
-                                   [--split-steps-factor F]
+                                   [--split-steps-factor F] [--seed N]
 
 For each scene a workspace under bench/.work/partition-<scene> (this project's params.yaml with the
 scene's changes, the scene stage run once) and `patchsplat check-partition` in it: the scene trained as
@@ -14,8 +14,9 @@ twice its area (side x sqrt 2; cameras, points and objects x 2) and cut 3 x 3. A
 without training (the check resumes); delete bench/.work/partition-* to train again. ``--budget pipeline``
 trains each patch as a pipeline run would (the profile's steps and cap per patch) instead of sharing the single
 model's budget; it retrains the split only. ``--split-steps-factor F`` gives the split F times the single model's
-steps (its cap unchanged): how many steps the split needs to match one model. The training steps and seconds of
-both variants are printed.
+steps (its cap unchanged): how many steps the split needs to match one model. ``--seed N`` sets ``train.seed``
+(default: params.yaml's): the seed spread is the size of the price, so a figure wants more than one. The training
+steps and seconds of both variants are printed.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def _large(params: dict) -> None:
 SCENES = {"demo": lambda params: None, "large": _large}
 
 
-def workspace(name: str) -> Path:
-    """The scene's workspace, its scene generated once."""
+def workspace(name: str, seed: int | None = None) -> Path:
+    """The scene's workspace, its scene generated once; ``seed``, when given, replaces ``train.seed``."""
     root = WORK / f"partition-{name}"
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     SCENES[name](params)
+    if seed is not None:
+        params["train"]["seed"] = seed
     params["tracking"]["enabled"] = False
     params["patch_overrides"] = {}
     root.mkdir(parents=True, exist_ok=True)
@@ -83,11 +86,12 @@ def main() -> None:
                         help="steps: the split with the single model's budget (the target's); pipeline: as a run trains it")
     parser.add_argument("--split-steps-factor", type=float, default=1.0,
                         help="with --budget steps: the split's steps as a multiple of the single model's (1: equal)")
+    parser.add_argument("--seed", type=int, default=None, help="train.seed for both variants (default: params.yaml's)")
     arguments = parser.parse_args()
     names = list(SCENES) if arguments.scene == "both" else [arguments.scene]
     rows = []
     for name in names:
-        record, seconds = check(workspace(name), arguments.steps, arguments.budget, arguments.split_steps_factor)
+        record, seconds = check(workspace(name, arguments.seed), arguments.steps, arguments.budget, arguments.split_steps_factor)
         rows.append((name, record, seconds))
     print()
     print(f"{'scene':<7} {'split':<34} {'budget':<8} {'steps single/merged':>19} {'single dB':>9} {'merged dB':>9} "
